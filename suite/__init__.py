@@ -1,0 +1,1 @@
+"""A benchmarking suite for DeepSpeed training on Slurm GPU clusters (and on one machine)."""

@@ -1,0 +1,238 @@
+"""Typed schemas for every sweep axis, registered with Hydra's ConfigStore.
+
+The YAML files in conf/ extend these schemas; Hydra rejects unknown keys and wrongly typed
+values when it composes, and `__post_init__` (run by `OmegaConf.to_object`) rejects values
+outside the allowed range, naming the field.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+class ConfigError(ValueError):
+    """A configuration value that is not allowed; the message names the field."""
+
+
+def _choice(field_name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{field_name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _positive(field_name: str, value: Optional[float], allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{field_name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass
+class ModelConfig:
+    """A GPT decoder's shape (pre-LayerNorm blocks, causal attention, GELU MLP)."""
+
+    name: str = "tiny"
+    #: transformer blocks
+    n_layers: int = 2
+    #: hidden size
+    d_model: int = 64
+    #: attention heads; d_model must divide by it
+    n_heads: int = 4
+    #: tokens per sample
+    seq_len: int = 64
+    #: vocabulary size as trained (already padded to a multiple of 64 for the GPT shapes)
+    vocab_size: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "d_model", "n_heads", "seq_len", "vocab_size"):
+            _positive(f"model.{name}", getattr(self, name))
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.d_model={self.d_model} must divide by model.n_heads={self.n_heads}"
+            )
+
+
+STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload")
+
+
+@dataclass
+class StrategyConfig:
+    """How the model is distributed: ZeRO stage, offload, and DeepSpeed's tuning knobs."""
+
+    name: str = "ddp"
+    #: ZeRO stage 0 (plain data parallel), 1, 2 or 3
+    zero_stage: int = 0
+    #: keep optimizer states on the CPU (ZeRO-Offload; stages 1-3)
+    offload_optimizer: bool = False
+    #: keep parameters on the CPU (ZeRO-Infinity style; stage 3 only)
+    offload_params: bool = False
+    #: elements per gradient reduce bucket
+    reduce_bucket_size: int = 500_000_000
+    #: elements per all-gather bucket (stages 1-2)
+    allgather_bucket_size: int = 500_000_000
+    #: overlap gradient reduction with the backward pass
+    overlap_comm: bool = False
+    #: copy gradients into one contiguous buffer as they are produced
+    contiguous_gradients: bool = True
+    #: stage 3: elements fetched ahead of use
+    stage3_prefetch_bucket_size: int = 50_000_000
+    #: stage 3: parameters smaller than this stay unpartitioned
+    stage3_param_persistence_threshold: int = 100_000
+    #: stage 3: most parameters kept gathered at once
+    stage3_max_live_parameters: int = 1_000_000_000
+    #: stage 3: do not release a parameter reused within this many elements
+    stage3_max_reuse_distance: int = 1_000_000_000
+
+    def __post_init__(self) -> None:
+        _choice("strategy.zero_stage", self.zero_stage, (0, 1, 2, 3))
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError("strategy.offload_optimizer=true needs strategy.zero_stage 1, 2 or 3")
+        if self.offload_params and self.zero_stage != 3:
+            raise ConfigError("strategy.offload_params=true needs strategy.zero_stage=3")
+        for name in ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size",
+                     "stage3_max_live_parameters", "stage3_max_reuse_distance"):
+            _positive(f"strategy.{name}", getattr(self, name))
+        _positive("strategy.stage3_param_persistence_threshold",
+                  self.stage3_param_persistence_threshold, allow_zero=True)
+
+
+OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adagrad", "lamb")
+SCHEDULERS = ("none", "warmup", "warmup_decay")
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizer family, its settings and the learning-rate schedule."""
+
+    name: str = "adamw"
+    lr: float = 1e-4
+    #: Adam/AdamW/Lamb moment decay rates
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    #: SGD momentum (0 for plain SGD)
+    momentum: float = 0.0
+    #: Adam family: DeepSpeed's fused kernel (true), torch's (false), or null = fused only
+    #: where a GPU is (the fused op is a C++ build on the CPU that buys nothing there)
+    fused: Optional[bool] = None
+    #: learning-rate schedule: none, warmup (linear to lr) or warmup_decay (then linear to 0)
+    scheduler: str = "warmup"
+    #: scheduler warm-up length in optimizer steps
+    lr_warmup_steps: int = 2
+
+    def __post_init__(self) -> None:
+        _choice("optimizer.name", self.name, OPTIMIZERS)
+        _choice("optimizer.scheduler", self.scheduler, SCHEDULERS)
+        _positive("optimizer.lr", self.lr)
+        _positive("optimizer.eps", self.eps)
+        _positive("optimizer.weight_decay", self.weight_decay, allow_zero=True)
+        _positive("optimizer.lr_warmup_steps", self.lr_warmup_steps, allow_zero=True)
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"optimizer.momentum={self.momentum} must be in [0, 1)")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optimizer.betas={list(self.betas)} must be two values in [0, 1)")
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class PrecisionConfig:
+    """Training precision (DeepSpeed's bf16 / fp16 blocks)."""
+
+    name: str = "fp32"
+    #: fp16 only: 0 = dynamic loss scaling, else a fixed scale
+    loss_scale: float = 0.0
+    #: fp16 only: dynamic scaling starts at 2**initial_scale_power
+    initial_scale_power: int = 16
+
+    def __post_init__(self) -> None:
+        _choice("precision.name", self.name, PRECISIONS)
+        _positive("precision.loss_scale", self.loss_scale, allow_zero=True)
+
+
+@dataclass
+class ClusterConfig:
+    """Where the runs execute and with how many devices."""
+
+    name: str = "local"
+    #: nodes per run
+    nodes: int = 1
+    #: ranks (one per GPU) per node; null = every local GPU, or `cpu_ranks` without GPUs
+    gpus_per_node: Optional[int] = None
+    #: ranks per run on a machine without GPUs (gloo on the CPU)
+    cpu_ranks: int = 2
+    #: wall-clock limit of one run, minutes
+    timeout_min: int = 20
+    #: cpu, cuda, or auto = cuda where the submitting machine sees a GPU, else cpu
+    accelerator: str = "auto"
+    #: environment variables set in every rank (NCCL_*, DeepSpeed's, ...)
+    env: Dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _positive("cluster.nodes", self.nodes)
+        _positive("cluster.gpus_per_node", self.gpus_per_node)
+        _positive("cluster.cpu_ranks", self.cpu_ranks)
+        _positive("cluster.timeout_min", self.timeout_min)
+        _choice("cluster.accelerator", self.accelerator, ("auto", "cpu", "cuda"))
+
+
+FAULTS = ("none", "raise", "nan", "oom")
+
+
+@dataclass
+class TrainConfig:
+    """Batch sizes and the timed loop."""
+
+    #: samples per rank per forward pass
+    micro_batch_size: int = 2
+    #: micro-batches accumulated per optimizer step
+    grad_accum_steps: int = 1
+    #: samples per optimizer step; null = micro x accumulation x data-parallel degree,
+    #: a value is checked against that product
+    global_batch_size: Optional[int] = None
+    #: optimizer steps run before timing starts (not timed)
+    warmup_steps: int = 3
+    #: optimizer steps timed, each bracketed by device synchronisation
+    timed_steps: int = 10
+    #: seed of the weights and the synthetic tokens
+    seed: int = 1234
+    #: test-only fault injection: raise (an exception in the step), nan (non-finite loss),
+    #: oom (an out-of-memory error; simulated, a real one would take the CPU machine down)
+    fault: str = "none"
+    #: the optimizer step (counting warm-up, from 0) at which the fault strikes
+    fault_step: int = 1
+
+    def __post_init__(self) -> None:
+        _positive("train.micro_batch_size", self.micro_batch_size)
+        _positive("train.grad_accum_steps", self.grad_accum_steps)
+        _positive("train.global_batch_size", self.global_batch_size)
+        _positive("train.warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive("train.timed_steps", self.timed_steps)
+        _choice("train.fault", self.fault, FAULTS)
+
+
+@dataclass
+class SuiteConfig:
+    """The root config: one run of the benchmark."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    #: build the report when a multirun ends
+    report: bool = True
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="suite_schema", node=SuiteConfig)
+    for group, schema in (("model", ModelConfig), ("strategy", StrategyConfig),
+                          ("optimizer", OptimizerConfig), ("precision", PrecisionConfig),
+                          ("cluster", ClusterConfig), ("train", TrainConfig)):
+        cs.store(group=group, name=f"{group}_schema", node=schema)
+
+
+register_configs()

@@ -1,0 +1,119 @@
+"""The only code that reads the job environment and starts torch.distributed: each rank of a
+run comes here, trains, and rank 0 writes the run's result record, also when it fails."""
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from suite import metrics, plan as planning, results
+
+# Messages of a rank whose peer died: the peer's own error is the one worth reporting.
+_PEER_FAILURE_HINTS = ("connection closed", "connection reset", "broken pipe", "peer")
+
+
+def distributed_env() -> Dict[str, Any]:
+    """RANK, WORLD_SIZE, MASTER_ADDR/PORT (port derived from the job id) from submitit's
+    job environment, exported for torch.distributed's env:// initialisation."""
+    import submitit
+
+    dist = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    job = submitit.JobEnvironment()
+    return {"rank": dist.rank, "world_size": dist.world_size, "local_rank": dist.local_rank,
+            "local_world_size": dist.local_world_size, "hostnames": list(job.hostnames),
+            "job_id": job.job_id}
+
+
+def _prepare_process(accelerator: str, local_world_size: int, extra_env: Dict[str, str]) -> None:
+    os.environ.update({k: str(v) for k, v in extra_env.items()})
+    if accelerator == "cpu":
+        # Before `import deepspeed`: it picks its accelerator (and gloo) on import.
+        os.environ["DS_ACCELERATOR"] = "cpu"
+        threads = max(1, (os.cpu_count() or 1) // local_world_size)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)  # ranks x threads > cores ran 3-4x slower (FACTS.md)
+
+
+def _rank_error_file(run_dir: Path, rank: int) -> Path:
+    return run_dir / f".rank{rank}.error"
+
+
+def _collect_rank_errors(run_dir: Path, world_size: int, wait_s: float = 3.0) -> Dict[int, str]:
+    """Errors other ranks left behind (they exit at once so that no rank hangs)."""
+    deadline = time.monotonic() + wait_s
+    errors: Dict[int, str] = {}
+    while True:
+        for rank in range(1, world_size):
+            path = _rank_error_file(run_dir, rank)
+            if rank not in errors and path.exists():
+                errors[rank] = path.read_text()
+        if len(errors) == world_size - 1 or time.monotonic() > deadline:
+            return errors
+        time.sleep(0.1)
+
+
+def _main_error(own: str, others: Dict[int, str]) -> str:
+    if others and any(h in own.lower() for h in _PEER_FAILURE_HINTS):
+        rank, message = min(others.items())
+        return f"rank {rank}: {message}"
+    return f"rank 0: {own}"
+
+
+def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str, Any]]:
+    """Run this rank's share of one benchmark run. Rank 0 returns the record it wrote."""
+    started_at = results.now_iso()
+    dist = distributed_env()
+    rank, world = dist["rank"], dist["world_size"]
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    typed = planning.to_object(cfg)
+    import torch
+
+    plan = planning.plan_run(typed, local_gpus=torch.cuda.device_count())
+    if plan.world_size != world:
+        raise RuntimeError(f"the job has {world} tasks but the plan wants world size "
+                           f"{plan.world_size}: the launcher and the plan disagree")
+    _prepare_process(plan.accelerator, dist["local_world_size"], typed.cluster.env)
+
+    status, error, run_metrics, rank_errors = "ok", None, {}, {}
+    try:
+        import deepspeed
+        from suite.workload.train import run_training
+
+        deepspeed.init_distributed(auto_mpi_discovery=False)
+        measured = run_training(typed, plan)
+        status, error = results.status_of_losses(measured.losses)
+        run_metrics = metrics.run_metrics(
+            n_layers=typed.model.n_layers, d_model=typed.model.d_model,
+            n_heads=typed.model.n_heads, seq_len=typed.model.seq_len,
+            vocab_size=typed.model.vocab_size, world_size=plan.world_size,
+            global_batch_size=plan.global_batch_size, step_times_s=measured.step_times_s,
+            losses=measured.losses, peak_memory_bytes=measured.peak_memory_bytes,
+            peak_memory_reserved_bytes=measured.peak_memory_reserved_bytes,
+            device_name=measured.device_name, dtype=typed.precision.name)
+        run_metrics["init_s"] = measured.init_s
+    except Exception as exc:  # every failure becomes a record
+        status = results.classify_exception(exc)
+        message = f"{type(exc).__name__}: {exc}"
+        if rank != 0:
+            _rank_error_file(run_dir, rank).write_text(message)
+            traceback.print_exc()
+            os._exit(1)  # leave now, so rank 0 (maybe blocked in a collective) is released
+        traceback.print_exc()
+        rank_errors = _collect_rank_errors(run_dir, world)
+        error = _main_error(message, rank_errors)
+    if rank != 0:
+        return None
+    record = results.make_record(
+        run_id=f"{sweep_id}/{run_dir.name}", sweep_id=sweep_id, status=status, error=error,
+        config=resolved, axes=results.record_axes(typed, plan), metrics=run_metrics,
+        env={**results.capture_environment(dist["hostnames"]),
+             "rank_errors": {str(k): v for k, v in rank_errors.items()} or None},
+        started_at=started_at, finished_at=results.now_iso())
+    results.write_record(run_dir, record)
+    return record

@@ -1,0 +1,147 @@
+"""Pure metric formulas: parameter count, FLOPs per token, step-time statistics, throughput,
+TFLOP/s, MFU/HFU against a datasheet peak table. Plain numbers in, plain numbers out.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Dict, Optional, Sequence
+
+# Dense (non-sparse) datasheet peaks in TFLOP/s per device. fp32 is the plain (non-tensor-core)
+# rate: PyTorch does not use TF32 for matmuls unless asked. None = not published/known to us.
+# (device key, dtype) -> TFLOP/s
+PEAK_TFLOPS: Dict[str, Dict[str, Optional[float]]] = {
+    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5},
+    "H100 SXM": {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9},
+    "H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "fp32": 51.2},
+    "H100 NVL": {"bf16": 835.5, "fp16": 835.5, "fp32": 60.0},
+    "H200": {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9},
+    "B200": {"bf16": 2250.0, "fp16": 2250.0, "fp32": None},
+    "MI300X": {"bf16": 1307.4, "fp16": 1307.4, "fp32": 163.4},
+}
+
+
+def device_key(device_name: Optional[str]) -> Optional[str]:
+    """Map a device name as torch reports it ('NVIDIA H100 80GB HBM3') to a PEAK_TFLOPS key."""
+    if not device_name:
+        return None
+    name = device_name.upper()
+    if "H100" in name:
+        if "PCIE" in name:
+            return "H100 PCIe"
+        if "NVL" in name:
+            return "H100 NVL"
+        return "H100 SXM"
+    for key in ("H200", "B200", "A100", "MI300X"):
+        if key in name:
+            return key
+    return None
+
+
+def peak_tflops(device_name: Optional[str], dtype: str) -> Optional[float]:
+    key = device_key(device_name)
+    return None if key is None else PEAK_TFLOPS[key].get(dtype)
+
+
+def gpt_param_count(n_layers: int, d_model: int, seq_len: int, vocab_size: int) -> Dict[str, int]:
+    """Parameters of our GPT (untied output head, biases in every Linear and LayerNorm)."""
+    d = d_model
+    per_block = (
+        2 * 2 * d            # two LayerNorms (weight, bias)
+        + d * 3 * d + 3 * d  # qkv projection
+        + d * d + d          # attention output projection
+        + d * 4 * d + 4 * d  # MLP up
+        + 4 * d * d + d      # MLP down
+    )
+    embedding = vocab_size * d + seq_len * d  # token and position tables (lookups, no matmul)
+    head = 2 * d + d * vocab_size             # final LayerNorm + output projection
+    total = embedding + n_layers * per_block + head
+    return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+
+
+def flops_per_token(non_embedding_params: int, n_layers: int, n_heads: int, head_dim: int,
+                    seq_len: int) -> float:
+    """Training FLOPs per token, PaLM appendix B: 6N + 12 L H Q T.
+
+    N counts every parameter that takes part in a matmul (all but the token and position
+    embedding tables; the output projection is counted), as torchtitan does."""
+    return 6.0 * non_embedding_params + 12.0 * n_layers * n_heads * head_dim * seq_len
+
+
+def recompute_flops_per_token(non_embedding_params: int, n_layers: int, n_heads: int,
+                              head_dim: int, seq_len: int) -> float:
+    """Extra FLOPs per token of full activation checkpointing: one more forward, 2N + 4 L H Q T."""
+    return 2.0 * non_embedding_params + 4.0 * n_layers * n_heads * head_dim * seq_len
+
+
+def step_time_stats(times_s: Sequence[float]) -> Dict[str, float]:
+    """mean, median, p90 (nearest rank), population std and coefficient of variation."""
+    if not times_s:
+        raise ValueError("step_time_stats needs at least one step time")
+    ordered = sorted(times_s)
+    mean = statistics.fmean(ordered)
+    std = statistics.pstdev(ordered)
+    p90 = ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+    return {
+        "step_time_mean_s": mean,
+        "step_time_median_s": statistics.median(ordered),
+        "step_time_p90_s": p90,
+        "step_time_std_s": std,
+        "step_time_cv": std / mean if mean > 0 else None,
+        "step_time_min_s": ordered[0],
+        "step_time_max_s": ordered[-1],
+    }
+
+
+def throughput(times_s: Sequence[float], tokens_per_step: int, samples_per_step: int,
+               world_size: int) -> Dict[str, float]:
+    """Throughput over the whole timed window: work done / time taken (not 1/median)."""
+    total = float(sum(times_s))
+    tokens_per_s = tokens_per_step * len(times_s) / total
+    return {
+        "tokens_per_s": tokens_per_s,
+        "tokens_per_s_per_device": tokens_per_s / world_size,
+        "samples_per_s": samples_per_step * len(times_s) / total,
+    }
+
+
+def utilisation(flops_per_token_model: float, flops_per_token_hw: float,
+                tokens_per_s_per_device: float, peak: Optional[float]) -> Dict[str, Optional[float]]:
+    """TFLOP/s per device (model FLOPs), MFU and HFU; the ratios are None without a known peak."""
+    tflops = flops_per_token_model * tokens_per_s_per_device / 1e12
+    hw_tflops = flops_per_token_hw * tokens_per_s_per_device / 1e12
+    return {
+        "tflops_per_device": tflops,
+        "hw_tflops_per_device": hw_tflops,
+        "mfu": tflops / peak if peak else None,
+        "hfu": hw_tflops / peak if peak else None,
+    }
+
+
+def run_metrics(*, n_layers: int, d_model: int, n_heads: int, seq_len: int, vocab_size: int,
+                world_size: int, global_batch_size: int, step_times_s: Sequence[float],
+                losses: Sequence[float], peak_memory_bytes: Optional[int],
+                peak_memory_reserved_bytes: Optional[int], device_name: Optional[str],
+                dtype: str, recompute: bool = False) -> Dict[str, Optional[float]]:
+    """Every metric of one run from its raw measurements (see README 'Metrics')."""
+    params = gpt_param_count(n_layers, d_model, seq_len, vocab_size)
+    head_dim = d_model // n_heads
+    model_flops = flops_per_token(params["non_embedding"], n_layers, n_heads, head_dim, seq_len)
+    hw_flops = model_flops + (recompute_flops_per_token(params["non_embedding"], n_layers,
+                                                        n_heads, head_dim, seq_len) if recompute else 0.0)
+    rates = throughput(step_times_s, global_batch_size * seq_len, global_batch_size, world_size)
+    finite = [x for x in losses if math.isfinite(x)]
+    return {
+        **rates,
+        **step_time_stats(step_times_s),
+        "timed_steps": len(step_times_s),
+        "flops_per_token": model_flops,
+        **utilisation(model_flops, hw_flops, rates["tokens_per_s_per_device"],
+                      peak_tflops(device_name, dtype)),
+        "peak_tflops_per_device": peak_tflops(device_name, dtype),
+        "peak_memory_bytes": peak_memory_bytes,
+        "peak_memory_reserved_bytes": peak_memory_reserved_bytes,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "loss_all_finite": len(finite) == len(losses),
+    }

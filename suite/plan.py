@@ -1,0 +1,197 @@
+"""Pure planning: turn one composed config into a RunPlan (world size, batch math, the
+DeepSpeed config dict, the resources to ask for), refusing combinations that cannot run.
+
+Nothing here touches processes, files or devices, so tests call it directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from suite.config import ConfigError, SuiteConfig
+
+# Optimizers DeepSpeed can run on the CPU side under ZeRO-Offload (DeepSpeedCPUAdam/Adagrad).
+OFFLOADABLE_OPTIMIZERS = ("adam", "adamw", "adagrad")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a run needs to know before it starts, derived from its config."""
+
+    accelerator: str  # "cpu" or "cuda"
+    nodes: int
+    ranks_per_node: int
+    world_size: int
+    data_parallel_size: int
+    micro_batch_size: int
+    grad_accum_steps: int
+    global_batch_size: int
+    ds_config: Dict[str, Any]
+
+
+def to_object(cfg: DictConfig | SuiteConfig) -> SuiteConfig:
+    """The typed config; running the schemas' range checks on the way."""
+    if isinstance(cfg, SuiteConfig):
+        return cfg
+    suite_part = {k: cfg[k] for k in ("model", "strategy", "optimizer", "precision",
+                                      "cluster", "train", "report") if k in cfg}
+    merged = OmegaConf.merge(OmegaConf.structured(SuiteConfig), suite_part)
+    return OmegaConf.to_object(merged)
+
+
+def resolve_accelerator(requested: str, local_gpus: int) -> str:
+    if requested == "auto":
+        return "cuda" if local_gpus > 0 else "cpu"
+    return requested
+
+
+def ranks_per_node(cfg: SuiteConfig, accelerator: str, local_gpus: int) -> int:
+    """Ranks on each node: the configured GPUs per node, else all local GPUs, else cpu_ranks."""
+    if cfg.cluster.gpus_per_node is not None:
+        return cfg.cluster.gpus_per_node
+    if accelerator == "cuda" and local_gpus > 0:
+        return local_gpus
+    if accelerator == "cuda":
+        raise ConfigError("cluster.gpus_per_node must be set when the GPUs are not on this machine")
+    return cfg.cluster.cpu_ranks
+
+
+def batch_sizes(micro: int, accum: int, global_batch: Optional[int], dp: int) -> tuple[int, int, int]:
+    """(micro, accumulation, global) with global = micro x accumulation x data-parallel size."""
+    product = micro * accum * dp
+    if global_batch is not None and global_batch != product:
+        raise ConfigError(
+            f"train.global_batch_size={global_batch} must equal train.micro_batch_size={micro} x "
+            f"train.grad_accum_steps={accum} x data-parallel size {dp} = {product}"
+        )
+    return micro, accum, product
+
+
+def check_combination(cfg: SuiteConfig, accelerator: str) -> None:
+    """Refuse what DeepSpeed cannot run on this accelerator, naming the fields."""
+    if accelerator == "cpu":
+        if cfg.precision.name == "fp16":
+            raise ConfigError("precision=fp16 needs a GPU (DeepSpeed: 'Type fp16 is not supported "
+                              "on your device'); on the CPU use fp32 or bf16")
+        if cfg.optimizer.name == "lamb":
+            raise ConfigError("optimizer=lamb needs a GPU (DeepSpeed's Lamb is a CUDA kernel); on "
+                              "the CPU use sgd, sgd_momentum, adam, adamw or adagrad")
+    offloading = cfg.strategy.offload_optimizer or cfg.strategy.offload_params
+    if offloading and cfg.optimizer.name not in OFFLOADABLE_OPTIMIZERS:
+        raise ConfigError(
+            f"optimizer={cfg.optimizer.name} cannot run with strategy={cfg.strategy.name} "
+            f"(ZeRO-Offload runs only {list(OFFLOADABLE_OPTIMIZERS)} on the CPU)"
+        )
+
+
+def _optimizer_block(cfg: SuiteConfig, accelerator: str) -> Dict[str, Any]:
+    opt = cfg.optimizer
+    name = opt.name
+    if name in ("sgd", "sgd_momentum"):
+        return {"type": "SGD",
+                "params": {"lr": opt.lr, "momentum": opt.momentum, "weight_decay": opt.weight_decay}}
+    if name == "adagrad":
+        return {"type": "Adagrad",
+                "params": {"lr": opt.lr, "eps": opt.eps, "weight_decay": opt.weight_decay}}
+    params: Dict[str, Any] = {"lr": opt.lr, "betas": list(opt.betas), "eps": opt.eps,
+                              "weight_decay": opt.weight_decay}
+    if name == "lamb":
+        return {"type": "Lamb", "params": params}
+    fused = opt.fused if opt.fused is not None else accelerator == "cuda"
+    # DeepSpeed's "Adam" silently trains AdamW unless adam_w_mode is false.
+    params["adam_w_mode"] = name == "adamw"
+    if not fused:
+        params["torch_adam"] = True
+    return {"type": "AdamW" if name == "adamw" else "Adam", "params": params}
+
+
+def _scheduler_block(cfg: SuiteConfig) -> Optional[Dict[str, Any]]:
+    opt = cfg.optimizer
+    if opt.scheduler == "none":
+        return None
+    params = {"warmup_min_lr": 0.0, "warmup_max_lr": opt.lr,
+              "warmup_num_steps": opt.lr_warmup_steps, "warmup_type": "linear"}
+    if opt.scheduler == "warmup":
+        return {"type": "WarmupLR", "params": params}
+    total = cfg.train.warmup_steps + cfg.train.timed_steps
+    return {"type": "WarmupDecayLR", "params": {**params, "total_num_steps": max(total, opt.lr_warmup_steps + 1)}}
+
+
+def _zero_block(cfg: SuiteConfig, accelerator: str) -> Dict[str, Any]:
+    s = cfg.strategy
+    if s.zero_stage == 0:
+        return {"stage": 0}
+    block: Dict[str, Any] = {
+        "stage": s.zero_stage,
+        "reduce_bucket_size": s.reduce_bucket_size,
+        "overlap_comm": s.overlap_comm,
+        "contiguous_gradients": s.contiguous_gradients,
+    }
+    if s.zero_stage < 3:
+        block["allgather_bucket_size"] = s.allgather_bucket_size
+    else:
+        block.update(
+            stage3_prefetch_bucket_size=s.stage3_prefetch_bucket_size,
+            stage3_param_persistence_threshold=s.stage3_param_persistence_threshold,
+            stage3_max_live_parameters=s.stage3_max_live_parameters,
+            stage3_max_reuse_distance=s.stage3_max_reuse_distance,
+        )
+    pin = accelerator == "cuda"  # pinned host memory speeds GPU<->CPU copies; moot on the CPU
+    if s.offload_optimizer:
+        block["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
+    if s.offload_params:
+        block["offload_param"] = {"device": "cpu", "pin_memory": pin}
+    return block
+
+
+def deepspeed_config(cfg: SuiteConfig, accelerator: str, micro: int, accum: int,
+                     global_batch: int) -> Dict[str, Any]:
+    """The DeepSpeed config dict for one run."""
+    ds: Dict[str, Any] = {
+        "train_batch_size": global_batch,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accum,
+        "steps_per_print": 1_000_000,  # DeepSpeed's own progress lines are noise in a benchmark
+        "wall_clock_breakdown": False,
+        "zero_optimization": _zero_block(cfg, accelerator),
+        "optimizer": _optimizer_block(cfg, accelerator),
+    }
+    scheduler = _scheduler_block(cfg)
+    if scheduler is not None:
+        ds["scheduler"] = scheduler
+    if cfg.precision.name == "bf16":
+        ds["bf16"] = {"enabled": True}
+    elif cfg.precision.name == "fp16":
+        ds["fp16"] = {"enabled": True, "loss_scale": cfg.precision.loss_scale,
+                      "initial_scale_power": cfg.precision.initial_scale_power}
+    if cfg.strategy.zero_stage > 0 and cfg.optimizer.name in ("sgd", "sgd_momentum"):
+        # DeepSpeed refuses optimizers it has not tested with ZeRO unless told to go ahead.
+        ds["zero_allow_untested_optimizer"] = True
+    return ds
+
+
+def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0) -> RunPlan:
+    """Validate one run's config and derive its plan. `local_gpus`: GPUs the submitting
+    machine sees (used only where the config leaves accelerator or ranks to be detected)."""
+    typed = to_object(cfg)
+    accelerator = resolve_accelerator(typed.cluster.accelerator, local_gpus)
+    check_combination(typed, accelerator)
+    per_node = ranks_per_node(typed, accelerator, local_gpus)
+    world = typed.cluster.nodes * per_node
+    dp = world
+    micro, accum, global_batch = batch_sizes(typed.train.micro_batch_size,
+                                             typed.train.grad_accum_steps,
+                                             typed.train.global_batch_size, dp)
+    return RunPlan(
+        accelerator=accelerator,
+        nodes=typed.cluster.nodes,
+        ranks_per_node=per_node,
+        world_size=world,
+        data_parallel_size=dp,
+        micro_batch_size=micro,
+        grad_accum_steps=accum,
+        global_batch_size=global_batch,
+        ds_config=deepspeed_config(typed, accelerator, micro, accum, global_batch),
+    )

@@ -1,0 +1,154 @@
+"""Tables and rendering: report.md, report.html (plots embedded), runs.parquet, runs.csv."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from suite.report.collate import load_sweep  # noqa: E402
+
+MIB = 2 ** 20
+
+
+@dataclass
+class Report:
+    frame: pd.DataFrame
+    markdown_path: Path
+    html_path: Path
+    summary_text: str
+    all_ok: bool
+
+
+def _number(value, fmt: str) -> str:
+    return "—" if value is None or pd.isna(value) else format(value, fmt)
+
+
+def throughput_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per run of one model: the axes, the headline metrics with units, the status."""
+    rows = []
+    for _, r in frame.iterrows():
+        spread = "" if pd.isna(r.step_time_cv) else f" ± {r.step_time_cv * 100:.1f}%"
+        rows.append({
+            "strategy": r.strategy, "optimizer": r.optimizer, "precision": r.precision,
+            "ranks": _number(r.world_size, ".0f"),
+            "micro x accum x dp": f"{_number(r.micro_batch_size, '.0f')} x {_number(r.grad_accum_steps, '.0f')}"
+                                  f" x {_number((r.world_size or 0), '.0f')}",
+            "tokens/s/device": _number(r.tokens_per_s_per_device, ",.0f"),
+            "TFLOP/s/device": _number(r.tflops_per_device, ".4g"),
+            "MFU": "—" if pd.isna(r.mfu) else f"{r.mfu * 100:.1f}%",
+            "step median (ms) ± CV": ("—" if pd.isna(r.step_time_median_s)
+                                      else f"{r.step_time_median_s * 1e3:.1f}{spread}"),
+            "peak memory (MiB)": _number(None if pd.isna(r.peak_memory_bytes) else r.peak_memory_bytes / MIB, ",.0f"),
+            "status": r.status,
+        })
+    return pd.DataFrame(rows)
+
+
+def best_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The fastest ok configuration per (model, world size), by tokens/s per device."""
+    ok = frame[frame.status == "ok"].dropna(subset=["tokens_per_s_per_device"])
+    if ok.empty:
+        return pd.DataFrame(columns=["model", "ranks", "best configuration", "tokens/s/device"])
+    best = ok.loc[ok.groupby(["model", "world_size"])["tokens_per_s_per_device"].idxmax()]
+    return pd.DataFrame({
+        "model": best.model,
+        "ranks": best.world_size.astype(int),
+        "best configuration": best.strategy + " / " + best.optimizer + " / " + best.precision,
+        "tokens/s/device": best.tokens_per_s_per_device.map(lambda v: f"{v:,.0f}"),
+    })
+
+
+def failures_table(frame: pd.DataFrame) -> pd.DataFrame:
+    failed = frame[frame.status != "ok"]
+    return pd.DataFrame({"run": failed.run_id, "status": failed.status,
+                         "error": failed.error.fillna("").str.slice(0, 400)})
+
+
+def throughput_plot(frame: pd.DataFrame, model: str) -> bytes:
+    ok = frame[(frame.model == model) & (frame.status == "ok")]
+    labels = (ok.strategy + " / " + ok.optimizer + " / " + ok.precision + " / "
+              + ok.world_size.astype("Int64").astype(str) + " ranks").tolist()
+    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(labels), 2) + 1.2))
+    ax.barh(labels, ok.tokens_per_s_per_device.tolist(), color="#3b75af")
+    ax.invert_yaxis()
+    ax.set_xlabel("tokens/s per device")
+    ax.set_title(f"{model}: throughput per device (ok runs)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _markdown(frame: pd.DataFrame, tables: Dict[str, pd.DataFrame], best: pd.DataFrame,
+              failures: pd.DataFrame, header: List[str]) -> str:
+    parts = ["# Benchmark report", "", *header, ""]
+    parts += ["## Best configuration per model and world size", "",
+              best.to_markdown(index=False) if not best.empty else "_no successful run_", ""]
+    for model, table in tables.items():
+        parts += [f"## Throughput: {model}", "", table.to_markdown(index=False), ""]
+    parts += ["## Failed runs", "",
+              failures.to_markdown(index=False) if not failures.empty else "_none_", ""]
+    parts += ["MFU is model FLOPs utilisation against the device's datasheet peak; it is empty "
+              "(—) where no peak is known (any CPU, an unlisted GPU). See README.md, 'Metrics'.", ""]
+    return "\n".join(parts)
+
+
+def _html(tables: Dict[str, pd.DataFrame], plots: Dict[str, bytes], best: pd.DataFrame,
+          failures: pd.DataFrame, header: List[str]) -> str:
+    def table(df: pd.DataFrame) -> str:
+        return df.to_html(index=False, border=0, classes="t", escape=True) if not df.empty else "<p><em>none</em></p>"
+
+    body = ["<h1>Benchmark report</h1>", "<ul>"] + [f"<li>{html.escape(h.lstrip('- '))}</li>" for h in header] + ["</ul>"]
+    body += ["<h2>Best configuration per model and world size</h2>", table(best)]
+    for model, t in tables.items():
+        image = base64.b64encode(plots[model]).decode()
+        body += [f"<h2>Throughput: {html.escape(model)}</h2>", table(t),
+                 f'<img alt="throughput of {html.escape(model)}" src="data:image/png;base64,{image}">']
+    body += ["<h2>Failed runs</h2>", table(failures)]
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:80em}"
+             "table.t{border-collapse:collapse;margin:1em 0}"
+             ".t th,.t td{padding:.3em .7em;border-bottom:1px solid #ddd;text-align:right}"
+             ".t th{background:#f3f3f3}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Benchmark report</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+def build_report(sweep_dir: Path) -> Report:
+    sweep_dir = Path(sweep_dir)
+    out = sweep_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    frame = load_sweep(sweep_dir)
+    frame.to_parquet(out / "runs.parquet", index=False)
+    frame.to_csv(out / "runs.csv", index=False)
+
+    n_ok = int((frame.status == "ok").sum())
+    header = [f"- sweep: {sweep_dir.name}", f"- runs: {len(frame)}, ok: {n_ok}, "
+              f"failed: {len(frame) - n_ok}"]
+    if len(frame):
+        versions = frame.iloc[0]
+        header.append(f"- torch {versions.env_torch}, DeepSpeed {versions.env_deepspeed}, "
+                      f"device {versions.env_device_name}")
+    tables = {m: throughput_table(frame[frame.model == m]) for m in sorted(frame.model.dropna().unique())}
+    plots = {m: throughput_plot(frame, m) for m in tables}
+    for model, png in plots.items():
+        (out / f"throughput_{model}.png").write_bytes(png)
+    best, failures = best_table(frame), failures_table(frame)
+
+    markdown_path, html_path = out / "report.md", out / "report.html"
+    markdown_path.write_text(_markdown(frame, tables, best, failures, header))
+    html_path.write_text(_html(tables, plots, best, failures, header))
+    summary = "\n".join(header) + "\n\n" + "\n\n".join(
+        f"{m}\n{t[['strategy', 'optimizer', 'precision', 'ranks', 'tokens/s/device', 'step median (ms) ± CV', 'status']].to_markdown(index=False)}"
+        for m, t in tables.items())
+    return Report(frame, markdown_path, html_path, summary, all_ok=n_ok == len(frame))

@@ -1,0 +1,221 @@
+"""The result record: one `result.json` per run, whatever its outcome. Building the record
+and classifying a failure are pure; writing is atomic; environment capture redacts secrets."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import socket
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional
+
+SCHEMA_VERSION = 1
+RESULT_FILE = "result.json"
+STATUSES = ("ok", "oom", "error", "nan", "timeout", "preempted", "cancelled", "invalid")
+
+# Names of environment variables and config keys whose values must never be written.
+_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+(?=@)")
+# Environment variables worth keeping in a record: they change what a benchmark measures.
+_ENV_PREFIXES = ("NCCL_", "CUDA_", "DS_", "OMP_", "TORCH_", "SLURM_JOB", "SLURM_ARRAY",
+                 "SLURM_NNODES", "SLURM_NTASKS", "MASTER_", "WORLD_SIZE", "NVIDIA_")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def redact(name: str, value: Any) -> Any:
+    """The value, or '<redacted>' if its name looks like a credential; URL passwords masked."""
+    if isinstance(value, dict):
+        return {k: redact(k, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(name, v) for v in value]
+    if _SECRET_NAME.search(name):
+        return "<redacted>"
+    if isinstance(value, str):
+        return _URL_CREDENTIALS.sub("<redacted>", value)
+    return value
+
+
+def config_hash(config: Dict[str, Any]) -> str:
+    """A short stable hash of a run's resolved config: the same benchmark gets the same hash."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def classify_exception(exc: BaseException) -> str:
+    """Status for a run that raised: oom for any out-of-memory error, else error."""
+    import torch
+
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower():
+        return "oom"
+    return "error"
+
+
+def status_of_losses(losses: Iterable[float]) -> tuple[str, Optional[str]]:
+    for step, loss in enumerate(losses):
+        if not math.isfinite(loss):
+            return "nan", f"non-finite loss {loss} at step {step}"
+    return "ok", None
+
+
+def _git_revision() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def capture_environment(hostnames: Optional[list[str]] = None) -> Dict[str, Any]:
+    """Versions, devices, hosts, scheduler ids and the variables that change a measurement."""
+    import deepspeed
+    import torch
+
+    cuda = torch.cuda.is_available()
+    nccl = None
+    if cuda:
+        try:
+            nccl = ".".join(map(str, torch.cuda.nccl.version()))
+        except Exception:  # ROCm builds report RCCL differently
+            nccl = None
+    variables = {k: redact(k, v) for k, v in sorted(os.environ.items())
+                 if k.startswith(_ENV_PREFIXES)}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "deepspeed": deepspeed.__version__,
+        "cuda": torch.version.cuda,
+        "nccl": nccl,
+        "device_name": torch.cuda.get_device_name() if cuda else _cpu_name(),
+        "device_count": torch.cuda.device_count() if cuda else os.cpu_count(),
+        "hostname": socket.gethostname(),
+        "hostnames": hostnames or [socket.gethostname()],
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "git_revision": _git_revision(),
+        "variables": variables,
+    }
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN: a non-finite float is written as null (the status says why)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def make_record(*, run_id: str, sweep_id: str, status: str, error: Optional[str],
+                config: Dict[str, Any], axes: Dict[str, Any], metrics: Dict[str, Any],
+                env: Dict[str, Any], started_at: str, finished_at: str) -> Dict[str, Any]:
+    """The record as written to result.json (see README 'Result schema')."""
+    if status not in STATUSES:
+        raise ValueError(f"status={status!r} is not one of {STATUSES}")
+    safe_config = redact("config", config)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "sweep_id": sweep_id,
+        "status": status,
+        "error": error,
+        **axes,
+        "config": safe_config,
+        "config_hash": config_hash(safe_config),
+        "metrics": _finite_or_none(metrics),
+        "env": env,
+        "started_at": started_at,
+        "finished_at": finished_at,
+    }
+
+
+def write_record(run_dir: Path, record: Dict[str, Any]) -> Path:
+    """Write result.json atomically: a reader sees the old file or the whole new one."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".result.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2, sort_keys=False, allow_nan=False, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; records are for everyone to read
+        os.replace(tmp, run_dir / RESULT_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return run_dir / RESULT_FILE
+
+
+def read_record(path: Path) -> Dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
+
+
+def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
+    """The sweep axes as plain fields of the record (cfg: SuiteConfig, plan: RunPlan)."""
+    from suite.metrics import gpt_param_count
+
+    m = cfg.model
+    return {
+        "model": m.name,
+        "strategy": cfg.strategy.name,
+        "zero_stage": cfg.strategy.zero_stage,
+        "offload_optimizer": cfg.strategy.offload_optimizer,
+        "offload_params": cfg.strategy.offload_params,
+        "optimizer": cfg.optimizer.name,
+        "precision": cfg.precision.name,
+        "accelerator": plan.accelerator if plan else None,
+        "world_size": plan.world_size if plan else None,
+        "nodes": plan.nodes if plan else cfg.cluster.nodes,
+        "ranks_per_node": plan.ranks_per_node if plan else cfg.cluster.gpus_per_node,
+        "micro_batch_size": plan.micro_batch_size if plan else cfg.train.micro_batch_size,
+        "grad_accum_steps": plan.grad_accum_steps if plan else cfg.train.grad_accum_steps,
+        "global_batch_size": plan.global_batch_size if plan else cfg.train.global_batch_size,
+        "seq_len": m.seq_len,
+        "n_params": gpt_param_count(m.n_layers, m.d_model, m.seq_len, m.vocab_size)["total"],
+    }
+
+
+def write_launcher_record(run_dir: Path, run_cfg: Any, plan: Any, *, status: str, error: str,
+                          job_id: Optional[str] = None) -> Path:
+    """The record of a run that ended without writing its own (a rank killed, a job lost),
+    written by the process that launched it."""
+    from omegaconf import OmegaConf
+
+    from suite.plan import to_object
+
+    config = OmegaConf.to_container(run_cfg, resolve=True)
+    config.pop("hydra", None)
+    now = now_iso()
+    record = make_record(
+        run_id=f"{Path(run_dir).parent.name}/{Path(run_dir).name}",
+        sweep_id=Path(run_dir).parent.name, status=status, error=error, config=config,
+        axes=record_axes(to_object(run_cfg), plan), metrics={},
+        env={"hostname": socket.gethostname(), "job_id": job_id,
+             "written_by": "launcher (the run left no record)"},
+        started_at=now, finished_at=now)
+    return write_record(run_dir, record)

@@ -1,0 +1,1 @@
+"""The training workload: a GPT decoder, synthetic tokens and the timed DeepSpeed loop."""
