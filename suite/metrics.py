@@ -54,7 +54,7 @@ def gpt_param_count(n_layers: int, d_model: int, seq_len: int, vocab_size: int) 
         + 4 * d * d + d      # MLP down
     )
     embedding = vocab_size * d + seq_len * d  # token and position tables (lookups, no matmul)
-    head = 2 * d + d * vocab_size             # final LayerNorm + output projection
+    head = 2 * d + d * vocab_size             # final LayerNorm + output projection (no bias)
     total = embedding + n_layers * per_block + head
     return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
 

@@ -5,7 +5,7 @@ Nothing here touches processes, files or devices, so tests call it directly.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -31,10 +31,22 @@ class RunPlan:
     ds_config: Dict[str, Any]
 
 
+def _reject_unknown_keys(node: Any, schema: type, path: str) -> None:
+    """Hydra's `+key=value` can add a key a schema does not have; refuse it by name."""
+    known = {f.name: f for f in fields(schema)}
+    for key in node:
+        if key not in known:
+            raise ConfigError(f"{path}{key} is not a field of {schema.__name__}; "
+                              f"known fields: {sorted(known)}")
+        if is_dataclass(known[key].default_factory if callable(known[key].default_factory) else None):
+            _reject_unknown_keys(node[key], known[key].default_factory, f"{path}{key}.")
+
+
 def to_object(cfg: DictConfig | SuiteConfig) -> SuiteConfig:
     """The typed config; running the schemas' range checks on the way."""
     if isinstance(cfg, SuiteConfig):
         return cfg
+    _reject_unknown_keys({k: cfg[k] for k in cfg if k != "hydra"}, SuiteConfig, "")
     suite_part = {k: cfg[k] for k in ("model", "strategy", "optimizer", "precision",
                                       "cluster", "train", "report") if k in cfg}
     merged = OmegaConf.merge(OmegaConf.structured(SuiteConfig), suite_part)

@@ -1,0 +1,33 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import suite.config  # noqa: F401  (registers the schemas)
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+@pytest.fixture
+def compose_cfg():
+    """Compose the suite's config as `python -m suite.sweep` would, with overrides."""
+    def _compose(*overrides: str, return_hydra_config: bool = False):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name="sweep", overrides=list(overrides),
+                           return_hydra_config=return_hydra_config)
+    return _compose
+
+
+def run_sweep(results_dir: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m suite.sweep -m ...` for real, its sweep folders under results_dir."""
+    env = {**os.environ, "SUITE_RESULTS_DIR": str(results_dir), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "suite.sweep", "-m", *overrides], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def sweep_dirs(results_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(results_dir).iterdir() if p.is_dir()) if Path(results_dir).exists() else []

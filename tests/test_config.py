@@ -1,0 +1,70 @@
+"""Every config group composes; bad values and unknown keys fail with a message naming them."""
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from suite.config import ConfigError
+from suite.plan import to_object
+
+from conftest import CONF
+
+GROUPS = ["model", "strategy", "optimizer", "precision", "cluster"]
+
+
+@pytest.mark.parametrize("group,option", [(g, p.stem) for g in GROUPS
+                                          for p in sorted((CONF / g).glob("*.yaml"))])
+def test_every_option_composes_into_a_typed_config(compose_cfg, group, option):
+    typed = to_object(compose_cfg(f"{group}={option}"))
+    assert getattr(typed, group).name == option
+
+
+def test_default_composition_is_the_smoke_sweep(compose_cfg):
+    cfg = compose_cfg(return_hydra_config=True)
+    typed = to_object(cfg)
+    assert (typed.model.name, typed.strategy.name, typed.optimizer.name, typed.precision.name,
+            typed.cluster.name) == ("tiny", "ddp", "adamw", "fp32", "local")
+    assert cfg.hydra.sweeper.params == {"strategy": "ddp,zero1,zero2,zero3",
+                                        "optimizer": "adamw,sgd_momentum"}
+
+
+def test_gpt3_shapes(compose_cfg):
+    shapes = {o: to_object(compose_cfg(f"model={o}")).model for o in
+              ("gpt_125m", "gpt_350m", "gpt_760m", "gpt_1_3b", "gpt_2_7b", "gpt_6_7b", "gpt_13b")}
+    assert [(m.n_layers, m.d_model, m.n_heads) for m in shapes.values()] == [
+        (12, 768, 12), (24, 1024, 16), (24, 1536, 16), (24, 2048, 16), (32, 2560, 32),
+        (32, 4096, 32), (40, 5120, 40)]
+    assert {(m.seq_len, m.vocab_size) for m in shapes.values()} == {(2048, 50304)}
+
+
+@pytest.mark.parametrize("override,named", [
+    ("model.d_modle=3", "d_modle"),
+    ("strategy.bucket=1", "bucket"),
+    ("+optimizer.nesterov=true", "nesterov"),
+    ("strategy=zero9", "zero9"),
+    ("model.n_layers=many", "n_layers"),
+])
+def test_unknown_keys_and_wrong_types_are_rejected_by_name(compose_cfg, override, named):
+    with pytest.raises((ConfigCompositionException, ValidationError, ConfigError)) as err:
+        to_object(compose_cfg(override))  # `+key=...` composes; the typed schema refuses it
+    assert named in str(err.value) + str(err.value.__cause__)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("strategy.zero_stage=5", "strategy.zero_stage=5 is not allowed; choose one of [0, 1, 2, 3]"),
+    ("optimizer.name=rmsprop", "optimizer.name='rmsprop' is not allowed"),
+    ("optimizer.scheduler=cosine", "optimizer.scheduler='cosine' is not allowed"),
+    ("optimizer.momentum=1.5", "optimizer.momentum=1.5 must be in [0, 1)"),
+    ("optimizer.lr=-1", "optimizer.lr=-1.0 must be > 0"),
+    ("precision.name=fp8", "precision.name='fp8' is not allowed"),
+    ("model.n_heads=5", "model.d_model=64 must divide by model.n_heads=5"),
+    ("train.timed_steps=0", "train.timed_steps=0 must be > 0"),
+    ("train.fault=segv", "train.fault='segv' is not allowed"),
+    ("strategy=ddp strategy.offload_optimizer=true", "strategy.offload_optimizer=true needs"),
+    ("cluster.accelerator=tpu", "cluster.accelerator='tpu' is not allowed"),
+])
+def test_out_of_range_values_fail_naming_field_and_allowed_values(compose_cfg, override, message):
+    with pytest.raises(ConfigError) as err:
+        to_object(compose_cfg(*override.split()))
+    assert message in str(err.value)

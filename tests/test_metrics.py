@@ -1,0 +1,89 @@
+"""Metric formulas against numbers computed by hand (the arithmetic is in the comments)."""
+import math
+
+import pytest
+
+from suite.metrics import (device_key, flops_per_token, gpt_param_count, peak_tflops,
+                           recompute_flops_per_token, run_metrics, step_time_stats, throughput,
+                           utilisation)
+from suite.workload.model import GPT
+
+
+def test_param_count_of_the_tiny_gpt():
+    # per block 12*64^2 + 13*64 = 49,984; embeddings 512*64 + 64*64 = 36,864;
+    # head 2*64 + 64*512 = 32,896; total 36,864 + 2*49,984 + 32,896 = 169,728
+    assert gpt_param_count(2, 64, 64, 512) == {"total": 169_728, "embedding": 36_864,
+                                               "non_embedding": 132_864}
+
+
+def test_param_count_of_gpt3_125m():
+    # per block 12*768^2 + 13*768 = 7,087,872; embeddings (50,304 + 2,048)*768 = 40,206,336;
+    # head 2*768 + 768*50,304 = 38,635,008; total 40,206,336 + 12*7,087,872 + 38,635,008
+    assert gpt_param_count(12, 768, 2048, 50304) == {
+        "total": 163_895_808, "embedding": 40_206_336, "non_embedding": 123_689_472}
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 4, 64, 512), (3, 96, 6, 32, 256)])
+def test_param_count_matches_the_real_model(shape):
+    n_layers, d_model, n_heads, seq_len, vocab = shape
+    model = GPT(n_layers, d_model, n_heads, seq_len, vocab)
+    assert sum(p.numel() for p in model.parameters()) == gpt_param_count(
+        n_layers, d_model, seq_len, vocab)["total"]
+
+
+def test_flops_per_token_palm_formula():
+    # tiny: 6*132,864 + 12*2 layers*4 heads*16 head dim*64 tokens = 797,184 + 98,304
+    assert flops_per_token(132_864, 2, 4, 16, 64) == 895_488
+    # 125M: 6*123,689,472 + 12*12*12*64*2048 = 742,136,832 + 226,492,416
+    assert flops_per_token(123_689_472, 12, 12, 64, 2048) == 968_629_248
+    # one more forward when every block is recomputed: 2*132,864 + 4*2*4*16*64 = 265,728 + 32,768
+    assert recompute_flops_per_token(132_864, 2, 4, 16, 64) == 298_496
+
+
+def test_step_time_statistics():
+    stats = step_time_stats([4.0, 1.0, 3.0, 2.0])
+    # mean 2.5; deviations 1.5, 0.5, 0.5, 1.5 -> variance (2.25+0.25+0.25+2.25)/4 = 1.25
+    assert stats["step_time_mean_s"] == 2.5
+    assert stats["step_time_median_s"] == 2.5
+    assert stats["step_time_std_s"] == pytest.approx(math.sqrt(1.25))
+    assert stats["step_time_cv"] == pytest.approx(math.sqrt(1.25) / 2.5)
+    assert stats["step_time_p90_s"] == 4.0  # nearest rank: ceil(0.9*4) = 4th of 4
+    assert (stats["step_time_min_s"], stats["step_time_max_s"]) == (1.0, 4.0)
+    assert step_time_stats([0.1] * 10)["step_time_p90_s"] == 0.1
+    with pytest.raises(ValueError):
+        step_time_stats([])
+
+
+def test_throughput_is_work_over_the_whole_window():
+    # 3 steps of 1,000 tokens (8 samples) in 0.5 + 0.5 + 1.0 = 2 s on 2 devices
+    assert throughput([0.5, 0.5, 1.0], 1000, 8, 2) == {
+        "tokens_per_s": 1500.0, "tokens_per_s_per_device": 750.0, "samples_per_s": 12.0}
+
+
+def test_mfu_on_known_devices_and_null_elsewhere():
+    assert device_key("NVIDIA H100 80GB HBM3") == "H100 SXM"
+    assert device_key("NVIDIA H100 PCIe") == "H100 PCIe"
+    assert device_key("NVIDIA A100-SXM4-80GB") == "A100"
+    assert device_key("NVIDIA H200") == "H200"
+    assert device_key("AMD Instinct MI300X") == "MI300X"
+    assert device_key("AMD EPYC 7763 64-Core Processor") is None
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.4
+    assert peak_tflops("NVIDIA B200", "fp32") is None  # not a number we can vouch for
+    # 125M at 100,000 tokens/s per device: 968,629,248 * 1e5 / 1e12 = 96.8629248 TFLOP/s
+    u = utilisation(968_629_248, 968_629_248, 100_000, 989.4)
+    assert u["tflops_per_device"] == pytest.approx(96.8629248)
+    assert u["mfu"] == pytest.approx(96.8629248 / 989.4)
+    assert utilisation(968_629_248, 968_629_248, 100_000, None)["mfu"] is None
+
+
+def test_run_metrics_of_a_cpu_run_has_null_mfu_and_model_tflops():
+    m = run_metrics(n_layers=2, d_model=64, n_heads=4, seq_len=64, vocab_size=512,
+                    world_size=2, global_batch_size=4, step_times_s=[0.02, 0.02],
+                    losses=[6.2, 6.1, float("nan")], peak_memory_bytes=100,
+                    peak_memory_reserved_bytes=None, device_name=None, dtype="fp32")
+    # 4 samples x 64 tokens = 256 tokens per step; 512 tokens / 0.04 s = 12,800 tokens/s
+    assert m["tokens_per_s"] == pytest.approx(12_800)
+    assert m["tokens_per_s_per_device"] == pytest.approx(6_400)
+    assert m["tflops_per_device"] == pytest.approx(895_488 * 6_400 / 1e12)
+    assert m["mfu"] is None and m["hfu"] is None and m["peak_tflops_per_device"] is None
+    assert m["loss_all_finite"] is False and m["loss_first"] == 6.2

@@ -1,0 +1,129 @@
+"""The DeepSpeed config and batch math each run gets, against expected values, and the
+combinations refused before anything starts."""
+import itertools
+
+import pytest
+
+from suite.config import ConfigError
+from suite.plan import batch_sizes, plan_run, to_object
+
+STRATEGIES = ["ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"]
+OPTIMIZERS = ["sgd", "sgd_momentum", "adam", "adamw", "adagrad", "lamb"]
+PRECISIONS = ["fp32", "bf16", "fp16"]
+WARMUP_LR = {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": 1e-4,
+                                            "warmup_num_steps": 2, "warmup_type": "linear"}}
+
+
+def ds(compose_cfg, *overrides, gpus=0):
+    return plan_run(compose_cfg(*overrides), local_gpus=gpus).ds_config
+
+
+def test_ddp_adamw_fp32_on_the_cpu(compose_cfg):
+    assert ds(compose_cfg, "strategy=ddp", "optimizer=adamw", "precision=fp32") == {
+        "train_batch_size": 4, "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 1, "steps_per_print": 1_000_000,
+        "wall_clock_breakdown": False,
+        "zero_optimization": {"stage": 0},
+        # torch's AdamW on the CPU: DeepSpeed's FusedAdam would compile a C++ op for nothing
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8,
+                                                  "weight_decay": 0.1, "adam_w_mode": True,
+                                                  "torch_adam": True}},
+        "scheduler": WARMUP_LR,
+    }
+
+
+def test_zero2_sgd_momentum_bf16_allows_the_untested_optimizer(compose_cfg):
+    assert ds(compose_cfg, "strategy=zero2", "optimizer=sgd_momentum", "precision=bf16",
+              "optimizer.scheduler=none", "train.micro_batch_size=3",
+              "train.grad_accum_steps=4") == {
+        "train_batch_size": 24, "train_micro_batch_size_per_gpu": 3,
+        "gradient_accumulation_steps": 4, "steps_per_print": 1_000_000,
+        "wall_clock_breakdown": False,
+        "zero_optimization": {"stage": 2, "reduce_bucket_size": 500_000_000,
+                              "allgather_bucket_size": 500_000_000, "overlap_comm": False,
+                              "contiguous_gradients": True},
+        "optimizer": {"type": "SGD", "params": {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0}},
+        "bf16": {"enabled": True},
+        "zero_allow_untested_optimizer": True,
+    }
+
+
+def test_zero3_offload_adam_fp16_on_8_gpus_is_fused_pinned_and_true_adam(compose_cfg):
+    config = ds(compose_cfg, "strategy=zero3_offload", "optimizer=adam", "precision=fp16",
+                "optimizer.scheduler=warmup_decay", "strategy.stage3_prefetch_bucket_size=1000",
+                gpus=8)
+    assert config["train_batch_size"] == 16
+    assert config["zero_optimization"] == {
+        "stage": 3, "reduce_bucket_size": 500_000_000, "overlap_comm": False,
+        "contiguous_gradients": True, "stage3_prefetch_bucket_size": 1000,
+        "stage3_param_persistence_threshold": 100_000,
+        "stage3_max_live_parameters": 1_000_000_000, "stage3_max_reuse_distance": 1_000_000_000,
+        "offload_optimizer": {"device": "cpu", "pin_memory": True},
+        "offload_param": {"device": "cpu", "pin_memory": True}}
+    # "Adam" alone would train AdamW in DeepSpeed: adam_w_mode must say false
+    assert config["optimizer"] == {"type": "Adam", "params": {
+        "lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.0, "adam_w_mode": False}}
+    assert config["fp16"] == {"enabled": True, "loss_scale": 0.0, "initial_scale_power": 16}
+    assert config["scheduler"] == {"type": "WarmupDecayLR", "params": {
+        **WARMUP_LR["params"], "total_num_steps": 13}}  # 3 warm-up + 10 timed steps
+    assert "zero_allow_untested_optimizer" not in config
+
+
+def test_zero1_adagrad_and_lamb_on_gpus(compose_cfg):
+    assert ds(compose_cfg, "strategy=zero1", "optimizer=adagrad")["optimizer"] == {
+        "type": "Adagrad", "params": {"lr": 1e-2, "eps": 1e-8, "weight_decay": 0.0}}
+    assert ds(compose_cfg, "strategy=zero1", "optimizer=lamb", gpus=2)["optimizer"] == {
+        "type": "Lamb", "params": {"lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8,
+                                   "weight_decay": 0.01}}
+
+
+@pytest.mark.parametrize("strategy,optimizer,precision",
+                         list(itertools.product(STRATEGIES, OPTIMIZERS, PRECISIONS)))
+def test_every_combination_on_gpus_has_consistent_blocks(compose_cfg, strategy, optimizer, precision):
+    overrides = [f"strategy={strategy}", f"optimizer={optimizer}", f"precision={precision}"]
+    offload = strategy.endswith("offload")
+    if offload and optimizer not in ("adam", "adamw", "adagrad"):
+        with pytest.raises(ConfigError, match=f"optimizer={optimizer} cannot run with strategy={strategy}"):
+            plan_run(compose_cfg(*overrides), local_gpus=4)
+        return
+    plan = plan_run(compose_cfg(*overrides), local_gpus=4)
+    config = plan.ds_config
+    stage = {"ddp": 0, "zero1": 1, "zero2": 2, "zero3": 3, "zero2_offload": 2, "zero3_offload": 3}[strategy]
+    assert plan.world_size == 4 and plan.accelerator == "cuda"
+    assert config["zero_optimization"]["stage"] == stage
+    assert ("offload_optimizer" in config["zero_optimization"]) == offload
+    assert config["train_batch_size"] == config["train_micro_batch_size_per_gpu"] * \
+        config["gradient_accumulation_steps"] * plan.data_parallel_size
+    assert ("bf16" in config, "fp16" in config) == (precision == "bf16", precision == "fp16")
+    assert config.get("zero_allow_untested_optimizer", False) == (
+        stage > 0 and optimizer in ("sgd", "sgd_momentum"))
+    assert "torch_adam" not in config["optimizer"]["params"]  # fused kernels on GPUs
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["precision=fp16"], "precision=fp16 needs a GPU"),
+    (["optimizer=lamb"], "optimizer=lamb needs a GPU"),
+    (["strategy=zero2_offload", "optimizer=sgd"], "optimizer=sgd cannot run with strategy=zero2_offload"),
+    (["train.global_batch_size=6"], "train.global_batch_size=6 must equal train.micro_batch_size=2 x "
+                                    "train.grad_accum_steps=1 x data-parallel size 2 = 4"),
+    (["cluster.accelerator=cuda"], "cluster.gpus_per_node must be set"),
+])
+def test_refused_on_the_cpu_before_anything_runs(compose_cfg, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        plan_run(compose_cfg(*overrides), local_gpus=0)
+    assert message in str(err.value)
+
+
+def test_world_size_comes_from_the_run_config(compose_cfg):
+    assert plan_run(compose_cfg("cluster.cpu_ranks=1"), 0).world_size == 1
+    plan = plan_run(compose_cfg("cluster.nodes=2", "cluster.gpus_per_node=8",
+                                "cluster.accelerator=cuda"), 0)
+    assert (plan.nodes, plan.ranks_per_node, plan.world_size) == (2, 8, 16)
+    assert plan.ds_config["train_batch_size"] == 32
+
+
+def test_batch_sizes():
+    assert batch_sizes(4, 8, None, 16) == (4, 8, 512)
+    assert batch_sizes(4, 8, 512, 16) == (4, 8, 512)
+    with pytest.raises(ConfigError):
+        batch_sizes(4, 8, 500, 16)

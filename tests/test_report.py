@@ -1,0 +1,51 @@
+"""Collation and report tables on hand-built record sets."""
+import json
+
+import pandas as pd
+
+from suite import results
+from suite.report import build_report
+from suite.report.collate import COLUMNS, load_sweep
+
+
+def write(sweep, name, status="ok", strategy="ddp", tokens=None, world=2, error=None, model="tiny"):
+    metrics = {} if tokens is None else {"tokens_per_s_per_device": tokens, "tokens_per_s": tokens * world,
+                                         "step_time_median_s": 0.01, "step_time_cv": 0.05,
+                                         "tflops_per_device": 0.01, "mfu": None,
+                                         "peak_memory_bytes": 200 * 2 ** 20}
+    rec = results.make_record(
+        run_id=f"{sweep.name}/{name}", sweep_id=sweep.name, status=status, error=error,
+        config={"strategy": strategy}, metrics=metrics, env={"torch": "2.13.0", "deepspeed": "0.19.8"},
+        axes={"model": model, "strategy": strategy, "optimizer": "adamw", "precision": "fp32",
+              "world_size": world, "micro_batch_size": 2, "grad_accum_steps": 1},
+        started_at="t0", finished_at="t1")
+    results.write_record(sweep / name, rec)
+
+
+def test_empty_sweep_still_has_the_schema(tmp_path):
+    frame = load_sweep(tmp_path)
+    assert list(frame.columns) == COLUMNS and len(frame) == 0
+    report = build_report(tmp_path)
+    assert report.markdown_path.exists() and "runs: 0" in report.markdown_path.read_text()
+
+
+def test_report_holds_every_run_and_lists_failures(tmp_path):
+    sweep = tmp_path / "sweep"
+    write(sweep, "0_ddp", strategy="ddp", tokens=1000.0)
+    write(sweep, "1_zero1", strategy="zero1", tokens=1500.0)
+    write(sweep, "2_zero3", strategy="zero3", status="error", error="RuntimeError: boom")
+    write(sweep, "3_zero2", strategy="zero2", tokens=900.0, model="gpt_125m", world=1)
+    report = build_report(sweep)
+    assert not report.all_ok
+    frame = pd.read_parquet(sweep / "report" / "runs.parquet")
+    assert len(frame) == 4 and (sweep / "report" / "runs.csv").exists()
+    md = report.markdown_path.read_text()
+    assert "runs: 4, ok: 3, failed: 1" in md
+    assert "## Throughput: tiny" in md and "## Throughput: gpt_125m" in md
+    assert "1,500" in md and "RuntimeError: boom" in md
+    # best per (model, world size): zero1 beats ddp for tiny on 2 ranks
+    best = md.split("## Best configuration")[1].split("##")[0]
+    assert "zero1 / adamw / fp32" in best and "ddp / adamw" not in best
+    html = report.html_path.read_text()
+    assert html.count("data:image/png;base64,") == 2 and "RuntimeError: boom" in html
+    assert (sweep / "report" / "throughput_tiny.png").stat().st_size > 1000

@@ -1,0 +1,50 @@
+"""Result records: atomic writes, JSON without NaN, redaction, failure classification."""
+import json
+
+import pytest
+import torch
+
+from suite import results
+
+
+def record(**overrides):
+    base = dict(run_id="s/0", sweep_id="s", status="ok", error=None,
+                config={"model": {"name": "tiny"}}, axes={"model": "tiny"},
+                metrics={"tokens_per_s": 1.0, "loss_last": float("nan")}, env={},
+                started_at="t0", finished_at="t1")
+    return results.make_record(**{**base, **overrides})
+
+
+def test_record_is_written_atomically_and_reads_back(tmp_path):
+    path = results.write_record(tmp_path / "run", record())
+    assert path.name == "result.json"
+    data = json.loads(path.read_text())  # strict JSON: NaN became null
+    assert data["metrics"] == {"tokens_per_s": 1.0, "loss_last": None}
+    assert data["schema_version"] == results.SCHEMA_VERSION
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["result.json"]  # no temp file left
+    results.write_record(tmp_path / "run", record(status="error", error="boom"))
+    assert results.read_record(path)["status"] == "error"
+
+
+def test_same_config_same_hash_and_unknown_status_refused():
+    assert record()["config_hash"] == record(run_id="other")["config_hash"]
+    assert record()["config_hash"] != record(config={"model": {"name": "gpt_125m"}})["config_hash"]
+    with pytest.raises(ValueError, match="status='fine'"):
+        record(status="fine")
+
+
+def test_secrets_are_redacted_by_name_and_inside_urls():
+    assert results.redact("HF_TOKEN", "abc") == "<redacted>"
+    assert results.redact("env", {"WANDB_API_KEY": "k", "NCCL_DEBUG": "INFO"}) == {
+        "WANDB_API_KEY": "<redacted>", "NCCL_DEBUG": "INFO"}
+    assert results.redact("url", "https://user:pw@host/x") == "https://<redacted>@host/x"
+    rec = record(config={"cluster": {"env": {"MY_SECRET": "s3cr3t"}}})
+    assert "s3cr3t" not in json.dumps(rec)
+
+
+def test_failures_are_classified():
+    assert results.classify_exception(torch.OutOfMemoryError("CUDA out of memory")) == "oom"
+    assert results.classify_exception(RuntimeError("CUDA error: out of memory")) == "oom"
+    assert results.classify_exception(ValueError("bad")) == "error"
+    assert results.status_of_losses([1.0, 2.0]) == ("ok", None)
+    assert results.status_of_losses([1.0, float("inf")]) == ("nan", "non-finite loss inf at step 1")

@@ -1,0 +1,63 @@
+"""The suite end to end, for real: `python -m suite.sweep -m` starts 2-rank DeepSpeed runs on
+the CPU (gloo) through submitit's local executor, and the report is built from the records."""
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import run_sweep, sweep_dirs
+
+
+def records(sweep):
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/result.json"))}
+
+
+def test_default_sweep_trains_every_zero_stage_and_reports_every_run(tmp_path):
+    done = run_sweep(tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [sweep] = sweep_dirs(tmp_path)
+    runs = records(sweep)
+    assert len(runs) == 8
+    assert {(r["strategy"], r["zero_stage"]) for r in runs.values()} == {
+        ("ddp", 0), ("zero1", 1), ("zero2", 2), ("zero3", 3)}
+    assert {r["optimizer"] for r in runs.values()} == {"adamw", "sgd_momentum"}
+    for name, r in runs.items():
+        assert r["status"] == "ok", (name, r["error"])
+        assert r["world_size"] == 2 and r["accelerator"] == "cpu"
+        m = r["metrics"]
+        assert m["tokens_per_s"] > 0 and m["timed_steps"] == 10
+        assert m["tokens_per_s_per_device"] == pytest.approx(m["tokens_per_s"] / 2)
+        assert m["mfu"] is None  # no datasheet peak for a CPU
+        assert m["loss_all_finite"] and m["peak_memory_bytes"] > 0
+        assert r["env"]["deepspeed"] and r["config"]["strategy"]["name"] == r["strategy"]
+    frame = pd.read_parquet(sweep / "report" / "runs.parquet")
+    assert sorted(frame.run_id) == sorted(r["run_id"] for r in runs.values())
+    md = (sweep / "report" / "report.md").read_text()
+    assert md.count("| ok ") == 8
+    assert str(sweep / "report" / "report.md") in done.stdout  # the command says where it is
+
+
+def test_a_failing_run_leaves_a_record_and_the_sweep_goes_on(tmp_path):
+    done = run_sweep(tmp_path, "strategy=zero1", "optimizer=sgd_momentum",
+                     "train.fault=none,raise,nan,oom", "train.timed_steps=3")
+    assert done.returncode == 1  # not every run succeeded
+    [sweep] = sweep_dirs(tmp_path)
+    by_fault = {r["config"]["train"]["fault"]: r for r in records(sweep).values()}
+    assert {f: r["status"] for f, r in by_fault.items()} == {
+        "none": "ok", "raise": "error", "nan": "nan", "oom": "oom"}
+    assert "InjectedFault: injected fault: train.fault=raise at step 1" in by_fault["raise"]["error"]
+    # ZeRO skips the step whose gradients overflow, so training recovers; the record still
+    # says which step went non-finite
+    assert by_fault["nan"]["error"] == "non-finite loss nan at step 1"
+    assert by_fault["nan"]["metrics"]["loss_all_finite"] is False
+    md = (sweep / "report" / "report.md").read_text()
+    assert "runs: 4, ok: 1, failed: 3" in md and "InjectedFault" in md
+
+
+def test_an_invalid_sweep_is_refused_before_any_run_starts(tmp_path):
+    done = run_sweep(tmp_path, "precision=fp32,fp16", "optimizer=adamw,lamb")
+    assert done.returncode != 0
+    out = done.stdout + done.stderr
+    assert "The sweep was refused, nothing was started" in out
+    assert "precision=fp16 needs a GPU" in out and "optimizer=lamb needs a GPU" in out
+    assert not list(tmp_path.glob("*/*/result.json")) and not list(tmp_path.glob("*/.submitit/*/*"))
