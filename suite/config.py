@@ -151,30 +151,66 @@ class PrecisionConfig:
         _positive("precision.loss_scale", self.loss_scale, allow_zero=True)
 
 
+BACKENDS = ("local", "slurm")
+
+
 @dataclass
 class ClusterConfig:
-    """Where the runs execute and with how many devices."""
+    """Where the runs execute, with how many devices, and every sbatch knob a site needs."""
 
     name: str = "local"
+    #: local (this machine, one run at a time) or slurm (job arrays through sbatch)
+    scheduler: str = "local"
     #: nodes per run
     nodes: int = 1
     #: ranks (one per GPU) per node; null = every local GPU, or `cpu_ranks` without GPUs
     gpus_per_node: Optional[int] = None
-    #: ranks per run on a machine without GPUs (gloo on the CPU)
+    #: ranks per node on a machine without GPUs (gloo on the CPU)
     cpu_ranks: int = 2
-    #: wall-clock limit of one run, minutes
-    timeout_min: int = 20
     #: cpu, cuda, or auto = cuda where the submitting machine sees a GPU, else cpu
     accelerator: str = "auto"
-    #: environment variables set in every rank (NCCL_*, DeepSpeed's, ...)
+    #: ask the scheduler for GPUs (null = where the accelerator is cuda); the local test
+    #: cluster declares fake GPUs, so its runs ask for them while training on the CPU
+    request_gpus: Optional[bool] = None
+    #: wall-clock limit of one run, minutes (Slurm's --time)
+    timeout_min: int = 20
+    #: environment variables set in every rank before torch.distributed starts (NCCL_*, ...)
     env: Dict[str, str] = field(default_factory=dict)
+    #: Slurm: --partition, --account, --qos, --constraint
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    #: Slurm: --exclusive (no other job on the nodes; what a benchmark wants on a real cluster)
+    exclusive: bool = False
+    #: Slurm: --mem in GB per node (null = the site's default)
+    mem_gb: Optional[int] = None
+    #: Slurm: --cpus-per-task (null = the site's default)
+    cpus_per_task: Optional[int] = None
+    #: Slurm: shell lines run in the batch script before srun (module loads, exports)
+    setup: List[str] = field(default_factory=list)
+    #: Slurm: any other sbatch option, e.g. {reservation: bench, mail-type: FAIL}
+    sbatch_extra: Dict[str, str] = field(default_factory=dict)
+    #: Slurm: most array tasks running at once (%N in --array)
+    array_parallelism: int = 64
+    #: Slurm: seconds before the time limit when the job is signalled (the run records
+    #: `timeout` itself then)
+    signal_delay_s: int = 60
 
     def __post_init__(self) -> None:
+        _choice("cluster.scheduler", self.scheduler, BACKENDS)
         _positive("cluster.nodes", self.nodes)
         _positive("cluster.gpus_per_node", self.gpus_per_node)
         _positive("cluster.cpu_ranks", self.cpu_ranks)
         _positive("cluster.timeout_min", self.timeout_min)
+        _positive("cluster.mem_gb", self.mem_gb)
+        _positive("cluster.cpus_per_task", self.cpus_per_task)
+        _positive("cluster.array_parallelism", self.array_parallelism)
+        _positive("cluster.signal_delay_s", self.signal_delay_s, allow_zero=True)
         _choice("cluster.accelerator", self.accelerator, ("auto", "cpu", "cuda"))
+        if self.scheduler == "local" and self.nodes != 1:
+            raise ConfigError(f"cluster.nodes={self.nodes} needs cluster.scheduler=slurm; "
+                              "a local run has 1 node")
 
 
 FAULTS = ("none", "raise", "nan", "oom")
@@ -213,6 +249,18 @@ class TrainConfig:
 
 
 @dataclass
+class SubmitConfig:
+    """How a sweep is submitted; not part of any run's config (nor of its config hash)."""
+
+    #: print each run's axes and the sbatch script, start nothing
+    dry_run: bool = False
+    #: wait for every run and build the report (false: submit, print job ids, return; Slurm)
+    wait: bool = True
+    #: run configurations that already have an ok record in the sweep folder again
+    force: bool = False
+
+
+@dataclass
 class SuiteConfig:
     """The root config: one run of the benchmark."""
 
@@ -222,6 +270,7 @@ class SuiteConfig:
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
     #: build the report when a multirun ends
     report: bool = True
 

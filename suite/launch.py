@@ -8,7 +8,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from suite import metrics, plan as planning, results
 
@@ -70,7 +70,7 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
     started_at = results.now_iso()
     dist = distributed_env()
     rank, world = dist["rank"], dist["world_size"]
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = results.run_config(cfg)
     typed = planning.to_object(cfg)
     import torch
 
@@ -100,6 +100,9 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
     except Exception as exc:  # every failure becomes a record
         status = results.classify_exception(exc)
         message = f"{type(exc).__name__}: {exc}"
+        if status == "timeout":
+            message = (f"reached the time limit (cluster.timeout_min={typed.cluster.timeout_min}): "
+                       f"Slurm signalled {typed.cluster.signal_delay_s} s before it ({message})")
         if rank != 0:
             _rank_error_file(run_dir, rank).write_text(message)
             traceback.print_exc()

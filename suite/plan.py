@@ -48,7 +48,7 @@ def to_object(cfg: DictConfig | SuiteConfig) -> SuiteConfig:
         return cfg
     _reject_unknown_keys({k: cfg[k] for k in cfg if k != "hydra"}, SuiteConfig, "")
     suite_part = {k: cfg[k] for k in ("model", "strategy", "optimizer", "precision",
-                                      "cluster", "train", "report") if k in cfg}
+                                      "cluster", "train", "submit", "report") if k in cfg}
     merged = OmegaConf.merge(OmegaConf.structured(SuiteConfig), suite_part)
     return OmegaConf.to_object(merged)
 
@@ -207,3 +207,66 @@ def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0) -> RunPlan:
         global_batch_size=global_batch,
         ds_config=deepspeed_config(typed, accelerator, micro, accum, global_batch),
     )
+
+
+def asks_for_gpus(cfg: SuiteConfig, plan: RunPlan) -> bool:
+    if cfg.cluster.request_gpus is not None:
+        return cfg.cluster.request_gpus
+    return plan.accelerator == "cuda"
+
+
+def slurm_parameters(cfg: SuiteConfig, plan: RunPlan) -> Dict[str, Any]:
+    """submitit SlurmExecutor parameters of one run: its own nodes, tasks and GPUs (one Slurm
+    task per rank) and the site's sbatch knobs. Runs with equal parameters share an array."""
+    c = cfg.cluster
+    params: Dict[str, Any] = {
+        "job_name": f"suite-{cfg.model.name}",
+        "time": c.timeout_min,
+        "nodes": plan.nodes,
+        "ntasks_per_node": plan.ranks_per_node,
+        "gpus_per_node": plan.ranks_per_node if asks_for_gpus(cfg, plan) else None,
+        "cpus_per_task": c.cpus_per_task,
+        "mem": f"{c.mem_gb}GB" if c.mem_gb else None,
+        "partition": c.partition,
+        "account": c.account,
+        "qos": c.qos,
+        "constraint": c.constraint,
+        "exclusive": True if c.exclusive else None,
+        "setup": list(c.setup) or None,
+        "additional_parameters": dict(c.sbatch_extra) or None,
+        "array_parallelism": c.array_parallelism,
+        "signal_delay_s": c.signal_delay_s,
+        "stderr_to_stdout": True,
+    }
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def sbatch_script(params: Dict[str, Any], folder: str, array_size: int, python: str) -> str:
+    """The exact batch script submitit submits for an array of `array_size` runs."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    command = f"{python} -u -m submitit.core._submit {folder}"
+    return _make_sbatch_string(command=command, folder=folder, map_count=array_size, **params)
+
+
+def estimated_cost(cfg: SuiteConfig, plan: RunPlan) -> float:
+    """A job's expected length in arbitrary units, only for ordering: training FLOPs per
+    device (6 x parameters x tokens) over every step, plus a fixed start-up cost."""
+    from suite.metrics import gpt_param_count
+
+    m = cfg.model
+    params = gpt_param_count(m.n_layers, m.d_model, m.seq_len, m.vocab_size)["total"]
+    steps = cfg.train.warmup_steps + cfg.train.timed_steps
+    flops_per_device = 6.0 * params * plan.global_batch_size * m.seq_len * steps / plan.world_size
+    zero3_penalty = 2.0 if cfg.strategy.zero_stage == 3 else 1.0
+    return 1e9 + flops_per_device * zero3_penalty
+
+
+def group_into_arrays(keys_and_costs: list[tuple[Any, float]]) -> list[list[int]]:
+    """Indices grouped by equal resource key, shortest expected job first within an array and
+    the array holding the shortest job first."""
+    groups: Dict[Any, list[int]] = {}
+    order = sorted(range(len(keys_and_costs)), key=lambda i: (keys_and_costs[i][1], i))
+    for i in order:
+        groups.setdefault(keys_and_costs[i][0], []).append(i)
+    return list(groups.values())

@@ -17,7 +17,9 @@ from typing import Any, Dict, Iterable, Optional
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
-STATUSES = ("ok", "oom", "error", "nan", "timeout", "preempted", "cancelled", "invalid")
+SUBMISSION_FILE = "submission.json"
+STATUSES = ("ok", "oom", "error", "nan", "timeout", "preempted", "cancelled", "node_fail",
+            "invalid")
 
 # Names of environment variables and config keys whose values must never be written.
 _SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
@@ -51,9 +53,12 @@ def config_hash(config: Dict[str, Any]) -> str:
 
 
 def classify_exception(exc: BaseException) -> str:
-    """Status for a run that raised: oom for any out-of-memory error, else error."""
+    """Status for a run that raised: oom for any out-of-memory error, timeout/preempted for
+    submitit's signal that the job will end, else error."""
     import torch
 
+    if type(exc).__name__ == "UncompletedJobError":  # submitit, on Slurm's pre-limit signal
+        return "timeout" if "timed-out" in str(exc) else "preempted"
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower():
         return "oom"
     return "error"
@@ -200,22 +205,45 @@ def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
     }
 
 
-def write_launcher_record(run_dir: Path, run_cfg: Any, plan: Any, *, status: str, error: str,
-                          job_id: Optional[str] = None) -> Path:
-    """The record of a run that ended without writing its own (a rank killed, a job lost),
-    written by the process that launched it."""
-    from omegaconf import OmegaConf
+def run_config(cfg: Any) -> Dict[str, Any]:
+    """The benchmark's resolved config as a record holds it: without Hydra's own settings and
+    the sweep-level switches (dry run, wait, force), which do not change what is measured."""
+    from omegaconf import OmegaConf, open_dict
 
-    from suite.plan import to_object
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for key in ("hydra", "submit", "report"):
+            cfg.pop(key, None)
+    return redact("config", OmegaConf.to_container(cfg, resolve=True))
 
-    config = OmegaConf.to_container(run_cfg, resolve=True)
-    config.pop("hydra", None)
+
+def write_submission(run_dir: Path, *, run_id: str, sweep_id: str, config: Dict[str, Any],
+                     axes: Dict[str, Any], scheduler: str, job_id: str) -> Path:
+    """What the launcher knows of a run it started: enough to write the run's record if the
+    run never does (cancelled while pending, killed, lost)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = {"run_id": run_id, "sweep_id": sweep_id, "scheduler": scheduler, "job_id": job_id,
+            "submitted_at": now_iso(), "config_hash": config_hash(config), "axes": axes,
+            "config": config}
+    path = run_dir / SUBMISSION_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def write_record_from_submission(run_dir: Path, *, status: str, error: str,
+                                 details: Optional[Dict[str, Any]] = None) -> Path:
+    """The record of a run that ended without writing its own, written by whoever found out
+    (the launcher, or the report's reconciliation with Slurm's accounting)."""
+    sub = json.loads((Path(run_dir) / SUBMISSION_FILE).read_text())
     now = now_iso()
     record = make_record(
-        run_id=f"{Path(run_dir).parent.name}/{Path(run_dir).name}",
-        sweep_id=Path(run_dir).parent.name, status=status, error=error, config=config,
-        axes=record_axes(to_object(run_cfg), plan), metrics={},
-        env={"hostname": socket.gethostname(), "job_id": job_id,
-             "written_by": "launcher (the run left no record)"},
-        started_at=now, finished_at=now)
+        run_id=sub["run_id"], sweep_id=sub["sweep_id"], status=status, error=error,
+        config=sub["config"], axes=sub["axes"], metrics={},
+        env={"hostname": socket.gethostname(), "job_id": sub["job_id"],
+             "slurm_job_id": sub["job_id"] if sub["scheduler"] == "slurm" else None,
+             "written_by": "launcher: the run left no record", **(details or {})},
+        started_at=sub["submitted_at"], finished_at=now)
     return write_record(run_dir, record)

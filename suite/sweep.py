@@ -33,7 +33,8 @@ class ReportCallback(Callback):
     """Builds the report when a multirun ends and prints its summary and path."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not config.get("report", True):
+        submit = config.get("submit", {})
+        if submit.get("dry_run") or not submit.get("wait", True) or not config.get("report", True):
             return
         from suite.report import build_report
 

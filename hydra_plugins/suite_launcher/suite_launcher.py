@@ -1,13 +1,19 @@
-"""A Hydra launcher built on hydra-submitit-launcher's: it plans every run of the sweep before
-anything starts (an invalid point stops the whole sweep, submitting nothing), gives each run
-the ranks its own config asks for, runs local runs one after another (side by side they
-would disturb each other's timings), and turns a run that died without a record into one.
+"""The suite's Hydra launcher, built on hydra-submitit-launcher's. Before anything starts it
+plans every run of the sweep (one invalid point refuses the whole sweep), skips runs that
+already have an ok record in the sweep folder (resume), orders runs shortest-expected-first and
+gives each run the nodes, ranks and GPUs its own config asks for. Then:
+- cluster.scheduler=local: runs one at a time through submitit's local executor (side by side
+  they would disturb each other's timings);
+- cluster.scheduler=slurm: one job array per set of equal resources through sbatch, then waits
+  (or, with submit.wait=false, prints the job ids and returns).
+A run that ends without a record gets one, from Slurm's accounting where there is one.
 """
-
+import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
@@ -19,90 +25,202 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class SuiteLocalConf:
-    """Runs on this machine through submitit's local executor, one run at a time."""
-
-    _target_: str = "hydra_plugins.suite_launcher.suite_launcher.SuiteLocalLauncher"
-    #: where submitit keeps its pickles and each rank's stdout/stderr
+class SuiteLauncherConf:
+    _target_: str = "hydra_plugins.suite_launcher.suite_launcher.SuiteLauncher"
+    #: where submitit keeps its pickles and each job's logs (%j: the job id)
     submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="suite_local", node=SuiteLocalConf,
+ConfigStore.instance().store(group="hydra/launcher", name="suite", node=SuiteLauncherConf,
                              provider="suite")
 
 
 class SweepRefused(SystemExit):
-    """The sweep has invalid points; nothing was started."""
+    """The sweep cannot run as asked; nothing was started."""
 
 
-class SuiteLocalLauncher(BaseSubmititLauncher):
-    _EXECUTOR = "local"
+@dataclass
+class PlannedRun:
+    idx: int
+    overrides: List[str]
+    cfg: DictConfig       # the run's composed config, Hydra's part included
+    typed: Any            # suite.config.SuiteConfig
+    plan: Any             # suite.plan.RunPlan
+    run_dir: Path
+    config: Dict[str, Any]
+    config_hash: str
+    cost: float
 
-    def _plan_all(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-                  ) -> List[Tuple[DictConfig, Any, Path]]:
-        """(run config, RunPlan, run folder) per job; refuses the sweep on any invalid point."""
+    @property
+    def label(self) -> str:
+        return " ".join(filter_overrides(self.overrides)) or "(defaults)"
+
+
+def _returned(run: PlannedRun, value: str) -> JobReturn:
+    # COMPLETED even for a failed run: Hydra aborts the sweep on a FAILED return, before the
+    # report. Whether every run succeeded is decided from the records (suite.sweep).
+    ret = JobReturn(overrides=run.overrides, status=JobStatus.COMPLETED, _return_value=value)
+    ret.working_dir = str(run.run_dir)
+    return ret
+
+
+class SuiteLauncher(BaseSubmititLauncher):
+    _EXECUTOR = "suite"
+
+    def _plan_all(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[PlannedRun]:
         import torch
+        from suite import plan as planning, results
         from suite.config import ConfigError
-        from suite.plan import plan_run
 
         local_gpus = torch.cuda.device_count()
-        planned, problems = [], []
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        runs, problems = [], []
         for offset, overrides in enumerate(job_overrides):
-            run_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(run_cfg.hydra.job):
-                run_cfg.hydra.job.num = initial_job_idx + offset
-            run_dir = Path(str(self.config.hydra.sweep.dir)) / str(run_cfg.hydra.sweep.subdir)
+            idx = initial_job_idx + offset
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(cfg.hydra.job):
+                cfg.hydra.job.num = idx
             try:
-                planned.append((run_cfg, plan_run(run_cfg, local_gpus), run_dir))
+                typed = planning.to_object(cfg)
+                plan = planning.plan_run(typed, local_gpus)
             except (ConfigError, ValueError) as exc:
-                problems.append(f"  #{initial_job_idx + offset} {' '.join(filter_overrides(overrides))}: {exc}")
+                problems.append(f"  #{idx} {' '.join(filter_overrides(overrides))}: {exc}")
+                continue
+            config = results.run_config(cfg)
+            runs.append(PlannedRun(idx, list(overrides), cfg, typed, plan,
+                                   sweep_dir / str(cfg.hydra.sweep.subdir), config,
+                                   results.config_hash(config), planning.estimated_cost(typed, plan)))
         if problems:
             raise SweepRefused("The sweep was refused, nothing was started. Invalid points:\n"
                                + "\n".join(problems))
-        return planned
+        schedulers = {r.typed.cluster.scheduler for r in runs}
+        if len(schedulers) > 1:
+            raise SweepRefused(f"The sweep mixes cluster.scheduler values {sorted(schedulers)}; "
+                               "one sweep goes to one scheduler. Nothing was started.")
+        if "local" in schedulers and not runs[0].typed.submit.wait:
+            raise SweepRefused("submit.wait=false needs cluster.scheduler=slurm (local runs live "
+                               "only as long as the sweep command). Nothing was started.")
+        return runs
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-               ) -> Sequence[JobReturn]:
-        import submitit
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from suite import plan as planning
+        from suite.report.collate import ok_config_hashes
 
-        planned = self._plan_all(job_overrides, initial_job_idx)
+        runs = self._plan_all(job_overrides, initial_job_idx)
+        submit, scheduler = runs[0].typed.submit, runs[0].typed.cluster.scheduler
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        log.info(f"Sweep folder: {sweep_dir} ({len(planned)} runs, one at a time)")
-        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=self.params["submitit_folder"])
-        returns = []
-        for offset, (overrides, (run_cfg, plan, run_dir)) in enumerate(zip(job_overrides, planned)):
-            idx = initial_job_idx + offset
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))} "
-                     f"({plan.world_size} ranks, {plan.accelerator})")
-            executor.update_parameters(
-                tasks_per_node=plan.ranks_per_node, nodes=plan.nodes,
-                gpus_per_node=plan.ranks_per_node if plan.accelerator == "cuda" else 0,
-                timeout_min=run_cfg.cluster.timeout_min, name=f"suite-{idx}")
-            job = executor.submit(self, list(overrides), "hydra.sweep.dir", idx,
-                                  f"job_id_for_{idx}", Singleton.get_state())
-            returns.append(self._outcome(job, list(overrides), run_cfg, plan, run_dir))
-        return returns
+        done = {} if submit.force else ok_config_hashes(sweep_dir)
+        todo = [r for r in runs if r.config_hash not in done]
+        returns = {r.idx: _returned(r, "ok") for r in runs if r.config_hash in done}
+        if returns:
+            log.info(f"Resume: {len(returns)} of {len(runs)} runs already have an ok record in "
+                     f"{sweep_dir}; running the other {len(todo)} (submit.force=true runs all)")
+        if scheduler == "slurm":
+            keys = [json.dumps(planning.slurm_parameters(r.typed, r.plan), sort_keys=True) for r in todo]
+        else:
+            keys = ["local"] * len(todo)
+        arrays = [[todo[i] for i in group] for group in
+                  planning.group_into_arrays([(k, r.cost) for k, r in zip(keys, todo)])]
 
-    def _outcome(self, job: Any, overrides: List[str], run_cfg: DictConfig, plan: Any,
-                 run_dir: Path) -> JobReturn:
-        """The run's status; a job that failed without leaving a record gets one now, so
-        that no run is missing from the report."""
+        if submit.dry_run:
+            self._print_dry_run(arrays, scheduler, sweep_dir)
+            returns.update({r.idx: _returned(r, "dry-run") for r in todo})
+        elif todo:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            run = self._run_local if scheduler == "local" else self._run_slurm
+            returns.update(run(arrays, sweep_dir, submit.wait))
+        return [returns[r.idx] for r in runs]
+
+    def _job_args(self, run: PlannedRun) -> tuple:
+        return (run.overrides, "hydra.sweep.dir", run.idx, f"job_id_for_{run.idx}", Singleton.get_state())
+
+    def _record_submission(self, run: PlannedRun, scheduler: str, job_id: str) -> None:
         from suite import results
 
-        error: Optional[str] = None
+        results.write_submission(run.run_dir, run_id=f"{run.run_dir.parent.name}/{run.run_dir.name}",
+                                 sweep_id=run.run_dir.parent.name, config=run.config,
+                                 axes=results.record_axes(run.typed, run.plan),
+                                 scheduler=scheduler, job_id=job_id)
+
+    def _run_local(self, arrays: List[List[PlannedRun]], sweep_dir: Path, wait: bool) -> Dict[int, JobReturn]:
+        import submitit
+
+        runs = [r for array in arrays for r in array]
+        log.info(f"Sweep folder: {sweep_dir} ({len(runs)} runs, one at a time)")
+        executor = submitit.LocalExecutor(folder=self.params["submitit_folder"])
+        returns = {}
+        for run in runs:
+            log.info(f"\t#{run.idx} : {run.label} ({run.plan.world_size} ranks, {run.plan.accelerator})")
+            executor.update_parameters(
+                tasks_per_node=run.plan.ranks_per_node,
+                gpus_per_node=run.plan.ranks_per_node if run.plan.accelerator == "cuda" else 0,
+                timeout_min=run.typed.cluster.timeout_min, stderr_to_stdout=True)
+            job = executor.submit(self, *self._job_args(run))
+            self._record_submission(run, "local", str(job.job_id))
+            returns[run.idx] = self._outcome(job, run, "local")
+        return returns
+
+    def _run_slurm(self, arrays: List[List[PlannedRun]], sweep_dir: Path, wait: bool) -> Dict[int, JobReturn]:
+        import submitit
+        from suite import plan as planning
+
+        # No requeue on time-out: a benchmark that ran out of time is a `timeout` record.
+        executor = submitit.SlurmExecutor(folder=self.params["submitit_folder"], max_num_timeout=0)
+        submitted = []
+        for array in arrays:
+            executor.update_parameters(**planning.slurm_parameters(array[0].typed, array[0].plan))
+            jobs = executor.map_array(self, *zip(*[self._job_args(r) for r in array]))
+            for run, job in zip(array, jobs):
+                self._record_submission(run, "slurm", str(job.job_id))
+                submitted.append((run, job))
+            print(f"Submitted array {jobs[0].job_id.split('_')[0]}: {len(array)} runs of "
+                  f"{array[0].plan.nodes} node(s) x {array[0].plan.ranks_per_node} ranks", flush=True)
+        print(f"Sweep folder: {sweep_dir}", flush=True)
+        if not wait:
+            print(f"Not waiting (submit.wait=false). When the jobs have ended:\n"
+                  f"  python -m suite.report {sweep_dir}", flush=True)
+            return {run.idx: _returned(run, "submitted") for run, _ in submitted}
+        return {run.idx: self._outcome(job, run, "slurm") for run, job in submitted}
+
+    def _outcome(self, job: Any, run: PlannedRun, scheduler: str) -> JobReturn:
+        """Wait for the job; if the run left no record, write one (from sacct on Slurm)."""
+        from suite import collect, results
+
+        error = "the run ended without writing a record"
         try:
             job.results()
-        except Exception as exc:  # a failed rank: the record (if any) tells what happened
+        except Exception as exc:  # a failed rank, a time-out, a cancellation
             error = f"{type(exc).__name__}: {str(exc)[-2000:]}"
-        record_path = run_dir / results.RESULT_FILE
-        if not record_path.exists():
-            results.write_launcher_record(run_dir, run_cfg, plan, status="error",
-                                          error=error or "the run ended without a record",
-                                          job_id=str(job.job_id))
-        status = results.read_record(record_path)["status"]
-        # COMPLETED even for a failed run: Hydra would abort the sweep on a FAILED return,
-        # before the report. The exit status is decided from the records instead.
-        ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED, _return_value=status)
-        ret.working_dir = str(run_dir)
-        return ret
+        if not (run.run_dir / results.RESULT_FILE).exists():
+            status, details = "error", {}
+            if scheduler == "slurm":
+                state = collect.sacct_states([str(job.job_id)]).get(str(job.job_id))
+                if state is not None:
+                    status = collect.status_from_slurm(state.state) or "error"
+                    details = {"slurm_state": state.state, "elapsed": state.elapsed,
+                               "exit_code": state.exit_code}
+            results.write_record_from_submission(run.run_dir, status=status, error=error,
+                                                 details=details)
+        return _returned(run, results.read_record(run.run_dir / results.RESULT_FILE)["status"])
+
+    def _print_dry_run(self, arrays: List[List[PlannedRun]], scheduler: str, sweep_dir: Path) -> None:
+        from suite import plan as planning
+
+        n = sum(len(a) for a in arrays)
+        print(f"Dry run: {n} runs would start ({scheduler}), shortest expected first; nothing "
+              f"was submitted.\nSweep folder: {sweep_dir}\n")
+        for k, array in enumerate(arrays):
+            head = array[0]
+            if scheduler == "slurm":
+                params = planning.slurm_parameters(head.typed, head.plan)
+                folder = str(Path(self.params["submitit_folder"]).absolute())
+                print(f"=== job array {k}: {len(array)} runs, sbatch script:")
+                print(planning.sbatch_script(params, folder, len(array), sys.executable))
+            for task, run in enumerate(array):
+                p = run.plan
+                print(f"  [{k}:{task}] #{run.idx} model={run.typed.model.name} "
+                      f"strategy={run.typed.strategy.name} optimizer={run.typed.optimizer.name} "
+                      f"precision={run.typed.precision.name} nodes={p.nodes} "
+                      f"ranks_per_node={p.ranks_per_node} world_size={p.world_size} "
+                      f"global_batch={p.global_batch_size} ({run.label})")
+            print()

@@ -14,6 +14,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from suite.collect import reconcile  # noqa: E402
 from suite.report.collate import load_sweep  # noqa: E402
 
 MIB = 2 ** 20
@@ -26,6 +27,7 @@ class Report:
     html_path: Path
     summary_text: str
     all_ok: bool
+    unfinished: List[str]
 
 
 def _number(value, fmt: str) -> str:
@@ -128,6 +130,7 @@ def build_report(sweep_dir: Path) -> Report:
     sweep_dir = Path(sweep_dir)
     out = sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
+    pending = reconcile(sweep_dir).unfinished  # Slurm runs that ended without a record
     frame = load_sweep(sweep_dir)
     frame.to_parquet(out / "runs.parquet", index=False)
     frame.to_csv(out / "runs.csv", index=False)
@@ -135,6 +138,9 @@ def build_report(sweep_dir: Path) -> Report:
     n_ok = int((frame.status == "ok").sum())
     header = [f"- sweep: {sweep_dir.name}", f"- runs: {len(frame)}, ok: {n_ok}, "
               f"failed: {len(frame) - n_ok}"]
+    if pending:
+        header.append(f"- not finished yet (pending or running in Slurm): {len(pending)}: "
+                      + ", ".join(pending))
     if len(frame):
         versions = frame.iloc[0]
         header.append(f"- torch {versions.env_torch}, DeepSpeed {versions.env_deepspeed}, "
@@ -151,4 +157,5 @@ def build_report(sweep_dir: Path) -> Report:
     summary = "\n".join(header) + "\n\n" + "\n\n".join(
         f"{m}\n{t[['strategy', 'optimizer', 'precision', 'ranks', 'tokens/s/device', 'step median (ms) ± CV', 'status']].to_markdown(index=False)}"
         for m, t in tables.items())
-    return Report(frame, markdown_path, html_path, summary, all_ok=n_ok == len(frame))
+    return Report(frame, markdown_path, html_path, summary,
+                  all_ok=n_ok == len(frame) and not pending, unfinished=pending)

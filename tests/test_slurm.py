@@ -1,0 +1,148 @@
+"""The Slurm path against the real local cluster of slurm/local-cluster.sh (`.ci/run` brings it
+up): job arrays, dry run, submit-and-exit with reconciliation, Slurm's failures as records,
+resume. Skipped where no cluster answers, unless CI is set (then a missing cluster fails)."""
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from suite.plan import plan_run, sbatch_script, slurm_parameters, to_object
+
+from conftest import REPO, run_sweep, sweep_dirs
+
+SLURM = ["cluster=slurm_local"]
+
+
+def cluster_up() -> bool:
+    try:
+        return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_cluster():
+    if not cluster_up():
+        if os.environ.get("CI"):
+            pytest.fail("no Slurm cluster answers: .ci/run should have run slurm/local-cluster.sh up")
+        pytest.skip("no Slurm cluster (run slurm/local-cluster.sh up)")
+
+
+def sacct_jobs() -> dict:
+    out = subprocess.run(["sacct", "-X", "-P", "-n", "-S", "now-2hours", "-o",
+                          "JobID,State,NTasks,AllocTRES"], capture_output=True, text=True, check=True)
+    return {line.split("|")[0]: line.split("|")[1:] for line in out.stdout.splitlines() if line}
+
+
+def records(sweep: Path) -> dict:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/result.json"))}
+
+
+def job_ids(sweep: Path) -> dict:
+    return {p.parent.name: json.loads(p.read_text())["job_id"]
+            for p in sorted(sweep.glob("*/submission.json"))}
+
+
+def test_sbatch_script_for_2_nodes_x_8_gpus_matches_the_committed_file(compose_cfg):
+    typed = to_object(compose_cfg("cluster=slurm_h100_example", "cluster.nodes=2",
+                                  "model=gpt_1_3b", "precision=bf16"))
+    plan = plan_run(typed, local_gpus=0)
+    assert (plan.world_size, plan.ranks_per_node) == (16, 8)
+    text = sbatch_script(slurm_parameters(typed, plan), "/shared/sweeps/nightly/.submitit/%j", 4, "python3")
+    assert text == (REPO / "tests" / "data" / "sbatch_2x8_h100.sh").read_text()
+
+
+def test_default_sweep_runs_as_one_job_array_of_2_task_jobs(tmp_path):
+    done = run_sweep(tmp_path, *SLURM)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [sweep] = sweep_dirs(tmp_path)
+    runs = records(sweep)
+    assert len(runs) == 8 and {r["status"] for r in runs.values()} == {"ok"}
+    ids = job_ids(sweep)
+    assert len({i.split("_")[0] for i in ids.values()}) == 1  # one array
+    # the record is written before the job's processes exit: give sacct a moment
+    deadline = time.monotonic() + 30
+    while any(sacct_jobs()[j][0] != "COMPLETED" for j in ids.values()) and time.monotonic() < deadline:
+        time.sleep(1)
+    jobs = sacct_jobs()
+    for name, job_id in ids.items():
+        state, ntasks, tres = jobs[job_id]
+        assert state == "COMPLETED" and "gres/gpu=2" in tres  # the declared GPUs were asked for
+        assert runs[name]["env"]["slurm_array_job_id"] == job_id.split("_")[0]
+        assert runs[name]["world_size"] == 2
+    assert "Report:" in done.stdout
+
+
+def test_dry_run_prints_the_scripts_and_submits_nothing(tmp_path):
+    before = set(sacct_jobs())
+    done = run_sweep(tmp_path, *SLURM, "strategy=ddp,zero3", "optimizer=adamw",
+                     "model=tiny", "submit.dry_run=true")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "#SBATCH --array=0-1%1" in done.stdout and "#SBATCH --gpus-per-node=2" in done.stdout
+    assert "strategy=ddp" in done.stdout and "strategy=zero3" in done.stdout
+    # shortest expected job first: zero3 costs more than ddp
+    assert done.stdout.index("strategy=ddp") < done.stdout.index("strategy=zero3")
+    time.sleep(1)
+    assert set(sacct_jobs()) == before
+    assert not list(tmp_path.glob("*/*/submission.json"))
+
+
+def test_timeout_cancel_and_exception_each_end_as_a_record(tmp_path):
+    # Two runs that would train for hours, submitted without waiting: one is cancelled, the
+    # other runs into its 1-minute limit.
+    long_dir, short_dir = tmp_path / "long", tmp_path / "short"
+    t0 = time.monotonic()
+    done = run_sweep(long_dir, *SLURM, "strategy=ddp,zero1", "optimizer=sgd_momentum",
+                     "train.timed_steps=10000000", "cluster.timeout_min=1",
+                     "cluster.signal_delay_s=20", "cluster.array_parallelism=2", "submit.wait=false")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert time.monotonic() - t0 < 30 and "python -m suite.report" in done.stdout
+    [long_sweep] = sweep_dirs(long_dir)
+    ids = job_ids(long_sweep)
+    assert not records(long_sweep)  # returned before any job finished
+    cancel = next(j for name, j in ids.items() if "zero1" in name)
+    time.sleep(5)
+    subprocess.run(["scancel", cancel], check=True)
+
+    # Meanwhile a sweep whose second run raises in the training step.
+    done = run_sweep(short_dir, *SLURM, "strategy=zero2", "optimizer=sgd_momentum",
+                     "train.fault=none,raise", "train.timed_steps=3")
+    assert done.returncode == 1
+    [short_sweep] = sweep_dirs(short_dir)
+    assert sorted(r["status"] for r in records(short_sweep).values()) == ["error", "ok"]
+
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        states = sacct_jobs()
+        if all(states.get(j, ["PENDING"])[0] not in ("PENDING", "RUNNING", "COMPLETING")
+               for j in ids.values()):
+            break
+        time.sleep(3)
+    report = subprocess.run([os.sys.executable, "-m", "suite.report", str(long_sweep)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 1  # not every run succeeded
+    by_strategy = {r["strategy"]: r for r in records(long_sweep).values()}
+    assert by_strategy["zero1"]["status"] == "cancelled"
+    assert by_strategy["ddp"]["status"] == "timeout", by_strategy["ddp"]["error"]
+    md = (long_sweep / "report" / "report.md").read_text()
+    assert "runs: 2, ok: 0, failed: 2" in md and "cancelled" in md and "timeout" in md
+
+
+def test_rerunning_a_sweep_submits_only_what_has_no_ok_record(tmp_path):
+    sweep = tmp_path / "resumed"
+    common = [*SLURM, f"hydra.sweep.dir={sweep}", "optimizer=sgd_momentum", "train.timed_steps=2"]
+    first = run_sweep(tmp_path, *common, "strategy=ddp")
+    assert first.returncode == 0, first.stderr[-2000:]
+    first_ids = set(job_ids(sweep).values())
+    second = run_sweep(tmp_path, *common, "strategy=ddp,zero1")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "Resume: 1 of 2 runs already have an ok record" in second.stdout + second.stderr
+    new_ids = set(job_ids(sweep).values()) - first_ids
+    assert len(new_ids) == 1
+    assert sorted(r["strategy"] for r in records(sweep).values()) == ["ddp", "zero1"]
+    third = run_sweep(tmp_path, *common, "strategy=ddp,zero1", "submit.force=true")
+    assert third.returncode == 0
+    assert len(set(job_ids(sweep).values()) - first_ids - new_ids) == 2
