@@ -4,6 +4,7 @@ by `python -m suite.report` after a submit-and-exit sweep."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,25 +37,46 @@ def status_from_slurm(state: str) -> Optional[str]:
     return SLURM_STATUS.get(state, "error")
 
 
+def expand_job_id(job_id: str) -> List[str]:
+    """sacct reports array tasks that never started as one line: '33_[0-2,5%4]' ->
+    ['33_0', '33_1', '33_2', '33_5']."""
+    match = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
+    if not match:
+        return [job_id]
+    base, spec = match.group(1), match.group(2).split("%")[0]
+    ids = []
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        ids += [f"{base}_{i}" for i in range(int(low), int(high or low) + 1)]
+    return ids
+
+
 def parse_sacct(text: str) -> Dict[str, SlurmJobState]:
     """sacct -X -P -n -o JobID,State,Elapsed,ExitCode output -> state per job id."""
     states = {}
     for line in text.splitlines():
         parts = line.strip().split("|")
         if len(parts) >= 4 and parts[0]:
-            states[parts[0]] = SlurmJobState(parts[0], parts[1].split()[0] if parts[1] else "UNKNOWN",
-                                             parts[2], parts[3])
+            state = parts[1].split()[0] if parts[1] else "UNKNOWN"
+            expanded = expand_job_id(parts[0])
+            for job_id in expanded:
+                if len(expanded) == 1 or job_id not in states:  # a task's own line wins
+                    states[job_id] = SlurmJobState(job_id, state, parts[2], parts[3])
     return states
 
 
 def sacct_states(job_ids: List[str]) -> Dict[str, SlurmJobState]:
     if not job_ids:
         return {}
+    # Ask by array: sacct says nothing of a task id that never started ('33_5'), only of
+    # the array's summary line ('33_[5-99%1]').
+    arrays = sorted({j.split("_")[0] for j in job_ids})
     out = subprocess.run(["sacct", "-X", "-P", "-n", "-o", "JobID,State,Elapsed,ExitCode",
-                          "-j", ",".join(job_ids)], capture_output=True, text=True, timeout=60)
+                          "-j", ",".join(arrays)], capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
         raise RuntimeError(f"sacct failed: {out.stderr.strip()}")
-    return parse_sacct(out.stdout)
+    states = parse_sacct(out.stdout)
+    return {j: states[j] for j in job_ids if j in states}
 
 
 @dataclass

@@ -220,7 +220,7 @@ def slurm_parameters(cfg: SuiteConfig, plan: RunPlan) -> Dict[str, Any]:
     task per rank) and the site's sbatch knobs. Runs with equal parameters share an array."""
     c = cfg.cluster
     params: Dict[str, Any] = {
-        "job_name": f"suite-{cfg.model.name}",
+        "job_name": "suite",  # not per model: runs of equal resources share one array
         "time": c.timeout_min,
         "nodes": plan.nodes,
         "ntasks_per_node": plan.ranks_per_node,

@@ -107,6 +107,7 @@ def test_every_combination_on_gpus_has_consistent_blocks(compose_cfg, strategy, 
     (["train.global_batch_size=6"], "train.global_batch_size=6 must equal train.micro_batch_size=2 x "
                                     "train.grad_accum_steps=1 x data-parallel size 2 = 4"),
     (["cluster.accelerator=cuda"], "cluster.gpus_per_node must be set"),
+    (["cluster.nodes=2"], "cluster.nodes=2 needs cluster.scheduler=slurm"),
 ])
 def test_refused_on_the_cpu_before_anything_runs(compose_cfg, overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -116,7 +117,7 @@ def test_refused_on_the_cpu_before_anything_runs(compose_cfg, overrides, message
 
 def test_world_size_comes_from_the_run_config(compose_cfg):
     assert plan_run(compose_cfg("cluster.cpu_ranks=1"), 0).world_size == 1
-    plan = plan_run(compose_cfg("cluster.nodes=2", "cluster.gpus_per_node=8",
+    plan = plan_run(compose_cfg("cluster.scheduler=slurm", "cluster.nodes=2", "cluster.gpus_per_node=8",
                                 "cluster.accelerator=cuda"), 0)
     assert (plan.nodes, plan.ranks_per_node, plan.world_size) == (2, 8, 16)
     assert plan.ds_config["train_batch_size"] == 32

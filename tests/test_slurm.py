@@ -4,6 +4,7 @@ resume. Skipped where no cluster answers, unless CI is set (then a missing clust
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -146,3 +147,20 @@ def test_rerunning_a_sweep_submits_only_what_has_no_ok_record(tmp_path):
     third = run_sweep(tmp_path, *common, "strategy=ddp,zero1", "submit.force=true")
     assert third.returncode == 0
     assert len(set(job_ids(sweep).values()) - first_ids - new_ids) == 2
+
+
+def test_nightly_batch_job_runs_the_sweep_inside_slurm_and_builds_the_report(tmp_path):
+    env = {**os.environ, "SUITE_RESULTS_DIR": str(tmp_path), "SUITE_HOME": str(REPO),
+           "SUITE_VENV": sys.prefix}
+    done = subprocess.run(
+        ["sbatch", "--wait", f"--output={tmp_path}/nightly.out", "slurm/nightly.sbatch",
+         "cluster=slurm_local", "model=tiny", "strategy=zero1", "cluster.nodes=1",
+         "precision=fp32", "train.timed_steps=2", "train.warmup_steps=1",
+         "train.grad_accum_steps=1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    log = (tmp_path / "nightly.out").read_text() if (tmp_path / "nightly.out").exists() else ""
+    assert done.returncode == 0, done.stderr + log[-3000:]
+    [sweep] = sweep_dirs(tmp_path)
+    assert sweep.name.startswith("nightly-")
+    assert [r["status"] for r in records(sweep).values()] == ["ok"]
+    assert (sweep / "report" / "report.html").exists() and "Report:" in log

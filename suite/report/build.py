@@ -139,10 +139,11 @@ def build_report(sweep_dir: Path) -> Report:
     header = [f"- sweep: {sweep_dir.name}", f"- runs: {len(frame)}, ok: {n_ok}, "
               f"failed: {len(frame) - n_ok}"]
     if pending:
-        header.append(f"- not finished yet (pending or running in Slurm): {len(pending)}: "
-                      + ", ".join(pending))
-    if len(frame):
-        versions = frame.iloc[0]
+        shown = ", ".join(pending[:5]) + (", ..." if len(pending) > 5 else "")
+        header.append(f"- not finished yet (pending or running in Slurm): {len(pending)} ({shown})")
+    measured = frame.dropna(subset=["env_torch"])
+    if len(measured):
+        versions = measured.iloc[0]
         header.append(f"- torch {versions.env_torch}, DeepSpeed {versions.env_deepspeed}, "
                       f"device {versions.env_device_name}")
     tables = {m: throughput_table(frame[frame.model == m]) for m in sorted(frame.model.dropna().unique())}

@@ -7,7 +7,7 @@
 #SBATCH --cpus-per-task=12
 #SBATCH --exclusive
 #SBATCH --gpus-per-node=8
-#SBATCH --job-name=suite-gpt_1_3b
+#SBATCH --job-name=suite
 #SBATCH --mem=1000GB
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=8
