@@ -52,7 +52,6 @@ class ModelConfig:
             )
 
 
-STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload")
 
 
 @dataclass
@@ -82,9 +81,32 @@ class StrategyConfig:
     stage3_max_live_parameters: int = 1_000_000_000
     #: stage 3: do not release a parameter reused within this many elements
     stage3_max_reuse_distance: int = 1_000_000_000
+    #: tensor-parallel degree (DeepSpeed AutoTP: attention and MLP matmuls split across ranks)
+    tensor_parallel: int = 1
+    #: pipeline-parallel degree (the GPT as a deepspeed.pipe.PipelineModule, train_batch());
+    #: micro-batches per pipeline step = train.grad_accum_steps
+    pipeline_parallel: int = 1
+    #: how layers are split into stages: parameters, uniform, or type:<regex>
+    pipeline_partition_method: str = "parameters"
+    #: ZeRO++ (stage 3, CUDA only): quantised weights (qwZ), quantised gradients (qgZ),
+    #: hierarchical partitioning across this many ranks (hpZ; 1 = off)
+    zero_quantized_weights: bool = False
+    zero_quantized_gradients: bool = False
+    zero_hpz_partition_size: int = 1
+    #: MiCS: shard stage-3 states within groups of this many ranks (-1 = off; CUDA only)
+    mics_shard_size: int = -1
 
     def __post_init__(self) -> None:
         _choice("strategy.zero_stage", self.zero_stage, (0, 1, 2, 3))
+        _positive("strategy.tensor_parallel", self.tensor_parallel)
+        _positive("strategy.pipeline_parallel", self.pipeline_parallel)
+        _positive("strategy.zero_hpz_partition_size", self.zero_hpz_partition_size)
+        if not (self.pipeline_partition_method in ("parameters", "uniform")
+                or self.pipeline_partition_method.startswith("type:")):
+            raise ConfigError(f"strategy.pipeline_partition_method={self.pipeline_partition_method!r} "
+                              "is not allowed; choose parameters, uniform or type:<regex>")
+        if self.mics_shard_size != -1 and self.mics_shard_size < 1:
+            raise ConfigError(f"strategy.mics_shard_size={self.mics_shard_size} must be -1 (off) or >= 1")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ConfigError("strategy.offload_optimizer=true needs strategy.zero_stage 1, 2 or 3")
         if self.offload_params and self.zero_stage != 3:
@@ -214,6 +236,7 @@ class ClusterConfig:
 
 
 FAULTS = ("none", "raise", "nan", "oom")
+CHECKPOINTING = ("none", "full", "partitioned", "cpu")
 
 
 @dataclass
@@ -222,17 +245,25 @@ class TrainConfig:
 
     #: samples per rank per forward pass
     micro_batch_size: int = 2
-    #: micro-batches accumulated per optimizer step
-    grad_accum_steps: int = 1
-    #: samples per optimizer step; null = micro x accumulation x data-parallel degree,
-    #: a value is checked against that product
+    #: micro-batches accumulated per optimizer step (pipeline: micro-batches in flight);
+    #: null = 1, or derived from global_batch_size when that is set
+    grad_accum_steps: Optional[int] = None
+    #: samples per optimizer step; null = micro x accumulation x data-parallel degree. Set, it
+    #: holds the global batch fixed across layouts (accumulation derived, or checked if set)
     global_batch_size: Optional[int] = None
+    #: recompute activations in backward: none, full (torch checkpoint per block), partitioned
+    #: (DeepSpeed's, activations partitioned across model-parallel ranks), cpu (DeepSpeed's,
+    #: checkpoints kept in host memory)
+    activation_checkpointing: str = "none"
     #: optimizer steps run before timing starts (not timed)
     warmup_steps: int = 3
     #: optimizer steps timed, each bracketed by device synchronisation
     timed_steps: int = 10
     #: seed of the weights and the synthetic tokens
     seed: int = 1234
+    #: loss-parity mode: the report compares this run's per-step losses with the plain data-
+    #: parallel run of the same model, data and optimizer (conf/experiment/parity.yaml)
+    check_parity: bool = False
     #: test-only fault injection: raise (an exception in the step), nan (non-finite loss),
     #: oom (an out-of-memory error; simulated, a real one would take the CPU machine down)
     fault: str = "none"
@@ -246,6 +277,7 @@ class TrainConfig:
         _positive("train.warmup_steps", self.warmup_steps, allow_zero=True)
         _positive("train.timed_steps", self.timed_steps)
         _choice("train.fault", self.fault, FAULTS)
+        _choice("train.activation_checkpointing", self.activation_checkpointing, CHECKPOINTING)
 
 
 @dataclass

@@ -95,8 +95,10 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
             global_batch_size=plan.global_batch_size, step_times_s=measured.step_times_s,
             losses=measured.losses, peak_memory_bytes=measured.peak_memory_bytes,
             peak_memory_reserved_bytes=measured.peak_memory_reserved_bytes,
-            device_name=measured.device_name, dtype=typed.precision.name)
+            device_name=measured.device_name, dtype=typed.precision.name,
+            recompute=typed.train.activation_checkpointing != "none")
         run_metrics["init_s"] = measured.init_s
+        run_metrics["loss_per_step"] = measured.losses  # warm-up included; the parity check reads it
     except Exception as exc:  # every failure becomes a record
         status = results.classify_exception(exc)
         message = f"{type(exc).__name__}: {exc}"

@@ -145,3 +145,20 @@ def run_metrics(*, n_layers: int, d_model: int, n_heads: int, seq_len: int, voca
         "loss_last": losses[-1] if losses else None,
         "loss_all_finite": len(finite) == len(losses),
     }
+
+
+# Largest per-step loss difference from plain data parallel that still counts as the same
+# training. fp32 layouts differ only in reduction order (measured: < 1e-6 on the tiny GPT);
+# bf16/fp16 round every matmul, and layouts round in different places.
+PARITY_TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 5e-2}
+
+
+def loss_parity(losses: Sequence[float], reference: Sequence[float], dtype: str
+                ) -> Dict[str, Optional[float]]:
+    """Max absolute per-step loss difference against the reference run, and whether it is
+    within the precision's tolerance (steps must match in number)."""
+    if len(losses) != len(reference) or not losses:
+        return {"max_abs_diff": None, "tolerance": PARITY_TOLERANCE[dtype], "matches": False}
+    diff = max(abs(a - b) for a, b in zip(losses, reference))
+    return {"max_abs_diff": diff, "tolerance": PARITY_TOLERANCE[dtype],
+            "matches": math.isfinite(diff) and diff <= PARITY_TOLERANCE[dtype]}

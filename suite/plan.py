@@ -15,6 +15,19 @@ from suite.config import ConfigError, SuiteConfig
 # Optimizers DeepSpeed can run on the CPU side under ZeRO-Offload (DeepSpeedCPUAdam/Adagrad).
 OFFLOADABLE_OPTIMIZERS = ("adam", "adamw", "adagrad")
 
+# AutoTP cannot find a policy for a custom model (FACTS.md): this says which of our GPT's
+# weights split by output (column) and which by input (row). The fused QKV splits as three
+# equal parts, so each rank keeps whole heads; the embeddings and the output head replicate.
+GPT_TP_PARTITION = {
+    "use_default_specs": False,
+    "layer_specs": [
+        {"patterns": [r".*\.qkv\.weight$"], "partition_type": "column", "shape": [3, -1],
+         "partition_dim": 0},
+        {"patterns": [r".*\.mlp_up\.weight$"], "partition_type": "column"},
+        {"patterns": [r".*\.proj\.weight$", r".*\.mlp_down\.weight$"], "partition_type": "row"},
+    ],
+}
+
 
 @dataclass(frozen=True)
 class RunPlan:
@@ -25,6 +38,8 @@ class RunPlan:
     ranks_per_node: int
     world_size: int
     data_parallel_size: int
+    tensor_parallel: int
+    pipeline_parallel: int
     micro_batch_size: int
     grad_accum_steps: int
     global_batch_size: int
@@ -70,8 +85,17 @@ def ranks_per_node(cfg: SuiteConfig, accelerator: str, local_gpus: int) -> int:
     return cfg.cluster.cpu_ranks
 
 
-def batch_sizes(micro: int, accum: int, global_batch: Optional[int], dp: int) -> tuple[int, int, int]:
-    """(micro, accumulation, global) with global = micro x accumulation x data-parallel size."""
+def batch_sizes(micro: int, accum: Optional[int], global_batch: Optional[int], dp: int
+                ) -> tuple[int, int, int]:
+    """(micro, accumulation, global) with global = micro x accumulation x data-parallel size;
+    accumulation is derived from a set global batch when it is not given."""
+    if accum is None and global_batch is not None:
+        if global_batch % (micro * dp):
+            raise ConfigError(
+                f"train.global_batch_size={global_batch} is not a multiple of "
+                f"train.micro_batch_size={micro} x data-parallel size {dp} = {micro * dp}")
+        accum = global_batch // (micro * dp)
+    accum = 1 if accum is None else accum
     product = micro * accum * dp
     if global_batch is not None and global_batch != product:
         raise ConfigError(
@@ -81,9 +105,48 @@ def batch_sizes(micro: int, accum: int, global_batch: Optional[int], dp: int) ->
     return micro, accum, product
 
 
+def check_layout(cfg: SuiteConfig, world: int) -> None:
+    """Refuse parallel layouts that cannot be built, naming the fields."""
+    s, m = cfg.strategy, cfg.model
+    tp, pp = s.tensor_parallel, s.pipeline_parallel
+    if world % (tp * pp):
+        raise ConfigError(f"world size {world} (cluster.nodes x ranks per node) is not divisible by "
+                          f"strategy.tensor_parallel={tp} x strategy.pipeline_parallel={pp}")
+    if m.n_heads % tp:
+        raise ConfigError(f"model.n_heads={m.n_heads} is not divisible by strategy.tensor_parallel={tp}")
+    if pp > m.n_layers:
+        raise ConfigError(f"strategy.pipeline_parallel={pp} exceeds model.n_layers={m.n_layers}: "
+                          "every stage needs at least one block")
+    if pp > 1 and s.zero_stage >= 2:
+        raise ConfigError(f"strategy.pipeline_parallel={pp} cannot run with strategy.zero_stage="
+                          f"{s.zero_stage}: DeepSpeed's pipeline engine allows ZeRO stage 0 or 1 only")
+    if pp > 1 and tp > 1:
+        raise ConfigError(f"strategy.pipeline_parallel={pp} with strategy.tensor_parallel={tp}: "
+                          "DeepSpeed's AutoTP training does not combine with its pipeline engine")
+    if (pp > 1 or tp > 1) and (s.offload_optimizer or s.offload_params):
+        raise ConfigError("ZeRO-Offload (strategy.offload_optimizer/offload_params) is not offered "
+                          "with strategy.pipeline_parallel or strategy.tensor_parallel > 1")
+    zero_pp = s.zero_quantized_weights or s.zero_quantized_gradients or s.zero_hpz_partition_size > 1
+    if (zero_pp or s.mics_shard_size != -1) and s.zero_stage != 3:
+        raise ConfigError("ZeRO++ (strategy.zero_quantized_weights, zero_quantized_gradients, "
+                          "zero_hpz_partition_size) and strategy.mics_shard_size need "
+                          f"strategy.zero_stage=3, not {s.zero_stage}")
+    if s.mics_shard_size != -1 and world % s.mics_shard_size:
+        raise ConfigError(f"strategy.mics_shard_size={s.mics_shard_size} must divide the world size {world}")
+    if cfg.train.activation_checkpointing in ("partitioned", "cpu") and pp > 1:
+        raise ConfigError(f"train.activation_checkpointing={cfg.train.activation_checkpointing} "
+                          "is not wired into the pipeline model of this suite (yet); use full")
+
+
 def check_combination(cfg: SuiteConfig, accelerator: str) -> None:
     """Refuse what DeepSpeed cannot run on this accelerator, naming the fields."""
     if accelerator == "cpu":
+        s = cfg.strategy
+        if (s.zero_quantized_weights or s.zero_quantized_gradients or s.zero_hpz_partition_size > 1
+                or s.mics_shard_size != -1):
+            raise ConfigError("ZeRO++ (strategy.zero_quantized_weights, zero_quantized_gradients, "
+                              "zero_hpz_partition_size) and MiCS (strategy.mics_shard_size) need a "
+                              "GPU: DeepSpeed implements them with CUDA kernels and NCCL groups")
         if cfg.precision.name == "fp16":
             raise ConfigError("precision=fp16 needs a GPU (DeepSpeed: 'Type fp16 is not supported "
                               "on your device'); on the CPU use fp32 or bf16")
@@ -150,6 +213,15 @@ def _zero_block(cfg: SuiteConfig, accelerator: str) -> Dict[str, Any]:
             stage3_max_live_parameters=s.stage3_max_live_parameters,
             stage3_max_reuse_distance=s.stage3_max_reuse_distance,
         )
+    if s.zero_stage == 3:
+        if s.zero_quantized_weights:
+            block["zero_quantized_weights"] = True
+        if s.zero_quantized_gradients:
+            block["zero_quantized_gradients"] = True
+        if s.zero_hpz_partition_size > 1:
+            block["zero_hpz_partition_size"] = s.zero_hpz_partition_size
+        if s.mics_shard_size != -1:
+            block["mics_shard_size"] = s.mics_shard_size
     pin = accelerator == "cuda"  # pinned host memory speeds GPU<->CPU copies; moot on the CPU
     if s.offload_optimizer:
         block["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
@@ -161,8 +233,11 @@ def _zero_block(cfg: SuiteConfig, accelerator: str) -> Dict[str, Any]:
 def deepspeed_config(cfg: SuiteConfig, accelerator: str, micro: int, accum: int,
                      global_batch: int) -> Dict[str, Any]:
     """The DeepSpeed config dict for one run."""
+    # DeepSpeed checks train_batch_size = micro x accumulation x world size before AutoTP
+    # makes its tensor-parallel groups, so under TP it counts the TP ranks as if they were data
+    # parallel; the samples per step are still `global_batch` (TP ranks share theirs).
     ds: Dict[str, Any] = {
-        "train_batch_size": global_batch,
+        "train_batch_size": global_batch * cfg.strategy.tensor_parallel,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accum,
         "steps_per_print": 1_000_000,  # DeepSpeed's own progress lines are noise in a benchmark
@@ -178,6 +253,16 @@ def deepspeed_config(cfg: SuiteConfig, accelerator: str, micro: int, accum: int,
     elif cfg.precision.name == "fp16":
         ds["fp16"] = {"enabled": True, "loss_scale": cfg.precision.loss_scale,
                       "initial_scale_power": cfg.precision.initial_scale_power}
+    if cfg.strategy.tensor_parallel > 1:
+        ds["tensor_parallel"] = {"autotp_size": cfg.strategy.tensor_parallel,
+                                 "partition_config": GPT_TP_PARTITION}
+    if cfg.train.activation_checkpointing in ("partitioned", "cpu"):
+        ds["activation_checkpointing"] = {
+            "partition_activations": True,
+            "cpu_checkpointing": cfg.train.activation_checkpointing == "cpu",
+            "contiguous_memory_optimization": False,
+            "synchronize_checkpoint_boundary": False,
+        }
     if cfg.strategy.zero_stage > 0 and cfg.optimizer.name in ("sgd", "sgd_momentum"):
         # DeepSpeed refuses optimizers it has not tested with ZeRO unless told to go ahead.
         ds["zero_allow_untested_optimizer"] = True
@@ -192,7 +277,9 @@ def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0) -> RunPlan:
     check_combination(typed, accelerator)
     per_node = ranks_per_node(typed, accelerator, local_gpus)
     world = typed.cluster.nodes * per_node
-    dp = world
+    check_layout(typed, world)
+    tp, pp = typed.strategy.tensor_parallel, typed.strategy.pipeline_parallel
+    dp = world // (tp * pp)
     micro, accum, global_batch = batch_sizes(typed.train.micro_batch_size,
                                              typed.train.grad_accum_steps,
                                              typed.train.global_batch_size, dp)
@@ -202,6 +289,8 @@ def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0) -> RunPlan:
         ranks_per_node=per_node,
         world_size=world,
         data_parallel_size=dp,
+        tensor_parallel=tp,
+        pipeline_parallel=pp,
         micro_batch_size=micro,
         grad_accum_steps=accum,
         global_batch_size=global_batch,

@@ -11,7 +11,8 @@ import pandas as pd
 from suite.results import RESULT_FILE, read_record
 
 AXES = ["model", "strategy", "zero_stage", "offload_optimizer", "offload_params", "optimizer",
-        "precision", "accelerator", "world_size", "nodes", "ranks_per_node", "micro_batch_size",
+        "precision", "accelerator", "world_size", "data_parallel", "tensor_parallel",
+        "pipeline_parallel", "activation_checkpointing", "check_parity", "nodes", "ranks_per_node", "micro_batch_size",
         "grad_accum_steps", "global_batch_size", "seq_len", "n_params"]
 METRICS = ["tokens_per_s", "tokens_per_s_per_device", "samples_per_s", "step_time_mean_s",
            "step_time_median_s", "step_time_p90_s", "step_time_std_s", "step_time_cv",
@@ -22,7 +23,8 @@ METRICS = ["tokens_per_s", "tokens_per_s_per_device", "samples_per_s", "step_tim
 ENV = ["torch", "deepspeed", "cuda", "nccl", "device_name", "device_count", "hostname",
        "slurm_job_id", "git_revision"]
 COLUMNS = (["run_id", "sweep_id", "status", "error", "config_hash", "schema_version"] + AXES
-           + METRICS + [f"env_{k}" for k in ENV] + ["started_at", "finished_at", "config_json"])
+           + METRICS + [f"env_{k}" for k in ENV]
+           + ["started_at", "finished_at", "config_json", "loss_per_step_json"])
 
 
 def find_records(sweep_dir: Path) -> List[Path]:
@@ -31,10 +33,11 @@ def find_records(sweep_dir: Path) -> List[Path]:
 
 def flatten(record: Dict[str, Any]) -> Dict[str, Any]:
     """One record as one flat row: axes and metrics as columns, the config as JSON text."""
-    row = {k: record.get(k) for k in COLUMNS if not k.startswith(("env_", "config_json"))}
+    row = {k: record.get(k) for k in COLUMNS if not k.startswith(("env_", "config_json", "loss_per_step"))}
     row.update({k: (record.get("metrics") or {}).get(k) for k in METRICS})
     row.update({f"env_{k}": (record.get("env") or {}).get(k) for k in ENV})
     row["config_json"] = json.dumps(record.get("config"), sort_keys=True)
+    row["loss_per_step_json"] = json.dumps((record.get("metrics") or {}).get("loss_per_step"))
     return row
 
 

@@ -14,9 +14,10 @@ from deepspeed.accelerator import get_accelerator
 
 from suite.config import SuiteConfig
 from suite.plan import RunPlan
-from suite.workload.model import GPT, synthetic_batches
+from suite.workload.model import (GPT, global_batches, micro_batch, next_token_loss,
+                                  pipeline_layers)
 
-# Distinct micro-batches each rank cycles through (made once, before timing).
+# Distinct global batches the steps cycle through (made once, before timing).
 DATA_POOL = 4
 
 
@@ -51,22 +52,63 @@ def _peak_memory(accelerator: str) -> tuple[int, Optional[int]]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, None
 
 
-def _one_step(engine, batches, step: int, grad_accum: int, fault: str, fault_step: int):
-    """One optimizer step = grad_accum micro-batches; returns the losses as device tensors."""
-    losses = []
-    for micro in range(grad_accum):
-        if step == fault_step and fault == "raise":
-            raise InjectedFault(f"injected fault: train.fault=raise at step {step}")
-        if step == fault_step and fault == "oom":
-            raise torch.OutOfMemoryError(
-                f"injected fault: train.fault=oom at step {step} (simulated CUDA out of memory)")
-        loss = engine(batches[(step * grad_accum + micro) % len(batches)])
-        if step == fault_step and fault == "nan":
-            loss = loss * float("nan")
-        engine.backward(loss)
-        engine.step()
-        losses.append(loss.detach())
-    return losses
+def _fault(step: int, cfg: SuiteConfig) -> None:
+    if step != cfg.train.fault_step:
+        return
+    if cfg.train.fault == "raise":
+        raise InjectedFault(f"injected fault: train.fault=raise at step {step}")
+    if cfg.train.fault == "oom":
+        raise torch.OutOfMemoryError(
+            f"injected fault: train.fault=oom at step {step} (simulated CUDA out of memory)")
+
+
+class _Poison:
+    """train.fault=nan: multiplies the loss by NaN during the fault step."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+    def __call__(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * float("nan") if self.active else loss
+
+
+def _checkpoint_function(cfg: SuiteConfig, plan: RunPlan):
+    mode = cfg.train.activation_checkpointing
+    if mode == "none":
+        return None
+    if mode == "full":
+        from torch.utils.checkpoint import checkpoint
+
+        return lambda block, x: checkpoint(block, x, use_reentrant=False)
+    deepspeed.checkpointing.configure(None, deepspeed_config=plan.ds_config)
+    return lambda block, x: deepspeed.checkpointing.checkpoint(block, x)
+
+
+def _build(cfg: SuiteConfig, plan: RunPlan, poison: _Poison):
+    m, s = cfg.model, cfg.strategy
+    shape = (m.n_layers, m.d_model, m.n_heads, m.seq_len, m.vocab_size)
+    if plan.pipeline_parallel > 1:
+        from deepspeed.pipe import PipelineModule
+
+        return PipelineModule(
+            layers=pipeline_layers(*shape, seed=cfg.train.seed), num_stages=plan.pipeline_parallel,
+            loss_fn=lambda logits, targets: poison(next_token_loss(logits, targets)),
+            partition_method=s.pipeline_partition_method,
+            activation_checkpoint_interval=0 if cfg.train.activation_checkpointing == "none" else 1,
+            # only blocks: the embedding's input is token ids, which have no gradient
+            checkpointable_layers=["Block"])
+    with deepspeed.zero.Init(config_dict_or_path=plan.ds_config, enabled=s.zero_stage == 3):
+        return GPT(*shape, seed=cfg.train.seed, checkpoint=_checkpoint_function(cfg, plan))
+
+
+def _data_parallel_rank(engine, plan: RunPlan, rank: int) -> int:
+    if plan.pipeline_parallel > 1:
+        return engine.grid.get_data_parallel_rank()
+    if plan.tensor_parallel > 1:
+        from deepspeed.utils import groups
+
+        return groups._get_data_parallel_rank()
+    return rank
 
 
 def run_training(cfg: SuiteConfig, plan: RunPlan) -> Measurements:
@@ -74,19 +116,35 @@ def run_training(cfg: SuiteConfig, plan: RunPlan) -> Measurements:
     accel = get_accelerator()
     rank = int(os.environ.get("RANK", 0))
     t_init = time.perf_counter()
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    poison = _Poison()
+    model = _build(cfg, plan, poison)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=plan.ds_config)
     m = cfg.model
-    with deepspeed.zero.Init(config_dict_or_path=plan.ds_config,
-                             enabled=cfg.strategy.zero_stage == 3):
-        model = GPT(m.n_layers, m.d_model, m.n_heads, m.seq_len, m.vocab_size)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                           config=plan.ds_config)
-    device = engine.device
-    batches = synthetic_batches(DATA_POOL, plan.micro_batch_size, m.seq_len, m.vocab_size,
-                                seed=cfg.train.seed + 1000 * rank, device=device)
+    dp_rank = _data_parallel_rank(engine, plan, rank)
+    pool = global_batches(DATA_POOL, plan.global_batch_size, m.seq_len, m.vocab_size,
+                          seed=cfg.train.seed + 1, device=engine.device)
+    micro = [[micro_batch(batch, i, dp_rank, plan.data_parallel_size, plan.micro_batch_size)
+              for i in range(plan.grad_accum_steps)] for batch in pool]
     out.device_name = accel.get_device_name() if plan.accelerator == "cuda" else None
     accel.synchronize()
     out.init_s = time.perf_counter() - t_init
+
+    def step_fn(step: int) -> torch.Tensor:
+        """One optimizer step (grad_accum_steps micro-batches); its mean loss, on the device."""
+        _fault(step, cfg)
+        poison.active = cfg.train.fault == "nan" and step == cfg.train.fault_step
+        batches = micro[step % DATA_POOL]
+        if plan.pipeline_parallel > 1:
+            return engine.train_batch(iter([(b[:, :-1], b[:, 1:]) for b in batches]))
+        losses = []
+        for batch in batches:
+            loss = poison(engine(batch))
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.detach())
+        return torch.stack(losses).mean()
 
     _reset_peak_memory(plan.accelerator)
     step_losses = []
@@ -95,14 +153,14 @@ def run_training(cfg: SuiteConfig, plan: RunPlan) -> Measurements:
     for step in range(total):
         accel.synchronize()
         start = time.perf_counter()
-        step_losses.append(torch.stack(_one_step(engine, batches, step, plan.grad_accum_steps,
-                                                 cfg.train.fault, cfg.train.fault_step)).mean())
+        step_losses.append(step_fn(step).detach().float())
         accel.synchronize()
         if step >= cfg.train.warmup_steps:
             times.append(time.perf_counter() - start)
 
     # Collectives after timing: a step lasts as long as its slowest rank; losses are averaged.
     peak, reserved = _peak_memory(plan.accelerator)
+    device = engine.device
     times_t = torch.tensor(times, dtype=torch.float64, device=device)
     memory_t = torch.tensor([peak, reserved or 0], dtype=torch.float64, device=device)
     losses_t = torch.stack(step_losses).double() / plan.world_size
