@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from suite.metrics import (device_key, flops_per_token, gpt_param_count, peak_tflops,
+from suite.metrics import (PARITY_TOLERANCE, device_key, loss_parity, flops_per_token, gpt_param_count, peak_tflops,
                            recompute_flops_per_token, run_metrics, step_time_stats, throughput,
                            utilisation)
 from suite.workload.model import GPT
@@ -87,3 +87,25 @@ def test_run_metrics_of_a_cpu_run_has_null_mfu_and_model_tflops():
     assert m["tflops_per_device"] == pytest.approx(895_488 * 6_400 / 1e12)
     assert m["mfu"] is None and m["hfu"] is None and m["peak_tflops_per_device"] is None
     assert m["loss_all_finite"] is False and m["loss_first"] == 6.2
+
+
+def test_hfu_counts_the_recomputed_forward():
+    m = run_metrics(n_layers=2, d_model=64, n_heads=4, seq_len=64, vocab_size=512,
+                    world_size=2, global_batch_size=4, step_times_s=[0.02, 0.02], losses=[6.0],
+                    peak_memory_bytes=1, peak_memory_reserved_bytes=None,
+                    device_name="NVIDIA H100 80GB HBM3", dtype="bf16", recompute=True)
+    # model FLOPs 895,488 per token; hardware FLOPs + 298,496 = 1,193,984; 6,400 tokens/s/device
+    assert m["tflops_per_device"] == pytest.approx(895_488 * 6_400 / 1e12)
+    assert m["hw_tflops_per_device"] == pytest.approx(1_193_984 * 6_400 / 1e12)
+    assert m["hfu"] == pytest.approx(1_193_984 * 6_400 / 1e12 / 989.4)
+    assert m["hfu"] / m["mfu"] == pytest.approx(1_193_984 / 895_488)
+
+
+def test_loss_parity_within_the_precision_tolerance():
+    assert loss_parity([6.0, 5.9], [6.0, 5.9000004], "fp32")["matches"] is True
+    off = loss_parity([6.0, 5.8], [6.0, 5.9], "fp32")
+    assert off["matches"] is False and off["max_abs_diff"] == pytest.approx(0.1)
+    assert loss_parity([6.0, 5.87], [6.0, 5.9], "bf16")["matches"] is True  # 0.03 <= 5e-2
+    assert loss_parity([6.0], [6.0, 5.9], "fp32")["matches"] is False  # steps differ in number
+    assert loss_parity([float("nan")], [6.0], "fp32")["matches"] is False
+    assert PARITY_TOLERANCE["fp32"] < PARITY_TOLERANCE["bf16"]

@@ -104,7 +104,7 @@ def test_every_combination_on_gpus_has_consistent_blocks(compose_cfg, strategy, 
     (["precision=fp16"], "precision=fp16 needs a GPU"),
     (["optimizer=lamb"], "optimizer=lamb needs a GPU"),
     (["strategy=zero2_offload", "optimizer=sgd"], "optimizer=sgd cannot run with strategy=zero2_offload"),
-    (["train.global_batch_size=6"], "train.global_batch_size=6 must equal train.micro_batch_size=2 x "
+    (["train.global_batch_size=6", "train.grad_accum_steps=1"], "train.global_batch_size=6 must equal train.micro_batch_size=2 x "
                                     "train.grad_accum_steps=1 x data-parallel size 2 = 4"),
     (["cluster.accelerator=cuda"], "cluster.gpus_per_node must be set"),
     (["cluster.nodes=2"], "cluster.nodes=2 needs cluster.scheduler=slurm"),
@@ -128,3 +128,59 @@ def test_batch_sizes():
     assert batch_sizes(4, 8, 512, 16) == (4, 8, 512)
     with pytest.raises(ConfigError):
         batch_sizes(4, 8, 500, 16)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["strategy=tp2", "cluster.cpu_ranks=3"],
+     "world size 3 (cluster.nodes x ranks per node) is not divisible by strategy.tensor_parallel=2"),
+    (["strategy=tp2", "model.n_heads=1", "model.d_model=64"],
+     "model.n_heads=1 is not divisible by strategy.tensor_parallel=2"),
+    (["strategy.pipeline_parallel=2", "model.n_layers=1"],
+     "strategy.pipeline_parallel=2 exceeds model.n_layers=1"),
+    (["strategy=pp2", "strategy.zero_stage=2"],
+     "strategy.pipeline_parallel=2 cannot run with strategy.zero_stage=2"),
+    (["strategy=tp2_pp2", "cluster.cpu_ranks=8"], "does not combine with its pipeline engine"),
+    (["strategy=tp2", "strategy.zero_stage=2", "strategy.offload_optimizer=true"],
+     "ZeRO-Offload (strategy.offload_optimizer/offload_params) is not offered"),
+    (["strategy=zero3", "strategy.zero_quantized_weights=true"], "ZeRO++"),
+    (["strategy=zero3", "strategy.mics_shard_size=2"], "MiCS (strategy.mics_shard_size) need a GPU"),
+    (["strategy=zero2", "strategy.zero_quantized_gradients=true", "cluster.accelerator=cuda",
+      "cluster.gpus_per_node=2"], "need strategy.zero_stage=3, not 2"),
+    (["strategy=pp2", "train.activation_checkpointing=cpu"],
+     "train.activation_checkpointing=cpu is not wired into the pipeline model"),
+    (["strategy=tp2", "train.global_batch_size=3"],
+     "train.global_batch_size=3 is not a multiple of train.micro_batch_size=2 x data-parallel size 1"),
+])
+def test_layouts_that_cannot_run_are_refused_naming_the_fields(compose_cfg, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        plan_run(compose_cfg(*overrides), local_gpus=0)
+    assert message in str(err.value)
+
+
+def test_tensor_and_pipeline_layouts_keep_the_global_batch(compose_cfg):
+    tp = plan_run(compose_cfg("strategy=tp2", "train.global_batch_size=8"), 0)
+    assert (tp.data_parallel_size, tp.tensor_parallel, tp.grad_accum_steps, tp.global_batch_size) == (1, 2, 4, 8)
+    # DeepSpeed checks train_batch_size against the whole world before AutoTP splits it
+    assert tp.ds_config["train_batch_size"] == 16
+    assert tp.ds_config["tensor_parallel"]["autotp_size"] == 2
+    assert [spec["partition_type"] for spec in tp.ds_config["tensor_parallel"]["partition_config"]["layer_specs"]] \
+        == ["column", "column", "row"]
+    pp = plan_run(compose_cfg("strategy=pp2", "train.global_batch_size=8", "cluster.cpu_ranks=4"), 0)
+    assert (pp.data_parallel_size, pp.pipeline_parallel, pp.grad_accum_steps) == (2, 2, 2)
+    assert pp.ds_config["train_batch_size"] == 8 and "tensor_parallel" not in pp.ds_config
+    dp = plan_run(compose_cfg("strategy=ddp", "train.global_batch_size=8"), 0)
+    assert (dp.data_parallel_size, dp.grad_accum_steps) == (2, 2)
+
+
+def test_activation_checkpointing_and_zero_plus_plus_blocks(compose_cfg):
+    cpu = plan_run(compose_cfg("train.activation_checkpointing=cpu"), 0).ds_config
+    assert cpu["activation_checkpointing"] == {"partition_activations": True, "cpu_checkpointing": True,
+                                               "contiguous_memory_optimization": False,
+                                               "synchronize_checkpoint_boundary": False}
+    assert "activation_checkpointing" not in plan_run(compose_cfg("train.activation_checkpointing=full"), 0).ds_config
+    zpp = plan_run(compose_cfg("strategy=zero3", "strategy.zero_quantized_weights=true",
+                               "strategy.zero_quantized_gradients=true", "strategy.zero_hpz_partition_size=8",
+                               "cluster.accelerator=cuda", "cluster.gpus_per_node=8"), 0).ds_config
+    assert {k: zpp["zero_optimization"][k] for k in ("zero_quantized_weights", "zero_quantized_gradients",
+                                                     "zero_hpz_partition_size")} == {
+        "zero_quantized_weights": True, "zero_quantized_gradients": True, "zero_hpz_partition_size": 8}
