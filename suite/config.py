@@ -261,6 +261,14 @@ class TrainConfig:
     timed_steps: int = 10
     #: seed of the weights and the synthetic tokens
     seed: int = 1234
+    #: scaling study this run belongs to: none, weak (per-device micro-batch held fixed) or
+    #: strong (global batch held fixed; set train.global_batch_size)
+    scaling: str = "none"
+    #: which repeat of the same configuration this run is (set by submit.repeats)
+    repeat_index: int = 0
+    #: count collective traffic with DeepSpeed's comms logger (it synchronises around every
+    #: collective, so runs with it on are for the communication model, not for timings)
+    profile_comms: bool = False
     #: loss-parity mode: the report compares this run's per-step losses with the plain data-
     #: parallel run of the same model, data and optimizer (conf/experiment/parity.yaml)
     check_parity: bool = False
@@ -278,6 +286,12 @@ class TrainConfig:
         _positive("train.timed_steps", self.timed_steps)
         _choice("train.fault", self.fault, FAULTS)
         _choice("train.activation_checkpointing", self.activation_checkpointing, CHECKPOINTING)
+        _choice("train.scaling", self.scaling, ("none", "weak", "strong"))
+        if self.scaling == "strong" and self.global_batch_size is None:
+            raise ConfigError("train.scaling=strong holds the global batch fixed: set train.global_batch_size")
+        if self.scaling == "weak" and self.global_batch_size is not None:
+            raise ConfigError("train.scaling=weak holds the micro-batch fixed: leave "
+                              "train.global_batch_size null")
 
 
 @dataclass
@@ -290,6 +304,36 @@ class SubmitConfig:
     wait: bool = True
     #: run configurations that already have an ok record in the sweep folder again
     force: bool = False
+    #: run every configuration this many times (separate jobs, train.repeat_index 0..k-1)
+    repeats: int = 1
+    #: record invalid points as `invalid` records and run the rest (default: refuse the sweep)
+    skip_invalid: bool = False
+
+    def __post_init__(self) -> None:
+        _positive("submit.repeats", self.repeats)
+
+
+@dataclass
+class ReportConfig:
+    """What the end-of-sweep report does; not part of any run's config."""
+
+    #: build the report when the sweep ends
+    enabled: bool = True
+    #: a Parquet dataset of earlier sweeps (one partition per sweep date): the sweep is
+    #: compared against it and appended to it; null = no history
+    history_dir: Optional[str] = None
+    #: exit non-zero when a configuration regressed against the history
+    fail_on_regression: bool = False
+    #: nights of history a configuration's baseline is taken from
+    window: int = 7
+    #: a drop counts as a regression only beyond this fraction of the baseline ...
+    min_drop: float = 0.05
+    #: ... and beyond this many robust standard deviations (1.4826 x MAD) of the history
+    noise_sigmas: float = 3.0
+    #: repeats whose coefficient of variation exceeds this are flagged as too noisy to compare
+    max_cv: float = 0.05
+    #: a memory measurement outside [lower, upper] x the analytic model is flagged
+    memory_ratio_bounds: List[float] = field(default_factory=lambda: [0.9, 4.0])
 
 
 @dataclass
@@ -303,8 +347,7 @@ class SuiteConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
-    #: build the report when a multirun ends
-    report: bool = True
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 def register_configs() -> None:

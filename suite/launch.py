@@ -65,6 +65,31 @@ def _main_error(own: str, others: Dict[int, str]) -> str:
     return f"rank 0: {own}"
 
 
+def deepspeed_estimate(cfg, plan) -> Optional[int]:
+    """DeepSpeed's own per-GPU model-state estimate (stages 2 and 3; it assumes mixed-precision
+    Adam), or None where it has none."""
+    from suite.metrics import gpt_param_count
+
+    m = cfg.model
+    total = gpt_param_count(m.n_layers, m.d_model, m.seq_len, m.vocab_size)["total"]
+    stage = cfg.strategy.zero_stage
+    if stage == 2 and plan.tensor_parallel == plan.pipeline_parallel == 1:
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+        return int(estimate_zero2_model_states_mem_needs(
+            total, plan.ranks_per_node, plan.nodes, cpu_offload=cfg.strategy.offload_optimizer,
+            additional_buffer_factor=1.0)[1])
+    if stage == 3 and plan.tensor_parallel == plan.pipeline_parallel == 1:
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+        largest = max(m.vocab_size * m.d_model, 12 * m.d_model ** 2)
+        return int(estimate_zero3_model_states_mem_needs(
+            total, largest, plan.ranks_per_node, plan.nodes,
+            cpu_offload=cfg.strategy.offload_optimizer, cpu_offload_params=cfg.strategy.offload_params,
+            zero_init=True, additional_buffer_factor=1.0)[1])
+    return None
+
+
 def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str, Any]]:
     """Run this rank's share of one benchmark run. Rank 0 returns the record it wrote."""
     started_at = results.now_iso()
@@ -99,6 +124,15 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
             recompute=typed.train.activation_checkpointing != "none")
         run_metrics["init_s"] = measured.init_s
         run_metrics["loss_per_step"] = measured.losses  # warm-up included; the parity check reads it
+        run_metrics["memory_capacity_bytes"] = measured.memory_capacity_bytes
+        run_metrics["comm_bytes_per_step"] = measured.comm_bytes_per_step
+        run_metrics.update(metrics.model_state_memory(
+            n_params=results.record_axes(typed, plan)["n_params"], precision=typed.precision.name,
+            optimizer=typed.optimizer.name, zero_stage=typed.strategy.zero_stage,
+            dp=plan.data_parallel_size, model_parallel=plan.tensor_parallel * plan.pipeline_parallel,
+            offload_optimizer=typed.strategy.offload_optimizer,
+            offload_params=typed.strategy.offload_params))
+        run_metrics["deepspeed_estimate_bytes"] = deepspeed_estimate(typed, plan)
     except Exception as exc:  # every failure becomes a record
         status = results.classify_exception(exc)
         message = f"{type(exc).__name__}: {exc}"

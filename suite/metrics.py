@@ -162,3 +162,39 @@ def loss_parity(losses: Sequence[float], reference: Sequence[float], dtype: str
     diff = max(abs(a - b) for a, b in zip(losses, reference))
     return {"max_abs_diff": diff, "tolerance": PARITY_TOLERANCE[dtype],
             "matches": math.isfinite(diff) and diff <= PARITY_TOLERANCE[dtype]}
+
+
+# Bytes per parameter of model states (ZeRO paper, Rajbhandari et al. 2020, section 3): the
+# parameters and gradients in the training dtype, plus the optimizer's states (with a fp32
+# master copy of the parameters in mixed precision).
+_OPTIMIZER_STATE_FP32 = {"sgd": 0, "sgd_momentum": 4, "adagrad": 4, "adam": 8, "adamw": 8, "lamb": 8}
+
+
+def model_state_memory(*, n_params: int, precision: str, optimizer: str, zero_stage: int, dp: int,
+                       model_parallel: int = 1, offload_optimizer: bool = False,
+                       offload_params: bool = False) -> Dict[str, float]:
+    """Predicted model-state bytes per device: stage 0 (P+G+O)Ψ, stage 1 (P+G)Ψ + OΨ/N,
+    stage 2 PΨ + (G+O)Ψ/N, stage 3 (P+G+O)Ψ/N, with N the data-parallel size and Ψ the
+    parameters a rank holds (divided by tensor x pipeline degree). Mixed-precision Adam gives
+    the paper's 16 / 4+12/N / 2+14/N / 16/N bytes per parameter."""
+    p = 4 if precision == "fp32" else 2
+    g = p
+    o = _OPTIMIZER_STATE_FP32[optimizer] + (0 if precision == "fp32" else 4)
+    if offload_optimizer:
+        o = 0
+    psi = n_params / model_parallel
+    per_param = {0: p + g + o, 1: p + g + o / dp, 2: p + (g + o) / dp, 3: (p + g + o) / dp}[zero_stage]
+    if offload_params and zero_stage == 3:
+        per_param -= p / dp
+    return {"model_state_bytes_predicted": per_param * psi,
+            "comm_bytes_per_step_predicted": communication_volume(n_params / model_parallel, g, zero_stage, dp)}
+
+
+def communication_volume(params: float, grad_bytes: int, zero_stage: int, dp: int) -> float:
+    """Bytes each rank sends per step for data parallelism (ZeRO paper, section 7): an all-reduce
+    of the gradients is 2Ψ elements (reduce-scatter + all-gather) for stages 0-2, stage 3 adds an
+    all-gather of the parameters in the backward pass: 3Ψ; times (N-1)/N on a ring."""
+    if dp == 1:
+        return 0.0
+    elements = (3 if zero_stage == 3 else 2) * params * (dp - 1) / dp
+    return elements * grad_bytes

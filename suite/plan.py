@@ -263,6 +263,8 @@ def deepspeed_config(cfg: SuiteConfig, accelerator: str, micro: int, accum: int,
             "contiguous_memory_optimization": False,
             "synchronize_checkpoint_boundary": False,
         }
+    if cfg.train.profile_comms:
+        ds["comms_logger"] = {"enabled": True, "verbose": False, "prof_all": True, "debug": False}
     if cfg.strategy.zero_stage > 0 and cfg.optimizer.name in ("sgd", "sgd_momentum"):
         # DeepSpeed refuses optimizers it has not tested with ZeRO unless told to go ahead.
         ds["zero_allow_untested_optimizer"] = True

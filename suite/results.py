@@ -25,7 +25,7 @@ STATUSES = ("ok", "oom", "error", "nan", "timeout", "preempted", "cancelled", "n
 _SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+(?=@)")
 # Environment variables worth keeping in a record: they change what a benchmark measures.
-_ENV_PREFIXES = ("NCCL_", "CUDA_", "DS_", "OMP_", "TORCH_", "SLURM_JOB", "SLURM_ARRAY",
+_ENV_PREFIXES = ("NCCL_", "CUDA_", "DS_", "OMP_", "TORCH_", "SUITE_", "SLURM_JOB", "SLURM_ARRAY",
                  "SLURM_NNODES", "SLURM_NTASKS", "MASTER_", "WORLD_SIZE", "NVIDIA_")
 
 
@@ -91,6 +91,15 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+def _driver_version() -> Optional[str]:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def capture_environment(hostnames: Optional[list[str]] = None) -> Dict[str, Any]:
     """Versions, devices, hosts, scheduler ids and the variables that change a measurement."""
     import deepspeed
@@ -111,6 +120,7 @@ def capture_environment(hostnames: Optional[list[str]] = None) -> Dict[str, Any]
         "deepspeed": deepspeed.__version__,
         "cuda": torch.version.cuda,
         "nccl": nccl,
+        "driver": _driver_version() if cuda else None,
         "device_name": torch.cuda.get_device_name() if cuda else _cpu_name(),
         "device_count": torch.cuda.device_count() if cuda else os.cpu_count(),
         "hostname": socket.gethostname(),
@@ -200,6 +210,8 @@ def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
         "pipeline_parallel": cfg.strategy.pipeline_parallel,
         "activation_checkpointing": cfg.train.activation_checkpointing,
         "check_parity": cfg.train.check_parity,
+        "scaling": cfg.train.scaling,
+        "repeat_index": cfg.train.repeat_index,
         "nodes": plan.nodes if plan else cfg.cluster.nodes,
         "ranks_per_node": plan.ranks_per_node if plan else cfg.cluster.gpus_per_node,
         "micro_batch_size": plan.micro_batch_size if plan else cfg.train.micro_batch_size,
@@ -251,4 +263,24 @@ def write_record_from_submission(run_dir: Path, *, status: str, error: str,
              "slurm_job_id": sub["job_id"] if sub["scheduler"] == "slurm" else None,
              "written_by": "launcher: the run left no record", **(details or {})},
         started_at=sub["submitted_at"], finished_at=now)
+    return write_record(run_dir, record)
+
+
+def write_invalid_record(run_dir: Path, config: Dict[str, Any], error: str) -> Path:
+    """The record of a sweep point refused by the plan (submit.skip_invalid=true)."""
+    def pick(group: str, key: str) -> Any:
+        return (config.get(group) or {}).get(key)
+
+    axes = {"model": pick("model", "name"), "strategy": pick("strategy", "name"),
+            "zero_stage": pick("strategy", "zero_stage"), "optimizer": pick("optimizer", "name"),
+            "precision": pick("precision", "name"), "nodes": pick("cluster", "nodes"),
+            "micro_batch_size": pick("train", "micro_batch_size"),
+            "global_batch_size": pick("train", "global_batch_size"),
+            "scaling": pick("train", "scaling"), "repeat_index": pick("train", "repeat_index")}
+    run_dir = Path(run_dir)
+    now = now_iso()
+    record = make_record(run_id=f"{run_dir.parent.name}/{run_dir.name}", sweep_id=run_dir.parent.name,
+                         status="invalid", error=error, config=config, axes=axes, metrics={},
+                         env={"hostname": socket.gethostname(), "written_by": "launcher: invalid point"},
+                         started_at=now, finished_at=now)
     return write_record(run_dir, record)

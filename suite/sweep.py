@@ -33,13 +33,14 @@ class ReportCallback(Callback):
     """Builds the report when a multirun ends and prints its summary and path."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        submit = config.get("submit", {})
-        if submit.get("dry_run") or not submit.get("wait", True) or not config.get("report", True):
+        submit, options = config.get("submit", {}), config.get("report", {})
+        if submit.get("dry_run") or not submit.get("wait", True) or not options.get("enabled", True):
             return
+        from suite.plan import to_object
         from suite.report import build_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        report = build_report(sweep_dir)
+        report = build_report(sweep_dir, to_object(config).report)
         print(report.summary_text)
         print(f"\nReport: {report.markdown_path}\n        {report.html_path}")
         if not report.all_ok:

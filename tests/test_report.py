@@ -41,11 +41,12 @@ def test_report_holds_every_run_and_lists_failures(tmp_path):
     assert len(frame) == 4 and (sweep / "report" / "runs.csv").exists()
     md = report.markdown_path.read_text()
     assert "runs: 4, ok: 3, failed: 1" in md
-    assert "## Throughput: tiny" in md and "## Throughput: gpt_125m" in md
+    assert "### tiny" in md and "### gpt_125m" in md
     assert "1,500" in md and "RuntimeError: boom" in md
-    # best per (model, world size): zero1 beats ddp for tiny on 2 ranks
-    best = md.split("## Best configuration")[1].split("##")[0]
-    assert "zero1 / adamw / fp32" in best and "ddp / adamw" not in best
+    # best per (model, world size): zero1 beats ddp for tiny on 2 ranks, by 50%
+    best = md.split("## Best configuration")[1].split("\n## ")[0]
+    assert "| zero1 / adamw / fp32 / mb 2 |" in best and "| ddp / adamw / fp32 " in best
+    assert "50.0%" in best
     html = report.html_path.read_text()
     assert html.count("data:image/png;base64,") == 2 and "RuntimeError: boom" in html
     assert (sweep / "report" / "throughput_tiny.png").stat().st_size > 1000

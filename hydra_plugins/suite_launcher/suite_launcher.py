@@ -102,6 +102,10 @@ class SuiteLauncher(BaseSubmititLauncher):
 
         local_gpus = torch.cuda.device_count()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        submit = planning.to_object(self.config).submit
+        if submit.repeats > 1:  # each configuration k times, as separate jobs
+            job_overrides = [list(o) + [f"train.repeat_index={i}"]
+                             for o in job_overrides for i in range(submit.repeats)]
         runs, problems, composed = [], [], {}
         for offset, overrides in enumerate(job_overrides):
             idx = initial_job_idx + offset
@@ -115,14 +119,22 @@ class SuiteLauncher(BaseSubmititLauncher):
                 plan = planning.plan_run(typed, local_gpus)
             except (ConfigError, ValueError) as exc:
                 problems.append(f"  #{idx} {' '.join(filter_overrides(overrides))}: {exc}")
+                if submit.skip_invalid and not submit.dry_run:
+                    run_dir = sweep_dir / str(cfg.hydra.sweep.subdir)
+                    results.write_invalid_record(run_dir, results.run_config(cfg), str(exc))
                 continue
             config = results.run_config(cfg)
             runs.append(PlannedRun(idx, list(overrides), cfg, typed, plan,
                                    sweep_dir / str(cfg.hydra.sweep.subdir), config,
                                    results.config_hash(config), planning.estimated_cost(typed, plan)))
-        if problems:
+        if problems and not submit.skip_invalid:
             raise SweepRefused("The sweep was refused, nothing was started. Invalid points:\n"
-                               + "\n".join(problems))
+                               + "\n".join(problems) + "\n(submit.skip_invalid=true records "
+                               "them as `invalid` and runs the rest)")
+        if problems:
+            log.warning(f"{len(problems)} invalid points recorded as `invalid`:\n" + "\n".join(problems))
+        if not runs:
+            raise SweepRefused("No valid point in the sweep; nothing was started.")
         schedulers = {r.typed.cluster.scheduler for r in runs}
         if len(schedulers) > 1:
             raise SweepRefused(f"The sweep mixes cluster.scheduler values {sorted(schedulers)}; "

@@ -1,13 +1,15 @@
-"""Tables and rendering: report.md, report.html (plots embedded), runs.parquet, runs.csv."""
+"""The report: sections (tables and plots) built once from the runs DataFrame, rendered to
+report.md and a stand-alone report.html; runs.parquet/csv beside them; optionally compared
+against and appended to a history store."""
 from __future__ import annotations
 
 import base64
 import html
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import matplotlib
 
@@ -16,10 +18,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from suite.collect import reconcile  # noqa: E402
+from suite.config import ReportConfig  # noqa: E402
 from suite.metrics import loss_parity  # noqa: E402
+from suite.report import analysis, history  # noqa: E402
 from suite.report.collate import load_sweep  # noqa: E402
 
 MIB = 2 ** 20
+
+
+@dataclass
+class Section:
+    title: str
+    text: List[str] = field(default_factory=list)
+    tables: List[Tuple[str, pd.DataFrame]] = field(default_factory=list)
+    images: List[Tuple[str, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -30,59 +42,181 @@ class Report:
     summary_text: str
     all_ok: bool
     unfinished: List[str]
+    regressions: pd.DataFrame
 
 
-def _number(value, fmt: str) -> str:
-    return "—" if value is None or pd.isna(value) else format(value, fmt)
+# ---- formatting -------------------------------------------------------------------------
+
+def _fmt(fmt: str) -> Callable:
+    def apply(value):
+        if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA:
+            return "—"
+        return format(value, fmt)
+    return apply
 
 
-def throughput_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per run of one model: the axes, the headline metrics with units, the status."""
-    rows = []
-    for _, r in frame.iterrows():
-        spread = "" if pd.isna(r.step_time_cv) else f" ± {r.step_time_cv * 100:.1f}%"
-        rows.append({
-            "strategy": r.strategy, "optimizer": r.optimizer, "precision": r.precision,
-            "ranks": _number(r.world_size, ".0f"),
-            "dp x tp x pp": f"{_number(r.data_parallel, '.0f')} x {_number(r.tensor_parallel, '.0f')}"
-                            f" x {_number(r.pipeline_parallel, '.0f')}",
-            "micro x accum": f"{_number(r.micro_batch_size, '.0f')} x {_number(r.grad_accum_steps, '.0f')}",
-            "recompute": r.activation_checkpointing if isinstance(r.activation_checkpointing, str) else "—",
-            "tokens/s/device": _number(r.tokens_per_s_per_device, ",.0f"),
-            "TFLOP/s/device": _number(r.tflops_per_device, ".4g"),
-            "MFU": "—" if pd.isna(r.mfu) else f"{r.mfu * 100:.1f}%",
-            "HFU": "—" if pd.isna(r.hfu) else f"{r.hfu * 100:.1f}%",
-            "step median (ms) ± CV": ("—" if pd.isna(r.step_time_median_s)
-                                      else f"{r.step_time_median_s * 1e3:.1f}{spread}"),
-            "peak memory (MiB)": _number(None if pd.isna(r.peak_memory_bytes) else r.peak_memory_bytes / MIB, ",.0f"),
-            "status": r.status,
-        })
-    return pd.DataFrame(rows)
+def _pct(value) -> str:
+    return "—" if value is None or pd.isna(value) else f"{value * 100:.1f}%"
 
 
-def best_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The fastest ok configuration per (model, world size), by tokens/s per device."""
-    ok = frame[frame.status == "ok"].dropna(subset=["tokens_per_s_per_device"])
-    if ok.empty:
-        return pd.DataFrame(columns=["model", "ranks", "best configuration", "tokens/s/device"])
-    best = ok.loc[ok.groupby(["model", "world_size"])["tokens_per_s_per_device"].idxmax()]
-    return pd.DataFrame({
-        "model": best.model,
-        "ranks": best.world_size.astype(int),
-        "best configuration": best.strategy + " / " + best.optimizer + " / " + best.precision,
-        "tokens/s/device": best.tokens_per_s_per_device.map(lambda v: f"{v:,.0f}"),
-    })
+def _mib(value) -> str:
+    return "—" if value is None or pd.isna(value) else f"{value / MIB:,.1f}"
+
+
+def _show(frame: pd.DataFrame, columns: Dict[str, Tuple[str, Callable]]) -> pd.DataFrame:
+    """Select, rename and format columns for display: {column: (heading, formatter)}."""
+    return pd.DataFrame({heading: frame[col].map(f) if f else frame[col]
+                         for col, (heading, f) in columns.items()})
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+# ---- sections ---------------------------------------------------------------------------
+
+def _layout(r) -> str:
+    return f"{_fmt('.0f')(r.data_parallel)} x {_fmt('.0f')(r.tensor_parallel)} x {_fmt('.0f')(r.pipeline_parallel)}"
+
+
+def throughput_section(configs: pd.DataFrame) -> Section:
+    section = Section("Throughput", ["One row per configuration: medians over its repeats. "
+                                     "CV = coefficient of variation (step times within a run; "
+                                     "tokens/s per device across repeats). MFU/HFU are empty (—) "
+                                     "where no datasheet peak is known (any CPU)."])
+    for model, group in configs.groupby("model"):
+        group = group.sort_values(["world_size", "strategy", "optimizer", "precision"])
+        table = _show(group.assign(layout=group.apply(_layout, axis=1)), {
+            "strategy": ("strategy", None), "optimizer": ("optimizer", None),
+            "precision": ("precision", None), "world_size": ("ranks", _fmt(".0f")),
+            "layout": ("dp x tp x pp", None), "micro_batch_size": ("micro", _fmt(".0f")),
+            "grad_accum_steps": ("accum", _fmt(".0f")),
+            "activation_checkpointing": ("recompute", None),
+            "tokens_per_s_per_device": ("tokens/s/device", _fmt(",.0f")),
+            "tflops_per_device": ("TFLOP/s/device", _fmt(".4g")),
+            "mfu": ("MFU", _pct), "hfu": ("HFU", _pct),
+            "step_time_median_s": ("step median (s)", _fmt(".4f")),
+            "step_time_cv": ("step CV", _pct), "repeats": ("repeats", _fmt(".0f")),
+            "repeat_cv": ("repeat CV", _pct), "noisy": ("too noisy", lambda v: "yes" if v else ""),
+            "peak_memory_bytes": ("peak memory (MiB)", _mib)})
+        section.tables.append((str(model), table))
+        fig, ax = plt.subplots(figsize=(8, 0.4 * max(len(group), 2) + 1.2))
+        labels = (group.strategy + " / " + group.optimizer + " / " + group.precision + " / "
+                  + group.world_size.astype(int).astype(str) + " ranks").tolist()
+        ax.barh(labels, group.tokens_per_s_per_device.tolist(), color="#3b75af")
+        ax.invert_yaxis()
+        ax.set_xlabel("tokens/s per device")
+        ax.set_title(f"{model}: throughput per device")
+        ax.grid(axis="x", alpha=0.3)
+        section.images.append((f"throughput_{model}", _png(fig)))
+    return section
+
+
+def scaling_section(scaling: pd.DataFrame) -> Optional[Section]:
+    if scaling.empty:
+        return None
+    section = Section("Scaling", [
+        "Against the smallest measured world size N0 of each (model, strategy, mode). "
+        "Weak scaling (per-device micro-batch fixed): speed-up = T(N)/T(N0), efficiency = "
+        "(T(N)/N) / (T(N0)/N0), T = tokens/s. Strong scaling (global batch fixed): speed-up = "
+        "t(N0)/t(N), efficiency = t(N0)·N0 / (t(N)·N), t = median step time. 100% is ideal."])
+    table = _show(scaling, {
+        "model": ("model", None), "strategy": ("strategy", None), "mode": ("mode", None),
+        "world_size": ("ranks", _fmt(".0f")), "global_batch_size": ("global batch", _fmt(".0f")),
+        "tokens_per_s": ("tokens/s", _fmt(",.0f")), "tokens_per_s_per_device": ("tokens/s/device", _fmt(",.0f")),
+        "speedup": ("speed-up", _fmt(".2f")), "efficiency": ("efficiency", _pct),
+        "noisy": ("too noisy", lambda v: "yes" if v else "")})
+    section.tables.append(("", table))
+    for (model, mode), group in scaling.groupby(["model", "mode"]):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+        for strategy, lines in group.groupby("strategy"):
+            lines = lines.sort_values("world_size")
+            left.plot(lines.world_size, lines.tokens_per_s, marker="o", label=strategy)
+            base = lines.iloc[0]
+            ideal = base.tokens_per_s * lines.world_size / base.world_size if mode == "weak" else \
+                base.tokens_per_s * lines.world_size / base.world_size
+            left.plot(lines.world_size, ideal, linestyle="--", color="grey", alpha=0.6)
+            right.plot(lines.world_size, lines.efficiency * 100, marker="o", label=strategy)
+        left.set(xlabel="world size", ylabel="tokens/s", title=f"{model}, {mode}: throughput (dashed: ideal)")
+        right.axhline(100, linestyle="--", color="grey", alpha=0.6)
+        right.set(xlabel="world size", ylabel="efficiency (%)", title=f"{model}, {mode}: efficiency")
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        section.images.append((f"scaling_{model}_{mode}", _png(fig)))
+    return section
+
+
+def best_section(best: pd.DataFrame) -> Section:
+    table = _show(best, {"model": ("model", None), "world_size": ("ranks", _fmt(".0f")),
+                         "configuration": ("best configuration", None),
+                         "tokens_per_s_per_device": ("tokens/s/device", _fmt(",.0f")),
+                         "memory_headroom_bytes": ("memory headroom (MiB)", _mib),
+                         "runner_up": ("runner-up", None), "margin": ("ahead by", _pct)})
+    return Section("Best configuration per model and world size",
+                   ["Ranked by tokens/s per device; headroom = device memory (CPU: RAM / local "
+                    "ranks) - peak memory."], [("", table)])
+
+
+def model_section(model: pd.DataFrame) -> Section:
+    table = _show(model, {
+        "model": ("model", None), "strategy": ("strategy", None), "world_size": ("ranks", _fmt(".0f")),
+        "model_state_bytes_predicted": ("model states, ZeRO paper (MiB)", _mib),
+        "deepspeed_estimate_bytes": ("DeepSpeed estimate (MiB)", _mib),
+        "peak_memory_bytes": ("measured peak (MiB)", _mib), "memory_ratio": ("measured/model", _fmt(".2f")),
+        "comm_bytes_per_step_predicted": ("comm/step, model (MiB)", _mib),
+        "comm_bytes_per_step_counted": ("comm/step, comms logger (MiB)", _mib),
+        "comm_ratio": ("logged/model", _fmt(".2f")), "flag": ("flag", None)})
+    return Section("Memory and communication: model vs measured", [
+        "Model states per device (ZeRO paper): stage 0 (P+G+O)Ψ, 1 (P+G)Ψ+OΨ/N, 2 PΨ+(G+O)Ψ/N, "
+        "3 (P+G+O)Ψ/N bytes, with P, G the parameter and gradient bytes, O the optimizer's "
+        "(fp32 master copy included in mixed precision), N the data-parallel size, Ψ the "
+        "parameters per rank. DeepSpeed's estimator (stages 2-3) assumes mixed-precision Adam. "
+        "Communication per step and rank: 2Ψ(N-1)/N gradient bytes for stages 0-2, 3Ψ(N-1)/N for "
+        "stage 3, against the bytes DeepSpeed's comms logger counted (runs with "
+        "train.profile_comms=true; its latencies are not used). On the CPU the measured peak is "
+        "the resident set of the whole process, so memory is not compared there."], [("", table)])
+
+
+def history_sections(regress: pd.DataFrame, trend: Dict[str, pd.DataFrame]) -> List[Section]:
+    sections = []
+    table = _show(regress, {
+        "model": ("model", None), "strategy": ("strategy", None), "optimizer": ("optimizer", None),
+        "precision": ("precision", None), "world_size": ("ranks", _fmt(".0f")),
+        "value": ("tokens/s/device", _fmt(",.0f")), "baseline": ("baseline", _fmt(",.0f")),
+        "change": ("change", _pct), "allowed_drop": ("allowed drop", _fmt(",.0f")),
+        "nights": ("nights", _fmt(".0f")), "verdict": ("verdict", None),
+        "what_changed": ("what changed", None)})
+    sections.append(Section("Regressions against history", [
+        "Baseline: median of the configuration's last nights; noise: 1.4826 x their median "
+        "absolute deviation. A regression is a drop below baseline - max(min_drop x baseline, "
+        "noise_sigmas x noise); an improvement likewise upwards."], [("", table)]))
+    trends = Section("History trends", ["Median tokens/s per device per sweep, one line per configuration."])
+    for model, table in trend.items():
+        fig, ax = plt.subplots(figsize=(9, 3.8))
+        for label in table.columns:
+            ax.plot(table.index, table[label], marker="o", label=label)
+        ax.set(xlabel="sweep date", ylabel="tokens/s per device", title=f"{model}: history")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        trends.images.append((f"history_{model}", _png(fig)))
+    sections.append(trends)
+    return sections
 
 
 def parity_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Runs in parity mode against the plain data-parallel run (ZeRO 0, no TP/PP/offload, no
-    recomputation) of the same model, optimizer, precision, global batch and world size."""
+    """Runs in parity mode against the plain data-parallel run (ZeRO 0, no TP/PP/offload) of
+    the same model, optimizer, precision, global batch and world size."""
     runs = frame[frame.check_parity.fillna(False).astype(bool)]
     rows = []
     keys = ["model", "optimizer", "precision", "global_batch_size", "world_size"]
     for _, group in runs.groupby(keys, dropna=False):
         plain = group[(group.zero_stage == 0) & (group.tensor_parallel == 1)
-                      & (group.pipeline_parallel == 1) & ~group.offload_optimizer.astype(bool)
+                      & (group.pipeline_parallel == 1) & ~group.offload_optimizer.fillna(False).astype(bool)
                       & (group.status == "ok")]
         # recomputation does not change the maths: prefer the run without it, take any
         plain = plain.sort_values("activation_checkpointing", key=lambda c: c != "none", kind="stable")
@@ -97,76 +231,65 @@ def parity_table(frame: pd.DataFrame) -> pd.DataFrame:
                 diff, tol = result["max_abs_diff"], result["tolerance"]
             rows.append({"model": r.model, "strategy": r.strategy, "optimizer": r.optimizer,
                          "precision": r.precision, "recompute": r.activation_checkpointing,
-                         "dp x tp x pp": f"{_number(r.data_parallel, '.0f')} x {_number(r.tensor_parallel, '.0f')}"
-                                         f" x {_number(r.pipeline_parallel, '.0f')}",
+                         "dp x tp x pp": _layout(r),
                          "max |loss - ddp loss|": "—" if diff is None else f"{diff:.2e}",
                          "tolerance": "—" if tol is None else f"{tol:.0e}", "matches": verdict})
-    return pd.DataFrame(rows, columns=["model", "strategy", "optimizer", "precision", "recompute", "dp x tp x pp",
-                                       "max |loss - ddp loss|", "tolerance", "matches"])
+    return pd.DataFrame(rows, columns=["model", "strategy", "optimizer", "precision", "recompute",
+                                       "dp x tp x pp", "max |loss - ddp loss|", "tolerance", "matches"])
 
 
-def failures_table(frame: pd.DataFrame) -> pd.DataFrame:
+def failures_section(frame: pd.DataFrame) -> Section:
     failed = frame[frame.status != "ok"]
-    return pd.DataFrame({"run": failed.run_id, "status": failed.status,
-                         "error": failed.error.fillna("").str.slice(0, 400)})
+    table = pd.DataFrame({"run": failed.run_id, "status": failed.status,
+                          "error": failed.error.fillna("").str.slice(0, 400)})
+    return Section("Failed runs", [] if len(failed) else ["None."], [("", table)] if len(failed) else [])
 
 
-def throughput_plot(frame: pd.DataFrame, model: str) -> bytes:
-    ok = frame[(frame.model == model) & (frame.status == "ok")]
-    labels = (ok.strategy + " / " + ok.optimizer + " / " + ok.precision + " / "
-              + ok.world_size.astype("Int64").astype(str) + " ranks").tolist()
-    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(labels), 2) + 1.2))
-    ax.barh(labels, ok.tokens_per_s_per_device.tolist(), color="#3b75af")
-    ax.invert_yaxis()
-    ax.set_xlabel("tokens/s per device")
-    ax.set_title(f"{model}: throughput per device (ok runs)")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+def environment_section(frame: pd.DataFrame) -> Section:
+    columns = ["env_python", "env_torch", "env_deepspeed", "env_cuda", "env_nccl", "env_driver",
+               "env_device_name", "env_hostname", "env_git_revision"]
+    env = frame.dropna(subset=["env_torch"])[columns].drop_duplicates()
+    env.columns = [c.removeprefix("env_") for c in columns]
+    return Section("Environment", ["Every distinct environment the runs saw."], [("", env.fillna("—"))])
 
 
-def _markdown(frame: pd.DataFrame, tables: Dict[str, pd.DataFrame], best: pd.DataFrame,
-              failures: pd.DataFrame, header: List[str], parity: pd.DataFrame) -> str:
+# ---- rendering --------------------------------------------------------------------------
+
+def _markdown(sections: List[Section], header: List[str]) -> str:
     parts = ["# Benchmark report", "", *header, ""]
-    parts += ["## Best configuration per model and world size", "",
-              best.to_markdown(index=False) if not best.empty else "_no successful run_", ""]
-    for model, table in tables.items():
-        parts += [f"## Throughput: {model}", "", table.to_markdown(index=False), ""]
-    if not parity.empty:
-        parts += ["## Loss parity against plain data parallel", "", parity.to_markdown(index=False), ""]
-    parts += ["## Failed runs", "",
-              failures.to_markdown(index=False) if not failures.empty else "_none_", ""]
-    parts += ["MFU is model FLOPs utilisation against the device's datasheet peak; it is empty "
-              "(—) where no peak is known (any CPU, an unlisted GPU). See README.md, 'Metrics'.", ""]
+    for s in sections:
+        parts += [f"## {s.title}", ""] + [t + "\n" for t in s.text]
+        for caption, table in s.tables:
+            if caption:
+                parts += [f"### {caption}", ""]
+            parts += [table.to_markdown(index=False) if not table.empty else "_none_", ""]
+        parts += [f"![{name}]({name}.png)" for name, _ in s.images] + [""]
     return "\n".join(parts)
 
 
-def _html(tables: Dict[str, pd.DataFrame], plots: Dict[str, bytes], best: pd.DataFrame,
-          failures: pd.DataFrame, header: List[str], parity: pd.DataFrame) -> str:
-    def table(df: pd.DataFrame) -> str:
-        return df.to_html(index=False, border=0, classes="t", escape=True) if not df.empty else "<p><em>none</em></p>"
-
-    body = ["<h1>Benchmark report</h1>", "<ul>"] + [f"<li>{html.escape(h.lstrip('- '))}</li>" for h in header] + ["</ul>"]
-    body += ["<h2>Best configuration per model and world size</h2>", table(best)]
-    for model, t in tables.items():
-        image = base64.b64encode(plots[model]).decode()
-        body += [f"<h2>Throughput: {html.escape(model)}</h2>", table(t),
-                 f'<img alt="throughput of {html.escape(model)}" src="data:image/png;base64,{image}">']
-    if not parity.empty:
-        body += ["<h2>Loss parity against plain data parallel</h2>", table(parity)]
-    body += ["<h2>Failed runs</h2>", table(failures)]
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:80em}"
-             "table.t{border-collapse:collapse;margin:1em 0}"
-             ".t th,.t td{padding:.3em .7em;border-bottom:1px solid #ddd;text-align:right}"
-             ".t th{background:#f3f3f3}img{max-width:100%}")
+def _html(sections: List[Section], header: List[str]) -> str:
+    body = ["<h1>Benchmark report</h1><ul>"] + [f"<li>{html.escape(h.lstrip('- '))}</li>" for h in header] + ["</ul>"]
+    for s in sections:
+        body.append(f"<h2>{html.escape(s.title)}</h2>")
+        body += [f"<p>{html.escape(t)}</p>" for t in s.text]
+        for caption, table in s.tables:
+            if caption:
+                body.append(f"<h3>{html.escape(caption)}</h3>")
+            body.append(table.to_html(index=False, border=0, classes="t", na_rep="—")
+                        if not table.empty else "<p><em>none</em></p>")
+        body += [f'<img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+                 for name, png in s.images]
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:90em;color:#222}"
+             "table.t{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}"
+             ".t th,.t td{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:right}"
+             ".t th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}"
+             "h2{border-bottom:2px solid #3b75af;padding-bottom:.2em;margin-top:2em}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Benchmark report</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
-def build_report(sweep_dir: Path) -> Report:
+def build_report(sweep_dir: Path, options: Optional[ReportConfig] = None) -> Report:
+    options = options or ReportConfig()
     sweep_dir = Path(sweep_dir)
     out = sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -175,22 +298,36 @@ def build_report(sweep_dir: Path) -> Report:
     frame.to_parquet(out / "runs.parquet", index=False)
     frame.to_csv(out / "runs.csv", index=False)
 
+    configs = analysis.aggregate_repeats(frame, options.max_cv)
+    scaling = analysis.scaling_table(configs)
+    best = analysis.best_configurations(configs)
+    parity = parity_table(frame)
+    regress, trend = pd.DataFrame(columns=analysis.REGRESSION_COLUMNS), {}
+    if options.history_dir:
+        past = history.load(Path(options.history_dir))
+        if not past.empty:
+            past = past[past.status == "ok"].copy()
+            past["config_key"] = past.config_json.map(analysis.configuration_key)
+            regress = analysis.regressions(configs, past, window=options.window,
+                                           min_drop=options.min_drop, noise_sigmas=options.noise_sigmas)
+        history.append(Path(options.history_dir), frame)
+        whole = history.load(Path(options.history_dir))
+        trend = analysis.trends(whole[whole.status == "ok"]) if not whole.empty else {}
+
     n_ok = int((frame.status == "ok").sum())
-    header = [f"- sweep: {sweep_dir.name}", f"- runs: {len(frame)}, ok: {n_ok}, "
-              f"failed: {len(frame) - n_ok}"]
+    header = [f"- sweep: {sweep_dir.name}",
+              f"- runs: {len(frame)}, ok: {n_ok}, failed: {len(frame) - n_ok}"]
     if pending:
         shown = ", ".join(pending[:5]) + (", ..." if len(pending) > 5 else "")
         header.append(f"- not finished yet (pending or running in Slurm): {len(pending)} ({shown})")
-    measured = frame.dropna(subset=["env_torch"])
-    if len(measured):
-        versions = measured.iloc[0]
-        header.append(f"- torch {versions.env_torch}, DeepSpeed {versions.env_deepspeed}, "
-                      f"device {versions.env_device_name}")
-    tables = {m: throughput_table(frame[frame.model == m]) for m in sorted(frame.model.dropna().unique())}
-    plots = {m: throughput_plot(frame, m) for m in tables}
-    for model, png in plots.items():
-        (out / f"throughput_{model}.png").write_bytes(png)
-    best, failures, parity = best_table(frame), failures_table(frame), parity_table(frame)
+    if options.history_dir:
+        n_reg = int((regress.verdict == "regression").sum())
+        n_imp = int((regress.verdict == "improvement").sum())
+        header.append(f"- against history ({options.history_dir}): {n_reg} regressions, "
+                      f"{n_imp} improvements, {len(regress)} configurations compared")
+    if configs.noisy.any():
+        header.append(f"- too noisy to compare (repeat CV > {options.max_cv:.0%}): "
+                      f"{int(configs.noisy.sum())} configurations")
     if not parity.empty:
         compared = parity[parity.matches.isin(["yes", "NO"])]
         mismatched = compared[compared.matches == "NO"]
@@ -198,13 +335,35 @@ def build_report(sweep_dir: Path) -> Report:
                       f"match plain data parallel" + (f"; NOT: {', '.join(mismatched.strategy)}" if len(mismatched) else "")
                       + (f"; not compared (no ddp run or the run failed): {len(parity) - len(compared)}"
                          if len(parity) > len(compared) else ""))
+    measured = frame.dropna(subset=["env_torch"])
+    if len(measured):
+        v = measured.iloc[0]
+        header.append(f"- torch {v.env_torch}, DeepSpeed {v.env_deepspeed}, device {v.env_device_name}")
+
+    sections = [best_section(best)]
+    if options.history_dir:
+        sections += history_sections(regress, trend)
+    sections.append(throughput_section(configs))
+    sections += [s for s in [scaling_section(scaling)] if s is not None]
+    sections.append(model_section(analysis.model_vs_measured(configs, options.memory_ratio_bounds)))
+    if not parity.empty:
+        sections.append(Section("Loss parity against plain data parallel", [
+            "Per-step losses (warm-up included) against the plain data-parallel run of the same "
+            "model, optimizer, precision, global batch and world size; tolerance per precision."],
+            [("", parity)]))
+    sections += [failures_section(frame), environment_section(frame)]
+    for s in sections:
+        for name, png in s.images:
+            (out / f"{name}.png").write_bytes(png)
 
     markdown_path, html_path = out / "report.md", out / "report.html"
-    markdown_path.write_text(_markdown(frame, tables, best, failures, header, parity))
-    html_path.write_text(_html(tables, plots, best, failures, header, parity))
+    markdown_path.write_text(_markdown(sections, header))
+    html_path.write_text(_html(sections, header))
     summary = "\n".join(header) + "\n\n" + "\n\n".join(
-        f"{m}\n{t[['strategy', 'optimizer', 'precision', 'ranks', 'tokens/s/device', 'step median (ms) ± CV', 'status']].to_markdown(index=False)}"
-        for m, t in tables.items())
+        f"{caption}\n{table.iloc[:, :12].to_markdown(index=False)}" for caption, table in sections[
+            [s.title for s in sections].index("Throughput")].tables)
     parity_ok = parity.empty or not bool((parity.matches == "NO").any())
+    regression_ok = not (options.fail_on_regression and (regress.verdict == "regression").any())
     return Report(frame, markdown_path, html_path, summary,
-                  all_ok=n_ok == len(frame) and not pending and parity_ok, unfinished=pending)
+                  all_ok=n_ok == len(frame) and not pending and parity_ok and regression_ok,
+                  unfinished=pending, regressions=regress)

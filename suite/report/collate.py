@@ -12,19 +12,30 @@ from suite.results import RESULT_FILE, read_record
 
 AXES = ["model", "strategy", "zero_stage", "offload_optimizer", "offload_params", "optimizer",
         "precision", "accelerator", "world_size", "data_parallel", "tensor_parallel",
-        "pipeline_parallel", "activation_checkpointing", "check_parity", "nodes", "ranks_per_node", "micro_batch_size",
+        "pipeline_parallel", "activation_checkpointing", "check_parity", "scaling", "repeat_index", "nodes", "ranks_per_node", "micro_batch_size",
         "grad_accum_steps", "global_batch_size", "seq_len", "n_params"]
 METRICS = ["tokens_per_s", "tokens_per_s_per_device", "samples_per_s", "step_time_mean_s",
            "step_time_median_s", "step_time_p90_s", "step_time_std_s", "step_time_cv",
            "step_time_min_s", "step_time_max_s", "timed_steps", "flops_per_token",
            "tflops_per_device", "hw_tflops_per_device", "mfu", "hfu", "peak_tflops_per_device",
            "peak_memory_bytes", "peak_memory_reserved_bytes", "loss_first", "loss_last",
-           "loss_all_finite", "init_s"]
-ENV = ["torch", "deepspeed", "cuda", "nccl", "device_name", "device_count", "hostname",
-       "slurm_job_id", "git_revision"]
+           "loss_all_finite", "init_s", "memory_capacity_bytes", "model_state_bytes_predicted",
+           "deepspeed_estimate_bytes", "comm_bytes_per_step_predicted"]
+# loss_per_step and comm_bytes_per_step are lists/maps: kept as JSON text columns
+ENV = ["python", "torch", "deepspeed", "cuda", "nccl", "driver", "device_name", "device_count",
+       "hostname", "hostnames", "slurm_job_id", "git_revision", "variables"]
 COLUMNS = (["run_id", "sweep_id", "status", "error", "config_hash", "schema_version"] + AXES
            + METRICS + [f"env_{k}" for k in ENV]
-           + ["started_at", "finished_at", "config_json", "loss_per_step_json"])
+           + ["started_at", "finished_at", "sweep_date", "config_json", "loss_per_step_json",
+              "comm_bytes_per_step_json"])
+
+
+NUMERIC_AXES = ["zero_stage", "world_size", "data_parallel", "tensor_parallel", "pipeline_parallel",
+                "repeat_index", "nodes", "ranks_per_node", "micro_batch_size", "grad_accum_steps",
+                "global_batch_size", "seq_len", "n_params", "schema_version"]
+
+
+BOOL_COLUMNS = ["offload_optimizer", "offload_params", "check_parity", "loss_all_finite"]
 
 
 def find_records(sweep_dir: Path) -> List[Path]:
@@ -33,9 +44,15 @@ def find_records(sweep_dir: Path) -> List[Path]:
 
 def flatten(record: Dict[str, Any]) -> Dict[str, Any]:
     """One record as one flat row: axes and metrics as columns, the config as JSON text."""
+    metrics, env = record.get("metrics") or {}, record.get("env") or {}
     row = {k: record.get(k) for k in COLUMNS if not k.startswith(("env_", "config_json", "loss_per_step"))}
-    row.update({k: (record.get("metrics") or {}).get(k) for k in METRICS})
-    row.update({f"env_{k}": (record.get("env") or {}).get(k) for k in ENV})
+    row.update({k: metrics.get(k) for k in METRICS})
+    row.update({f"env_{k}": env.get(k) for k in ENV})
+    for key in ("hostnames", "variables"):  # nested: kept as JSON text
+        row[f"env_{key}"] = json.dumps(env.get(key), sort_keys=True) if env.get(key) is not None else None
+    row["sweep_date"] = str(record.get("started_at") or "")[:10] or None
+    row["comm_bytes_per_step_json"] = json.dumps(metrics.get("comm_bytes_per_step")) \
+        if metrics.get("comm_bytes_per_step") else None
     row["config_json"] = json.dumps(record.get("config"), sort_keys=True)
     row["loss_per_step_json"] = json.dumps((record.get("metrics") or {}).get("loss_per_step"))
     return row
@@ -43,9 +60,14 @@ def flatten(record: Dict[str, Any]) -> Dict[str, Any]:
 
 def to_frame(records: Iterable[Dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame([flatten(r) for r in records], columns=COLUMNS)
-    for column in METRICS:
-        if column != "loss_all_finite":
+    for column in METRICS + NUMERIC_AXES:
+        if column not in BOOL_COLUMNS:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    for column in BOOL_COLUMNS:
+        frame[column] = frame[column].astype("boolean")
+    for column in COLUMNS:
+        if frame[column].dtype == object:  # one type per column, so Parquet files agree
+            frame[column] = frame[column].map(lambda v: None if v is None else str(v)).astype("string")
     return frame.sort_values("run_id", kind="stable").reset_index(drop=True)
 
 

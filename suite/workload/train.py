@@ -33,6 +33,8 @@ class Measurements:
     peak_memory_reserved_bytes: Optional[int] = None          # CUDA only
     init_s: float = 0.0                                       # deepspeed.initialize and set-up
     device_name: Optional[str] = None
+    memory_capacity_bytes: Optional[int] = None               # per device (CPU: RAM / local ranks)
+    comm_bytes_per_step: Optional[dict] = None                # op -> bytes (profile_comms)
 
 
 def _reset_peak_memory(accelerator: str) -> None:
@@ -44,6 +46,27 @@ def _reset_peak_memory(accelerator: str) -> None:
                 f.write("5")
         except OSError:
             pass
+
+
+def _memory_capacity(accelerator: str) -> int:
+    if accelerator == "cuda":
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // local_ranks
+
+
+def _comm_bytes_per_step(steps: int) -> dict:
+    """Bytes each collective moved per step by DeepSpeed's comms logger (message sizes and
+    counts only: its latencies are cumulative, see FACTS.md)."""
+    raw = deepspeed.comm.comms_logger.get_raw_data() if hasattr(deepspeed.comm, "comms_logger") else {}
+    return {op: sum(size * entry[0] for size, entry in sizes.items()) / steps
+            for op, sizes in raw.items()}
+
+
+# Test-only: seconds added to every timed step, to show that a slower night is caught as a
+# regression. An environment variable, not a config field, so the configuration (and its
+# hash) stays the same; records list it among their environment variables.
+SLOWDOWN_VARIABLE = "SUITE_TEST_SLOWDOWN_S"
 
 
 def _peak_memory(accelerator: str) -> tuple[int, Optional[int]]:
@@ -128,6 +151,8 @@ def run_training(cfg: SuiteConfig, plan: RunPlan) -> Measurements:
     micro = [[micro_batch(batch, i, dp_rank, plan.data_parallel_size, plan.micro_batch_size)
               for i in range(plan.grad_accum_steps)] for batch in pool]
     out.device_name = accel.get_device_name() if plan.accelerator == "cuda" else None
+    out.memory_capacity_bytes = _memory_capacity(plan.accelerator)
+    slowdown = float(os.environ.get(SLOWDOWN_VARIABLE, 0) or 0)
     accel.synchronize()
     out.init_s = time.perf_counter() - t_init
 
@@ -147,6 +172,8 @@ def run_training(cfg: SuiteConfig, plan: RunPlan) -> Measurements:
         return torch.stack(losses).mean()
 
     _reset_peak_memory(plan.accelerator)
+    if cfg.train.profile_comms and hasattr(deepspeed.comm, "comms_logger"):
+        deepspeed.comm.comms_logger.comms_dict.clear()  # count the steps, not initialisation
     step_losses = []
     times = []
     total = cfg.train.warmup_steps + cfg.train.timed_steps
@@ -154,6 +181,8 @@ def run_training(cfg: SuiteConfig, plan: RunPlan) -> Measurements:
         accel.synchronize()
         start = time.perf_counter()
         step_losses.append(step_fn(step).detach().float())
+        if slowdown:
+            time.sleep(slowdown)
         accel.synchronize()
         if step >= cfg.train.warmup_steps:
             times.append(time.perf_counter() - start)
@@ -171,5 +200,7 @@ def run_training(cfg: SuiteConfig, plan: RunPlan) -> Measurements:
     out.losses = losses_t.tolist()
     out.peak_memory_bytes = int(memory_t[0].item())
     out.peak_memory_reserved_bytes = int(memory_t[1].item()) if reserved is not None else None
+    if cfg.train.profile_comms:
+        out.comm_bytes_per_step = _comm_bytes_per_step(total)
     return out
 

@@ -1,0 +1,198 @@
+"""Pure report maths on the runs DataFrame: repeats, scaling efficiency, best configurations,
+model vs measurement, regressions against a history. Frames in, frames out."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Dict, List, Optional
+
+import pandas as pd
+
+# Axes that tell two runs of one configuration apart without changing what is measured.
+NOT_CONFIGURATION = ("repeat_index",)
+# Environment fields compared when a configuration regressed ("what changed").
+ENV_FIELDS = ["env_torch", "env_deepspeed", "env_cuda", "env_nccl", "env_driver",
+              "env_device_name", "env_hostnames", "env_git_revision", "env_variables"]
+
+
+def configuration_key(config_json: str) -> str:
+    """A configuration's identity across repeats and nights: its config without the repeat index."""
+    config = json.loads(config_json) if config_json else {}
+    train = dict(config.get("train") or {})
+    for key in NOT_CONFIGURATION:
+        train.pop(key, None)
+    text = json.dumps({**config, "train": train}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def aggregate_repeats(frame: pd.DataFrame, max_cv: float) -> pd.DataFrame:
+    """One row per configuration (ok runs): the median of each metric over its repeats, the
+    repeats' coefficient of variation of tokens/s per device, and whether it is too noisy."""
+    ok = frame[frame.status == "ok"].copy()
+    if ok.empty:
+        return ok.assign(config_key=pd.Series(dtype=str), repeats=pd.Series(dtype=int),
+                         repeat_cv=pd.Series(dtype=float), noisy=pd.Series(dtype=bool))
+    ok["config_key"] = ok.config_json.map(configuration_key)
+    numeric = ok.select_dtypes("number").columns.drop(NOT_CONFIGURATION, errors="ignore")
+    medians = ok.groupby("config_key")[list(numeric)].median()
+    spread = ok.groupby("config_key")["tokens_per_s_per_device"].agg(["count", "mean", "std"])
+    first = ok.groupby("config_key").first().drop(columns=list(numeric))
+    out = first.join(medians).reset_index()
+    out["repeats"] = out.config_key.map(spread["count"])
+    cv = (spread["std"] / spread["mean"]).where(spread["count"] > 1)
+    out["repeat_cv"] = out.config_key.map(cv)
+    out["noisy"] = out.repeat_cv.fillna(0) > max_cv
+    return out
+
+
+def scaling_table(configs: pd.DataFrame) -> pd.DataFrame:
+    """Speed-up and efficiency per (model, strategy, mode) against the smallest measured world
+    size N0 of the group. Weak: efficiency = (T(N)/N) / (T(N0)/N0), T = tokens/s. Strong (same
+    global batch): efficiency = t(N0) N0 / (t(N) N), t = step time; speed-up = t(N0)/t(N)."""
+    study = configs[configs.scaling.isin(["weak", "strong"])]
+    rows = []
+    for (model, strategy, mode), group in study.groupby(["model", "strategy", "scaling"]):
+        group = group.sort_values("world_size")
+        base = group.iloc[0]
+        n0 = base.world_size
+        for _, r in group.iterrows():
+            n = r.world_size
+            if mode == "weak":
+                speedup = r.tokens_per_s / base.tokens_per_s
+                efficiency = (r.tokens_per_s / n) / (base.tokens_per_s / n0)
+            else:
+                speedup = base.step_time_median_s / r.step_time_median_s
+                efficiency = base.step_time_median_s * n0 / (r.step_time_median_s * n)
+            rows.append({"model": model, "strategy": strategy, "mode": mode, "world_size": int(n),
+                         "global_batch_size": int(r.global_batch_size), "tokens_per_s": r.tokens_per_s,
+                         "tokens_per_s_per_device": r.tokens_per_s_per_device,
+                         "step_time_median_s": r.step_time_median_s, "speedup": speedup,
+                         "efficiency": efficiency, "noisy": bool(r.noisy)})
+    return pd.DataFrame(rows, columns=["model", "strategy", "mode", "world_size", "global_batch_size",
+                                       "tokens_per_s", "tokens_per_s_per_device", "step_time_median_s",
+                                       "speedup", "efficiency", "noisy"])
+
+
+def best_configurations(configs: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, world size): the fastest configuration by tokens/s per device, its memory
+    headroom (capacity - peak, per device) and how much faster it is than the runner-up."""
+    rows = []
+    for (model, world), group in configs.dropna(subset=["tokens_per_s_per_device"]).groupby(["model", "world_size"]):
+        ranked = group.sort_values("tokens_per_s_per_device", ascending=False)
+        best = ranked.iloc[0]
+        runner = ranked.iloc[1] if len(ranked) > 1 else None
+        headroom = (best.memory_capacity_bytes - best.peak_memory_bytes
+                    if pd.notna(best.get("memory_capacity_bytes")) and pd.notna(best.peak_memory_bytes) else None)
+        rows.append({
+            "model": model, "world_size": int(world),
+            "configuration": f"{best.strategy} / {best.optimizer} / {best.precision} / mb {int(best.micro_batch_size)}",
+            "tokens_per_s_per_device": best.tokens_per_s_per_device,
+            "memory_headroom_bytes": headroom,
+            "runner_up": None if runner is None else f"{runner.strategy} / {runner.optimizer} / {runner.precision}",
+            "margin": None if runner is None else best.tokens_per_s_per_device / runner.tokens_per_s_per_device - 1,
+        })
+    return pd.DataFrame(rows, columns=["model", "world_size", "configuration", "tokens_per_s_per_device",
+                                       "memory_headroom_bytes", "runner_up", "margin"])
+
+
+def model_vs_measured(configs: pd.DataFrame, bounds: List[float]) -> pd.DataFrame:
+    """Predicted model-state memory (ZeRO paper and DeepSpeed's estimator) next to the measured
+    peak, and predicted communication next to what the comms logger counted; flags disagreements.
+    On the CPU the peak is the process's resident set (the runtime included): not compared."""
+    rows = []
+    for _, r in configs.iterrows():
+        on_gpu = isinstance(r.accelerator, str) and r.accelerator == "cuda"
+        memory_ratio = (r.peak_memory_bytes / r.model_state_bytes_predicted
+                        if on_gpu and pd.notna(r.model_state_bytes_predicted) and r.model_state_bytes_predicted
+                        else None)
+        comm = json.loads(r.comm_bytes_per_step_json) if isinstance(r.comm_bytes_per_step_json, str) else None
+        counted = sum(comm.values()) if comm else None
+        comm_ratio = (counted / r.comm_bytes_per_step_predicted
+                      if counted is not None and pd.notna(r.comm_bytes_per_step_predicted)
+                      and r.comm_bytes_per_step_predicted else None)
+        flags = []
+        if memory_ratio is not None and not bounds[0] <= memory_ratio <= bounds[1]:
+            flags.append(f"memory {memory_ratio:.2f}x model")
+        if comm_ratio is not None and not 0.5 <= comm_ratio <= 2.0:
+            flags.append(f"communication {comm_ratio:.2f}x model")
+        rows.append({"model": r.model, "strategy": r.strategy, "world_size": r.world_size,
+                     "model_state_bytes_predicted": r.model_state_bytes_predicted,
+                     "deepspeed_estimate_bytes": r.deepspeed_estimate_bytes,
+                     "peak_memory_bytes": r.peak_memory_bytes, "memory_ratio": memory_ratio,
+                     "comm_bytes_per_step_predicted": r.comm_bytes_per_step_predicted,
+                     "comm_bytes_per_step_counted": counted, "comm_ratio": comm_ratio,
+                     "flag": "; ".join(flags)})
+    return pd.DataFrame(rows, columns=["model", "strategy", "world_size", "model_state_bytes_predicted",
+                                       "deepspeed_estimate_bytes", "peak_memory_bytes", "memory_ratio",
+                                       "comm_bytes_per_step_predicted", "comm_bytes_per_step_counted",
+                                       "comm_ratio", "flag"])
+
+
+def regressions(current: pd.DataFrame, history: pd.DataFrame, *, metric: str = "tokens_per_s_per_device",
+                window: int = 7, min_drop: float = 0.05, noise_sigmas: float = 3.0) -> pd.DataFrame:
+    """Each configuration of the current sweep against its last `window` sweeps in the history.
+    Baseline = median of those sweeps' values; noise = 1.4826 x their median absolute deviation.
+    Regression: value < baseline - max(min_drop x baseline, noise_sigmas x noise); improvement
+    symmetrically. Each row carries the environment differences against the latest baseline sweep."""
+    rows = []
+    past = history[~history.sweep_id.isin(current.sweep_id.unique())]
+    for _, r in current.iterrows():
+        earlier = past[past.config_key == r.config_key].sort_values("finished_at")
+        per_sweep = earlier.groupby("sweep_id", sort=False).agg(value=(metric, "median"),
+                                                                finished_at=("finished_at", "max"))
+        per_sweep = per_sweep.sort_values("finished_at").tail(window)
+        if per_sweep.empty or pd.isna(r[metric]):
+            continue
+        baseline = float(per_sweep.value.median())
+        noise = 1.4826 * float((per_sweep.value - baseline).abs().median())
+        allowed = max(min_drop * baseline, noise_sigmas * noise)
+        change = (r[metric] - baseline) / baseline
+        verdict = "regression" if r[metric] < baseline - allowed else (
+            "improvement" if r[metric] > baseline + allowed else "unchanged")
+        latest = earlier[earlier.sweep_id == per_sweep.index[-1]].iloc[-1]
+        rows.append({"model": r.model, "strategy": r.strategy, "optimizer": r.optimizer,
+                     "precision": r.precision, "world_size": r.world_size, "config_key": r.config_key,
+                     "value": r[metric], "baseline": baseline, "noise": noise, "allowed_drop": allowed,
+                     "change": change, "nights": len(per_sweep), "verdict": verdict,
+                     "what_changed": environment_diff(latest, r)})
+    return pd.DataFrame(rows, columns=REGRESSION_COLUMNS)
+
+
+REGRESSION_COLUMNS = ["model", "strategy", "optimizer", "precision", "world_size", "config_key",
+                      "value", "baseline", "noise", "allowed_drop", "change", "nights", "verdict",
+                      "what_changed"]
+
+
+def environment_diff(before: pd.Series, after: pd.Series) -> str:
+    """'field: old -> new' for every environment field that differs."""
+    changes = []
+    for column in ENV_FIELDS:
+        old, new = before.get(column), after.get(column)
+        if column == "env_variables":
+            old_vars, new_vars = json.loads(old or "{}"), json.loads(new or "{}")
+            for name in sorted(set(old_vars) | set(new_vars)):
+                if name in ("MASTER_PORT",) or old_vars.get(name) == new_vars.get(name):
+                    continue
+                changes.append(f"{name}: {old_vars.get(name)} -> {new_vars.get(name)}")
+            continue
+        if _missing(old) and _missing(new):
+            continue
+        if str(old) != str(new):
+            changes.append(f"{column.removeprefix('env_')}: {old} -> {new}")
+    return "; ".join(changes)
+
+
+def _missing(value: Optional[object]) -> bool:
+    return value is None or (isinstance(value, float) and pd.isna(value))
+
+
+def trends(history: pd.DataFrame, metric: str = "tokens_per_s_per_device") -> Dict[str, pd.DataFrame]:
+    """Per model: one column per configuration, one row per sweep (its median), in time order."""
+    out = {}
+    for model, group in history.groupby("model"):
+        label = (group.strategy + " / " + group.optimizer + " / " + group.precision + " / "
+                 + group.world_size.astype("Int64").astype(str))
+        table = group.assign(label=label).pivot_table(index="sweep_date", columns="label", values=metric,
+                                                      aggfunc="median").sort_index()
+        out[model] = table
+    return out

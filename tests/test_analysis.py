@@ -1,0 +1,107 @@
+"""Report maths on hand-built frames with hand-computed answers."""
+import json
+
+import pandas as pd
+import pytest
+
+from suite.report.analysis import (aggregate_repeats, best_configurations, configuration_key,
+                                   environment_diff, regressions, scaling_table)
+
+
+def run(**values):
+    base = dict(status="ok", model="tiny", strategy="ddp", optimizer="adamw", precision="fp32",
+                micro_batch_size=2, scaling="none", world_size=1, global_batch_size=2,
+                sweep_id="s1", finished_at="2026-11-01T00:00:00", repeat_index=0,
+                peak_memory_bytes=100.0, memory_capacity_bytes=1000.0, step_time_median_s=1.0)
+    base.update(values)
+    config = {"strategy": base["strategy"], "world": base["world_size"], "mode": base["scaling"],
+              "train": {"repeat_index": base["repeat_index"]}}
+    base["config_json"] = json.dumps(config)
+    return base
+
+
+def test_repeats_are_one_configuration_with_median_and_spread():
+    frame = pd.DataFrame([run(repeat_index=i, tokens_per_s_per_device=v) for i, v in enumerate([90.0, 100.0, 110.0])]
+                         + [run(strategy="zero1", tokens_per_s_per_device=50.0)])
+    assert configuration_key(frame.config_json[0]) == configuration_key(frame.config_json[1])
+    configs = aggregate_repeats(frame, max_cv=0.05).set_index("strategy")
+    assert configs.loc["ddp", "tokens_per_s_per_device"] == 100.0
+    assert configs.loc["ddp", "repeats"] == 3
+    # sample std of 90, 100, 110 is 10: CV 10% > 5% -> too noisy to compare
+    assert configs.loc["ddp", "repeat_cv"] == pytest.approx(0.1)
+    assert bool(configs.loc["ddp", "noisy"]) and not bool(configs.loc["zero1", "noisy"])
+
+
+def test_weak_and_strong_scaling_efficiency():
+    rows = [  # weak: tokens/s 1000 on 1 rank, 1800 on 2, 3200 on 4
+        run(scaling="weak", world_size=1, tokens_per_s=1000.0, tokens_per_s_per_device=1000.0),
+        run(scaling="weak", world_size=2, tokens_per_s=1800.0, tokens_per_s_per_device=900.0),
+        run(scaling="weak", world_size=4, tokens_per_s=3200.0, tokens_per_s_per_device=800.0),
+        # strong: the same global batch takes 4 s on 1 rank, 2.5 s on 2
+        run(scaling="strong", world_size=1, step_time_median_s=4.0, tokens_per_s=100.0, tokens_per_s_per_device=100.0),
+        run(scaling="strong", world_size=2, step_time_median_s=2.5, tokens_per_s=160.0, tokens_per_s_per_device=80.0),
+    ]
+    configs = aggregate_repeats(pd.DataFrame(rows), max_cv=0.05)
+    table = scaling_table(configs).set_index(["mode", "world_size"])
+    assert table.loc[("weak", 2), "speedup"] == pytest.approx(1.8)
+    assert table.loc[("weak", 2), "efficiency"] == pytest.approx(0.9)   # 900 / 1000
+    assert table.loc[("weak", 4), "efficiency"] == pytest.approx(0.8)   # 800 / 1000
+    assert table.loc[("strong", 2), "speedup"] == pytest.approx(1.6)    # 4 / 2.5
+    assert table.loc[("strong", 2), "efficiency"] == pytest.approx(0.8)  # 4*1 / (2.5*2)
+    assert table.loc[("strong", 1), "efficiency"] == pytest.approx(1.0)
+
+
+def test_best_configuration_with_headroom_and_margin():
+    configs = aggregate_repeats(pd.DataFrame([
+        run(strategy="ddp", tokens_per_s_per_device=120.0, peak_memory_bytes=700.0),
+        run(strategy="zero1", tokens_per_s_per_device=100.0),
+        run(strategy="zero2", world_size=2, tokens_per_s_per_device=80.0)]), max_cv=0.05)
+    best = best_configurations(configs).set_index("world_size")
+    assert best.loc[1, "configuration"].startswith("ddp")
+    assert best.loc[1, "margin"] == pytest.approx(0.2)  # 120 / 100 - 1
+    assert best.loc[1, "memory_headroom_bytes"] == 300.0  # 1000 - 700
+    assert pd.isna(best.loc[2, "runner_up"])  # alone in its world size
+
+
+def history(values, strategy="ddp", start=1):
+    return pd.DataFrame([run(strategy=strategy, sweep_id=f"night{i}", tokens_per_s_per_device=v,
+                             finished_at=f"2026-11-{i:02d}T00:00:00", env_deepspeed="0.19.8")
+                         for i, v in enumerate(values, start)])
+
+
+def test_a_real_drop_is_a_regression_and_noise_is_not():
+    past = pd.concat([history([100, 102, 98, 101, 99]), history([100, 130, 70, 120, 80], "zero1")])
+    past["config_key"] = past.config_json.map(configuration_key)
+    now = aggregate_repeats(pd.DataFrame([
+        run(strategy="ddp", sweep_id="tonight", tokens_per_s_per_device=90.0, env_deepspeed="0.20.0"),
+        run(strategy="zero1", sweep_id="tonight", tokens_per_s_per_device=75.0, env_deepspeed="0.20.0")]), 0.05)
+    verdicts = regressions(now, past, window=7, min_drop=0.05, noise_sigmas=3.0).set_index("strategy")
+    # ddp: baseline median 100; |dev| 0,2,2,1,1 -> MAD 1 -> noise 1.4826; allowed max(5, 4.45) = 5
+    assert verdicts.loc["ddp", "baseline"] == 100.0
+    assert verdicts.loc["ddp", "noise"] == pytest.approx(1.4826)
+    assert verdicts.loc["ddp", "allowed_drop"] == pytest.approx(5.0)
+    assert verdicts.loc["ddp", "verdict"] == "regression"   # 90 < 95
+    assert verdicts.loc["ddp", "change"] == pytest.approx(-0.10)
+    assert "deepspeed: 0.19.8 -> 0.20.0" in verdicts.loc["ddp", "what_changed"]
+    # zero1: baseline 100; |dev| 0,30,30,20,20 -> MAD 20 -> noise 29.652; allowed 88.96: 75 is noise
+    assert verdicts.loc["zero1", "noise"] == pytest.approx(29.652)
+    assert verdicts.loc["zero1", "verdict"] == "unchanged"
+
+
+def test_window_takes_the_latest_nights_and_improvements_count():
+    past = history([50, 50, 50, 100, 100, 100])
+    past["config_key"] = past.config_json.map(configuration_key)
+    now = aggregate_repeats(pd.DataFrame([run(sweep_id="tonight", tokens_per_s_per_device=120.0)]), 0.05)
+    verdict = regressions(now, past, window=3).iloc[0]
+    assert (verdict.baseline, verdict.nights, verdict.verdict) == (100.0, 3, "improvement")
+
+
+def test_environment_diff_names_every_changed_field():
+    before = pd.Series({"env_torch": "2.13.0", "env_nccl": None, "env_hostnames": '["a"]',
+                        "env_variables": json.dumps({"NCCL_ALGO": "Ring", "MASTER_PORT": "1"})})
+    after = pd.Series({"env_torch": "2.14.1", "env_nccl": None, "env_hostnames": '["b"]',
+                       "env_variables": json.dumps({"NCCL_ALGO": "Tree", "MASTER_PORT": "2",
+                                                    "SUITE_TEST_SLOWDOWN_S": "0.1"})})
+    assert environment_diff(before, after) == (
+        'torch: 2.13.0 -> 2.14.1; hostnames: ["a"] -> ["b"]; NCCL_ALGO: Ring -> Tree; '
+        "SUITE_TEST_SLOWDOWN_S: None -> 0.1")

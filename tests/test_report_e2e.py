@@ -1,0 +1,95 @@
+"""The report on real sweeps: scaling tables and plots, history with a deliberately slowed
+night (SUITE_TEST_SLOWDOWN_S, test-only), and the HTML in a real headless browser."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_sweep, sweep_dirs
+
+
+def test_scaling_sweep_produces_weak_and_strong_tables_and_plots(tmp_path):
+    done = run_sweep(tmp_path, "experiment=scaling", "strategy=ddp", "submit.repeats=1",
+                     "optimizer=sgd_momentum", "train.timed_steps=5")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [sweep] = sweep_dirs(tmp_path)
+    records = [json.loads(p.read_text()) for p in sweep.glob("*/result.json")]
+    assert sorted((r["scaling"], r["world_size"], r["global_batch_size"]) for r in records) == [
+        ("strong", 1, 16), ("strong", 2, 16), ("weak", 1, 2), ("weak", 2, 4)]
+    md = (sweep / "report" / "report.md").read_text()
+    scaling = md.split("## Scaling")[1].split("\n## ")[0]
+    assert "efficiency = (T(N)/N) / (T(N0)/N0)" in scaling  # the formulas are written down
+    assert scaling.count("| ddp ") == 4 and "100.0%" in scaling  # N0 is 100% by definition
+    for mode in ("weak", "strong"):
+        assert (sweep / "report" / f"scaling_tiny_{mode}.png").stat().st_size > 5000
+
+
+def test_strong_scaling_that_cannot_divide_the_batch_is_an_invalid_record(tmp_path):
+    done = run_sweep(tmp_path, "scaling=strong", "train.global_batch_size=6", "train.micro_batch_size=2",
+                     "cluster.cpu_ranks=1,2", "strategy=ddp", "optimizer=sgd_momentum",
+                     "train.timed_steps=2", "submit.skip_invalid=true")
+    assert done.returncode == 1  # not every point ran
+    [sweep] = sweep_dirs(tmp_path)
+    records = [json.loads(p.read_text()) for p in sweep.glob("*/result.json")]
+    # 6 samples = 2 x 3 on one rank; on two ranks 6 is no multiple of 2 x 2: invalid, not changed
+    assert sorted((r["status"], r["global_batch_size"]) for r in records) == [("invalid", 6), ("ok", 6)]
+    md = (sweep / "report" / "report.md").read_text()
+    assert "train.global_batch_size=6 is not a multiple of train.micro_batch_size=2 x data-parallel size 2" in md
+
+
+def _report(sweep, history, *extra):
+    return subprocess.run([sys.executable, "-m", "suite.report", str(sweep), "--history", str(history),
+                           "--min-drop", "0.5", *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_history_catches_a_slowed_night_and_says_what_changed(tmp_path):
+    history = tmp_path / "history"
+    axes = ["strategy=ddp,zero1", "optimizer=sgd_momentum", "train.timed_steps=5", "report.enabled=false"]
+    nights = []
+    for name, env in (("first", {}), ("same", {}), ("slow", {"SUITE_TEST_SLOWDOWN_S": "0.2"})):
+        os.environ.update(env)
+        try:
+            done = run_sweep(tmp_path / name, *axes)
+        finally:
+            for key in env:
+                os.environ.pop(key)
+        assert done.returncode == 0, done.stderr[-2000:]
+        nights.append(sweep_dirs(tmp_path / name)[0])
+    assert _report(nights[0], history).returncode == 0          # no history yet: nothing to compare
+    same = _report(nights[1], history, "--fail-on-regression")
+    assert same.returncode == 0, same.stdout
+    assert "0 regressions" in same.stdout
+    slow = _report(nights[2], history, "--fail-on-regression")
+    assert slow.returncode == 1                                  # the nightly job fails
+    assert "2 regressions" in slow.stdout
+    md = (nights[2] / "report" / "report.md").read_text()
+    section = md.split("## Regressions against history")[1].split("\n## ")[0]
+    assert section.count("| regression ") == 2 and "SUITE_TEST_SLOWDOWN_S: None -> 0.2" in section
+    assert len(list(history.glob("sweep_date=*/*.parquet"))) == 3
+    assert (nights[2] / "report" / "history_tiny.png").exists()
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
+def test_html_report_renders_in_a_headless_browser(tmp_path):
+    pytest.importorskip("PIL")
+    done = run_sweep(tmp_path, "strategy=ddp,zero1", "optimizer=sgd_momentum", "train.timed_steps=3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    [sweep] = sweep_dirs(tmp_path)
+    page, shot = sweep / "report" / "report.html", tmp_path / "shot.png"
+    browser = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                              "--hide-scrollbars", "--window-size=1400,2400", f"--screenshot={shot}",
+                              f"file://{page}"], capture_output=True, text=True, timeout=120)
+    assert browser.returncode == 0 and shot.exists(), browser.stderr[-2000:]
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          f"file://{page}"], capture_output=True, text=True, timeout=120)
+    assert "Benchmark report" in dom.stdout and dom.stdout.count("<img") >= 1
+    from PIL import Image
+
+    image = Image.open(shot).convert("RGB")
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert len(colours) > 50  # text, tables and a plot, not a blank page
+    # the bar plot's blue (#3b75af) is on screen: the embedded image rendered
+    assert any(abs(r - 0x3b) < 12 and abs(g - 0x75) < 12 and abs(b - 0xaf) < 12 for _, (r, g, b) in colours)
