@@ -281,7 +281,8 @@ def _html(sections: List[Section], header: List[str]) -> str:
                  for name, png in s.images]
     style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:90em;color:#222}"
              "table.t{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}"
-             ".t th,.t td{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:right}"
+             ".t th,.t td{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}"
+             "table.t{display:block;overflow-x:auto;max-width:100%}"
              ".t th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}"
              "h2{border-bottom:2px solid #3b75af;padding-bottom:.2em;margin-top:2em}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Benchmark report</title>"
