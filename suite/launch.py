@@ -95,8 +95,8 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
     started_at = results.now_iso()
     dist = distributed_env()
     rank, world = dist["rank"], dist["world_size"]
-    resolved = results.run_config(cfg)
     typed = planning.to_object(cfg)
+    resolved = results.run_config(typed)
     import torch
 
     plan = planning.plan_run(typed, local_gpus=torch.cuda.device_count())

@@ -5,12 +5,12 @@ Nothing here touches processes, files or devices, so tests call it directly.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from suite.config import ConfigError, SuiteConfig
+from suite.config import ConfigError, SuiteConfig, from_dict
 
 # Optimizers DeepSpeed can run on the CPU side under ZeRO-Offload (DeepSpeedCPUAdam/Adagrad).
 OFFLOADABLE_OPTIMIZERS = ("adam", "adamw", "adagrad")
@@ -46,26 +46,16 @@ class RunPlan:
     ds_config: Dict[str, Any]
 
 
-def _reject_unknown_keys(node: Any, schema: type, path: str) -> None:
-    """Hydra's `+key=value` can add a key a schema does not have; refuse it by name."""
-    known = {f.name: f for f in fields(schema)}
-    for key in node:
-        if key not in known:
-            raise ConfigError(f"{path}{key} is not a field of {schema.__name__}; "
-                              f"known fields: {sorted(known)}")
-        if is_dataclass(known[key].default_factory if callable(known[key].default_factory) else None):
-            _reject_unknown_keys(node[key], known[key].default_factory, f"{path}{key}.")
-
-
-def to_object(cfg: DictConfig | SuiteConfig) -> SuiteConfig:
-    """The typed config; running the schemas' range checks on the way."""
+def to_object(cfg: DictConfig | SuiteConfig | dict) -> SuiteConfig:
+    """The typed config (from a composed DictConfig or its plain-dict form); unknown keys,
+    wrong types and out-of-range values are refused, naming the field."""
     if isinstance(cfg, SuiteConfig):
         return cfg
-    _reject_unknown_keys({k: cfg[k] for k in cfg if k != "hydra"}, SuiteConfig, "")
-    suite_part = {k: cfg[k] for k in ("model", "strategy", "optimizer", "precision",
-                                      "cluster", "train", "submit", "report") if k in cfg}
-    merged = OmegaConf.merge(OmegaConf.structured(SuiteConfig), suite_part)
-    return OmegaConf.to_object(merged)
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True) if "hydra" not in cfg else \
+            {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+             for k in cfg if k != "hydra"}
+    return from_dict(SuiteConfig, {k: v for k, v in cfg.items() if k != "hydra"})
 
 
 def resolve_accelerator(requested: str, local_gpus: int) -> str:

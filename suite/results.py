@@ -2,6 +2,7 @@
 and classifying a failure are pure; writing is atomic; environment capture redacts secrets."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -33,15 +34,20 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
 def redact(name: str, value: Any) -> Any:
     """The value, or '<redacted>' if its name looks like a credential; URL passwords masked."""
     if isinstance(value, dict):
         return {k: redact(k, v) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(name, v) for v in value]
-    if _SECRET_NAME.search(name):
+    if _is_secret_name(name):
         return "<redacted>"
-    if isinstance(value, str):
+    if isinstance(value, str) and "@" in value:
         return _URL_CREDENTIALS.sub("<redacted>", value)
     return value
 
@@ -222,16 +228,22 @@ def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
     }
 
 
-def run_config(cfg: Any) -> Dict[str, Any]:
-    """The benchmark's resolved config as a record holds it: without Hydra's own settings and
-    the sweep-level switches (dry run, wait, force), which do not change what is measured."""
-    from omegaconf import OmegaConf, open_dict
+def run_config(typed: Any) -> Dict[str, Any]:
+    """The benchmark's config (a SuiteConfig) as a record holds it: every field, typed, without
+    the sweep-level switches (submit, report), which do not change what is measured."""
+    return {name: _plain_redacted(getattr(typed, name), name)
+            for name in typed.__dataclass_fields__ if name not in ("submit", "report")}
 
-    cfg = cfg.copy()
-    with open_dict(cfg):
-        for key in ("hydra", "submit", "report"):
-            cfg.pop(key, None)
-    return redact("config", OmegaConf.to_container(cfg, resolve=True))
+
+def _plain_redacted(value: Any, name: str) -> Any:
+    """to_plain and redact in one pass (planning calls this for every sweep point)."""
+    if hasattr(value, "__dataclass_fields__"):
+        return {field: _plain_redacted(getattr(value, field), field) for field in value.__dataclass_fields__}
+    if isinstance(value, dict):
+        return {k: _plain_redacted(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_redacted(v, name) for v in value]
+    return redact(name, value)
 
 
 def write_submission(run_dir: Path, *, run_id: str, sweep_id: str, config: Dict[str, Any],
