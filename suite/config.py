@@ -237,7 +237,7 @@ class ClusterConfig:
                               "a local run has 1 node")
 
 
-FAULTS = ("none", "raise", "nan", "oom")
+FAULTS = ("none", "raise", "nan", "oom", "kill", "hang")
 CHECKPOINTING = ("none", "full", "partitioned", "cpu")
 
 
@@ -275,10 +275,15 @@ class TrainConfig:
     #: parallel run of the same model, data and optimizer (conf/experiment/parity.yaml)
     check_parity: bool = False
     #: test-only fault injection: raise (an exception in the step), nan (non-finite loss),
-    #: oom (an out-of-memory error; simulated, a real one would take the CPU machine down)
+    #: oom (an out-of-memory error; simulated, a real one would take the CPU machine down),
+    #: kill (the rank SIGKILLs itself), hang (the rank stops making progress)
     fault: str = "none"
     #: the optimizer step (counting warm-up, from 0) at which the fault strikes
     fault_step: int = 1
+    #: the rank the fault strikes (null = every rank); kill = SIGKILL, hang = sleep forever
+    fault_rank: Optional[int] = None
+    #: watchdog: a run in which no step completes for this long is ended and recorded `hang`
+    step_timeout_s: float = 900.0
 
     def __post_init__(self) -> None:
         _positive("train.micro_batch_size", self.micro_batch_size)
@@ -287,6 +292,7 @@ class TrainConfig:
         _positive("train.warmup_steps", self.warmup_steps, allow_zero=True)
         _positive("train.timed_steps", self.timed_steps)
         _choice("train.fault", self.fault, FAULTS)
+        _positive("train.step_timeout_s", self.step_timeout_s)
         _choice("train.activation_checkpointing", self.activation_checkpointing, CHECKPOINTING)
         _choice("train.scaling", self.scaling, ("none", "weak", "strong"))
         if self.scaling == "strong" and self.global_batch_size is None:

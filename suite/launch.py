@@ -58,8 +58,12 @@ def _collect_rank_errors(run_dir: Path, world_size: int, wait_s: float = 3.0) ->
         time.sleep(0.1)
 
 
+def _peer_failed(message: str) -> bool:
+    return any(h in message.lower() for h in _PEER_FAILURE_HINTS)
+
+
 def _main_error(own: str, others: Dict[int, str]) -> str:
-    if others and any(h in own.lower() for h in _PEER_FAILURE_HINTS):
+    if others and _peer_failed(own):
         rank, message = min(others.items())
         return f"rank {rank}: {message}"
     return f"rank 0: {own}"
@@ -90,6 +94,33 @@ def deepspeed_estimate(cfg, plan) -> Optional[int]:
     return None
 
 
+class Watchdog:
+    """Ends a run in which no training step completes for `timeout_s` seconds (a hang: a rank
+    stuck in a collective or a kernel); `on_hang(step)` runs first (rank 0 records `hang`)."""
+
+    def __init__(self, timeout_s: float, on_hang) -> None:
+        self.timeout_s, self.on_hang = timeout_s, on_hang
+        self.last, self.step = time.monotonic(), -1
+
+    def beat(self, step: int) -> None:
+        self.last, self.step = time.monotonic(), step
+
+    def start(self) -> "Watchdog":
+        import threading
+
+        def watch() -> None:
+            while True:
+                time.sleep(min(1.0, self.timeout_s / 10))
+                if time.monotonic() - self.last > self.timeout_s:
+                    try:
+                        self.on_hang(self.step)
+                    finally:
+                        os._exit(1)
+
+        threading.Thread(target=watch, name="suite-watchdog", daemon=True).start()
+        return self
+
+
 def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str, Any]]:
     """Run this rank's share of one benchmark run. Rank 0 returns the record it wrote."""
     started_at = results.now_iso()
@@ -105,13 +136,32 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
                            f"{plan.world_size}: the launcher and the plan disagree")
     _prepare_process(plan.accelerator, dist["local_world_size"], typed.cluster.env)
 
+    def write(status: str, error: Optional[str], run_metrics: Dict[str, Any],
+              rank_errors: Dict[int, str]) -> Dict[str, Any]:
+        env = results.capture_environment(dist["hostnames"])
+        record = results.make_record(
+            run_id=f"{sweep_id}/{run_dir.name}", sweep_id=sweep_id, status=status, error=error,
+            config=resolved, axes=results.record_axes(typed, plan), metrics=run_metrics,
+            env={**env, "rank_errors": {str(k): v for k, v in rank_errors.items()} or None},
+            started_at=started_at, finished_at=results.now_iso())
+        record["attempts"] = env["slurm_restart_count"] + 1  # a requeued (preempted) run counts up
+        results.write_record(run_dir, record)
+        return record
+
+    def on_hang(step: int) -> None:
+        if rank == 0:
+            write("hang", f"no training step completed within train.step_timeout_s="
+                          f"{typed.train.step_timeout_s:g} s (last completed step: {step}); "
+                          "the watchdog ended the run", {}, {})
+
     status, error, run_metrics, rank_errors = "ok", None, {}, {}
     try:
         import deepspeed
         from suite.workload.train import run_training
 
         deepspeed.init_distributed(auto_mpi_discovery=False)
-        measured = run_training(typed, plan)
+        watchdog = Watchdog(typed.train.step_timeout_s, on_hang).start()
+        measured = run_training(typed, plan, beat=watchdog.beat)
         status, error = results.status_of_losses(measured.losses)
         run_metrics = metrics.run_metrics(
             n_layers=typed.model.n_layers, d_model=typed.model.d_model,
@@ -146,13 +196,10 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
         traceback.print_exc()
         rank_errors = _collect_rank_errors(run_dir, world)
         error = _main_error(message, rank_errors)
+        if not rank_errors and _peer_failed(message):
+            # a peer vanished without a word: killed by a signal (or the OOM killer)
+            status = "killed"
+            error = f"a rank ended without an error message (killed by a signal?); rank 0 saw: {message}"
     if rank != 0:
         return None
-    record = results.make_record(
-        run_id=f"{sweep_id}/{run_dir.name}", sweep_id=sweep_id, status=status, error=error,
-        config=resolved, axes=results.record_axes(typed, plan), metrics=run_metrics,
-        env={**results.capture_environment(dist["hostnames"]),
-             "rank_errors": {str(k): v for k, v in rank_errors.items()} or None},
-        started_at=started_at, finished_at=results.now_iso())
-    results.write_record(run_dir, record)
-    return record
+    return write(status, error, run_metrics, rank_errors)

@@ -19,8 +19,8 @@ from typing import Any, Dict, Iterable, Optional
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
 SUBMISSION_FILE = "submission.json"
-STATUSES = ("ok", "oom", "error", "nan", "timeout", "preempted", "cancelled", "node_fail",
-            "invalid")
+STATUSES = ("ok", "oom", "error", "nan", "killed", "hang", "timeout", "preempted", "cancelled",
+            "node_fail", "invalid")
 
 # Names of environment variables and config keys whose values must never be written.
 _SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
@@ -134,6 +134,7 @@ def capture_environment(hostnames: Optional[list[str]] = None) -> Dict[str, Any]
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0),
         "git_revision": _git_revision(),
         "variables": variables,
     }

@@ -24,7 +24,7 @@ METRICS = ["tokens_per_s", "tokens_per_s_per_device", "samples_per_s", "step_tim
 # loss_per_step and comm_bytes_per_step are lists/maps: kept as JSON text columns
 ENV = ["python", "torch", "deepspeed", "cuda", "nccl", "driver", "device_name", "device_count",
        "hostname", "hostnames", "slurm_job_id", "git_revision", "variables"]
-COLUMNS = (["run_id", "sweep_id", "status", "error", "config_hash", "schema_version"] + AXES
+COLUMNS = (["run_id", "sweep_id", "status", "error", "attempts", "config_hash", "schema_version"] + AXES
            + METRICS + [f"env_{k}" for k in ENV]
            + ["started_at", "finished_at", "sweep_date", "config_json", "loss_per_step_json",
               "comm_bytes_per_step_json"])
@@ -32,7 +32,7 @@ COLUMNS = (["run_id", "sweep_id", "status", "error", "config_hash", "schema_vers
 
 NUMERIC_AXES = ["zero_stage", "world_size", "data_parallel", "tensor_parallel", "pipeline_parallel",
                 "repeat_index", "nodes", "ranks_per_node", "micro_batch_size", "grad_accum_steps",
-                "global_batch_size", "seq_len", "n_params", "schema_version"]
+                "global_batch_size", "seq_len", "n_params", "schema_version", "attempts"]
 
 
 BOOL_COLUMNS = ["offload_optimizer", "offload_params", "check_parity", "loss_all_finite"]

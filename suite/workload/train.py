@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -75,9 +76,14 @@ def _peak_memory(accelerator: str) -> tuple[int, Optional[int]]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, None
 
 
-def _fault(step: int, cfg: SuiteConfig) -> None:
-    if step != cfg.train.fault_step:
+def _fault(step: int, cfg: SuiteConfig, rank: int) -> None:
+    if step != cfg.train.fault_step or cfg.train.fault_rank not in (None, rank):
         return
+    if cfg.train.fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if cfg.train.fault == "hang":
+        while True:
+            time.sleep(3600)
     if cfg.train.fault == "raise":
         raise InjectedFault(f"injected fault: train.fault=raise at step {step}")
     if cfg.train.fault == "oom":
@@ -134,7 +140,8 @@ def _data_parallel_rank(engine, plan: RunPlan, rank: int) -> int:
     return rank
 
 
-def run_training(cfg: SuiteConfig, plan: RunPlan) -> Measurements:
+def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None) -> Measurements:
+    """Train and time; `beat(step)` is called as each step completes (the hang watchdog)."""
     out = Measurements()
     accel = get_accelerator()
     rank = int(os.environ.get("RANK", 0))
@@ -158,8 +165,9 @@ def run_training(cfg: SuiteConfig, plan: RunPlan) -> Measurements:
 
     def step_fn(step: int) -> torch.Tensor:
         """One optimizer step (grad_accum_steps micro-batches); its mean loss, on the device."""
-        _fault(step, cfg)
-        poison.active = cfg.train.fault == "nan" and step == cfg.train.fault_step
+        _fault(step, cfg, rank)
+        poison.active = (cfg.train.fault == "nan" and step == cfg.train.fault_step
+                         and cfg.train.fault_rank in (None, rank))
         batches = micro[step % DATA_POOL]
         if plan.pipeline_parallel > 1:
             return engine.train_batch(iter([(b[:, :-1], b[:, 1:]) for b in batches]))
@@ -184,6 +192,7 @@ def run_training(cfg: SuiteConfig, plan: RunPlan) -> Measurements:
         if slowdown:
             time.sleep(slowdown)
         accel.synchronize()
+        beat(step)
         if step >= cfg.train.warmup_steps:
             times.append(time.perf_counter() - start)
 
