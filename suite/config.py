@@ -215,6 +215,10 @@ class ClusterConfig:
     setup: List[str] = field(default_factory=list)
     #: Slurm: any other sbatch option, e.g. {reservation: bench, mail-type: FAIL}
     sbatch_extra: Dict[str, str] = field(default_factory=dict)
+    #: the site's GPUs per node (null = not checked): more in cluster.gpus_per_node is refused
+    max_gpus_per_node: Optional[int] = None
+    #: memory per GPU in GB (null = not checked): runs whose model states cannot fit are refused
+    gpu_memory_gb: Optional[float] = None
     #: Slurm: most array tasks running at once (%N in --array)
     array_parallelism: int = 64
     #: Slurm: seconds before the time limit when the job is signalled (the run records
@@ -316,6 +320,8 @@ class SubmitConfig:
     repeats: int = 1
     #: record invalid points as `invalid` records and run the rest (default: refuse the sweep)
     skip_invalid: bool = False
+    #: run points the memory model says cannot fit (cluster.gpu_memory_gb) anyway
+    try_anyway: bool = False
 
     def __post_init__(self) -> None:
         _positive("submit.repeats", self.repeats)

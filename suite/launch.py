@@ -2,6 +2,7 @@
 run comes here, trains, and rank 0 writes the run's result record, also when it fails."""
 from __future__ import annotations
 
+import json
 import os
 import time
 import traceback
@@ -44,15 +45,19 @@ def _rank_error_file(run_dir: Path, rank: int) -> Path:
     return run_dir / f".rank{rank}.error"
 
 
-def _collect_rank_errors(run_dir: Path, world_size: int, wait_s: float = 3.0) -> Dict[int, str]:
-    """Errors other ranks left behind (they exit at once so that no rank hangs)."""
+def _collect_rank_errors(run_dir: Path, world_size: int, wait_s: float = 3.0) -> Dict[int, dict]:
+    """{rank: {status, message}} that other ranks left behind (they exit at once so that no
+    rank hangs)."""
     deadline = time.monotonic() + wait_s
-    errors: Dict[int, str] = {}
+    errors: Dict[int, dict] = {}
     while True:
         for rank in range(1, world_size):
             path = _rank_error_file(run_dir, rank)
             if rank not in errors and path.exists():
-                errors[rank] = path.read_text()
+                try:
+                    errors[rank] = json.loads(path.read_text())
+                except json.JSONDecodeError:  # being written; next round
+                    pass
         if len(errors) == world_size - 1 or time.monotonic() > deadline:
             return errors
         time.sleep(0.1)
@@ -62,11 +67,12 @@ def _peer_failed(message: str) -> bool:
     return any(h in message.lower() for h in _PEER_FAILURE_HINTS)
 
 
-def _main_error(own: str, others: Dict[int, str]) -> str:
+def _main_error(own_status: str, own: str, others: Dict[int, dict]) -> tuple[str, str]:
+    """(status, error) of the run: rank 0's own, unless rank 0 only saw a peer fail."""
     if others and _peer_failed(own):
-        rank, message = min(others.items())
-        return f"rank {rank}: {message}"
-    return f"rank 0: {own}"
+        rank, error = min(others.items())
+        return error["status"], f"rank {rank}: {error['message']}"
+    return own_status, f"rank 0: {own}"
 
 
 def deepspeed_estimate(cfg, plan) -> Optional[int]:
@@ -142,7 +148,7 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
         record = results.make_record(
             run_id=f"{sweep_id}/{run_dir.name}", sweep_id=sweep_id, status=status, error=error,
             config=resolved, axes=results.record_axes(typed, plan), metrics=run_metrics,
-            env={**env, "rank_errors": {str(k): v for k, v in rank_errors.items()} or None},
+            env={**env, "rank_errors": {str(k): v["message"] for k, v in rank_errors.items()} or None},
             started_at=started_at, finished_at=results.now_iso())
         record["attempts"] = env["slurm_restart_count"] + 1  # a requeued (preempted) run counts up
         results.write_record(run_dir, record)
@@ -190,12 +196,14 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
             message = (f"reached the time limit (cluster.timeout_min={typed.cluster.timeout_min}): "
                        f"Slurm signalled {typed.cluster.signal_delay_s} s before it ({message})")
         if rank != 0:
-            _rank_error_file(run_dir, rank).write_text(message)
+            path = _rank_error_file(run_dir, rank)
+            path.with_suffix(".tmp").write_text(json.dumps({"status": status, "message": message}))
+            os.replace(path.with_suffix(".tmp"), path)
             traceback.print_exc()
             os._exit(1)  # leave now, so rank 0 (maybe blocked in a collective) is released
         traceback.print_exc()
         rank_errors = _collect_rank_errors(run_dir, world)
-        error = _main_error(message, rank_errors)
+        status, error = _main_error(status, message, rank_errors)
         if not rank_errors and _peer_failed(message):
             # a peer vanished without a word: killed by a signal (or the OOM killer)
             status = "killed"

@@ -128,6 +128,30 @@ def check_layout(cfg: SuiteConfig, world: int) -> None:
                           "is not wired into the pipeline model of this suite (yet); use full")
 
 
+def check_site(cfg: SuiteConfig, per_node: int, dp: int) -> None:
+    """Refuse what the site's nodes cannot hold, where the site's config says what they have."""
+    c = cfg.cluster
+    if c.max_gpus_per_node is not None and per_node > c.max_gpus_per_node:
+        raise ConfigError(f"cluster.gpus_per_node={per_node} exceeds the {c.max_gpus_per_node} GPUs per "
+                          f"node of this site (cluster.max_gpus_per_node)")
+    if c.gpu_memory_gb is None or cfg.submit.try_anyway:
+        return
+    from suite.metrics import gpt_param_count, model_state_memory
+
+    m, s = cfg.model, cfg.strategy
+    needed = model_state_memory(
+        n_params=gpt_param_count(m.n_layers, m.d_model, m.seq_len, m.vocab_size)["total"],
+        precision=cfg.precision.name, optimizer=cfg.optimizer.name, zero_stage=s.zero_stage, dp=dp,
+        model_parallel=s.tensor_parallel * s.pipeline_parallel, offload_optimizer=s.offload_optimizer,
+        offload_params=s.offload_params)["model_state_bytes_predicted"]
+    if needed > c.gpu_memory_gb * 2 ** 30:
+        raise ConfigError(
+            f"model={m.name} with strategy={s.name} ({cfg.precision.name}, {cfg.optimizer.name}, "
+            f"data-parallel size {dp}) needs {needed / 2 ** 30:.1f} GiB of model states per GPU, more "
+            f"than cluster.gpu_memory_gb={c.gpu_memory_gb:g}; use a higher ZeRO stage, offload, more "
+            f"GPUs, or submit.try_anyway=true")
+
+
 def check_combination(cfg: SuiteConfig, accelerator: str) -> None:
     """Refuse what DeepSpeed cannot run on this accelerator, naming the fields."""
     if accelerator == "cpu":
@@ -272,6 +296,7 @@ def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0) -> RunPlan:
     check_layout(typed, world)
     tp, pp = typed.strategy.tensor_parallel, typed.strategy.pipeline_parallel
     dp = world // (tp * pp)
+    check_site(typed, per_node, dp)
     micro, accum, global_batch = batch_sizes(typed.train.micro_batch_size,
                                              typed.train.grad_accum_steps,
                                              typed.train.global_batch_size, dp)

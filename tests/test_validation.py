@@ -1,0 +1,75 @@
+"""A catalogue of bad sweeps, each refused through the real command line before anything
+starts: the message names the field, no run folder appears, no Slurm job is submitted."""
+import concurrent.futures
+import subprocess
+
+import pytest
+
+from conftest import run_sweep
+from test_slurm import cluster_up, sacct_jobs
+
+SLURM = ["cluster=slurm_local"]
+CATALOGUE = [  # (overrides, what the message must name)
+    (["model.d_modle=3"], "d_modle"),
+    (["+strategy.bucket=1"], "bucket"),
+    (["strategy=zero9"], "zero9"),
+    (["model.n_layers=many"], "model.n_layers"),
+    (["strategy.zero_stage=5"], "strategy.zero_stage=5"),
+    (["optimizer.name=rmsprop"], "optimizer.name='rmsprop'"),
+    (["optimizer.lr=-1"], "optimizer.lr=-1.0 must be > 0"),
+    (["optimizer.momentum=1.5"], "optimizer.momentum=1.5"),
+    (["optimizer.betas=[0.9]"], "optimizer.betas=[0.9]"),
+    (["precision=fp16"], "precision=fp16 needs a GPU"),
+    (["optimizer=lamb"], "optimizer=lamb needs a GPU"),
+    (["strategy=zero2_offload", "optimizer=sgd"], "optimizer=sgd cannot run with strategy=zero2_offload"),
+    (["train.global_batch_size=6", "train.grad_accum_steps=1"], "train.global_batch_size=6 must equal"),
+    (["train.micro_batch_size=0"], "train.micro_batch_size=0 must be > 0"),
+    (["strategy=tp2", "cluster.gpus_per_node=3"], "is not divisible by strategy.tensor_parallel=2"),
+    (["strategy=tp2", "model.n_heads=1"], "model.n_heads=1 is not divisible by strategy.tensor_parallel=2"),
+    (["strategy=pp2", "model.n_layers=1"], "strategy.pipeline_parallel=2 exceeds model.n_layers=1"),
+    (["strategy=pp2", "strategy.zero_stage=3"], "strategy.pipeline_parallel=2 cannot run with strategy.zero_stage=3"),
+    (["strategy=tp2_pp2", "cluster.gpus_per_node=8"], "strategy.pipeline_parallel=2 with strategy.tensor_parallel=2"),
+    (["strategy=zero3", "strategy.zero_quantized_weights=true"], "strategy.zero_quantized_weights"),
+    (["strategy=zero3", "strategy.mics_shard_size=2"], "strategy.mics_shard_size"),
+    (["train.activation_checkpointing=sometimes"], "train.activation_checkpointing='sometimes'"),
+    (["train.fault=segv"], "train.fault='segv'"),
+    (["scaling=strong", "train.global_batch_size=null"], "train.scaling=strong"),
+    (["cluster.gpus_per_node=4", "cluster.max_gpus_per_node=2"], "cluster.gpus_per_node=4 exceeds"),
+    (["model=gpt_13b", "cluster.accelerator=cuda", "cluster.gpus_per_node=2", "cluster.gpu_memory_gb=80"],
+     "needs 97.7 GiB of model states per GPU, more than cluster.gpu_memory_gb=80"),
+    (["cluster.timeout_min=0"], "cluster.timeout_min=0"),
+    (["model.n_heads=5"], "model.d_model=64 must divide by model.n_heads=5"),
+    (["submit.repeats=0"], "submit.repeats=0"),
+    (["cluster.scheduler=pbs"], "cluster.scheduler='pbs'"),
+]
+
+
+def test_the_catalogue_is_large_enough():
+    assert len(CATALOGUE) >= 25
+
+
+@pytest.mark.skipif(not cluster_up(), reason="no Slurm cluster (slurm/local-cluster.sh up)")
+def test_every_bad_sweep_is_refused_before_submission(tmp_path):
+    before = set(sacct_jobs())
+
+    def attempt(case):
+        index, (overrides, named) = case
+        # every bad point sits in a sweep beside a good one: nothing of the sweep may start
+        done = run_sweep(tmp_path / str(index), *SLURM, "optimizer.eps=1e-8,1e-7", *overrides)
+        return overrides, named, done
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        outcomes = list(pool.map(attempt, enumerate(CATALOGUE)))
+    for overrides, named, done in outcomes:
+        assert done.returncode != 0, overrides
+        assert named in done.stdout + done.stderr, (overrides, (done.stdout + done.stderr)[-1500:])
+    assert not list(tmp_path.glob("*/*/*/submission.json")) and not list(tmp_path.glob("*/*/*/result.json"))
+    assert set(sacct_jobs()) == before
+
+
+def test_refusal_lists_every_invalid_point(tmp_path):
+    done = run_sweep(tmp_path, "train.micro_batch_size=0,1,-2", "strategy=ddp,zero1", "optimizer=adamw")
+    assert done.returncode != 0
+    out = done.stdout + done.stderr
+    assert out.count("must be > 0") == 4  # 0 and -2, for each strategy
+    assert "nothing was started" in out and not list(tmp_path.glob("*/*/result.json"))
