@@ -306,6 +306,38 @@ class TrainConfig:
                               "train.global_batch_size null")
 
 
+WORKLOADS = ("gpt", "gemm", "allreduce")
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter")
+
+
+@dataclass
+class WorkloadConfig:
+    """What a run measures: GPT training, or a micro-benchmark of a ceiling."""
+
+    #: gpt (training steps), gemm (matrix-multiply TFLOP/s: the ceiling for MFU), allreduce
+    #: (collective bandwidth: all_reduce, all_gather, reduce_scatter)
+    name: str = "gpt"
+    #: gemm: square sizes n (n x n @ n x n) and dtypes
+    gemm_sizes: List[int] = field(default_factory=lambda: [256, 512, 1024])
+    gemm_dtypes: List[str] = field(default_factory=lambda: ["fp32"])
+    #: allreduce: collectives and message sizes (bytes of the full buffer)
+    collectives: List[str] = field(default_factory=lambda: list(COLLECTIVES))
+    message_bytes: List[int] = field(default_factory=lambda: [2 ** 16, 2 ** 20, 2 ** 24])
+    #: allreduce: also the strategy's reduce and all-gather bucket sizes (in the precision's bytes)
+    include_bucket_sizes: bool = False
+    warmup: int = 3
+    iters: int = 10
+
+    def __post_init__(self) -> None:
+        _choice("workload.name", self.name, WORKLOADS)
+        for dtype in self.gemm_dtypes:
+            _choice("workload.gemm_dtypes[]", dtype, PRECISIONS)
+        for op in self.collectives:
+            _choice("workload.collectives[]", op, COLLECTIVES)
+        for name in ("warmup", "iters"):
+            _positive(f"workload.{name}", getattr(self, name), allow_zero=name == "warmup")
+
+
 @dataclass
 class SubmitConfig:
     """How a sweep is submitted; not part of any run's config (nor of its config hash)."""
@@ -360,6 +392,7 @@ class SuiteConfig:
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
@@ -369,7 +402,8 @@ def register_configs() -> None:
     cs.store(name="suite_schema", node=SuiteConfig)
     for group, schema in (("model", ModelConfig), ("strategy", StrategyConfig),
                           ("optimizer", OptimizerConfig), ("precision", PrecisionConfig),
-                          ("cluster", ClusterConfig), ("train", TrainConfig)):
+                          ("cluster", ClusterConfig), ("train", TrainConfig),
+                          ("workload", WorkloadConfig)):
         cs.store(group=group, name=f"{group}_schema", node=schema)
 
 

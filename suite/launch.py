@@ -127,6 +127,27 @@ class Watchdog:
         return self
 
 
+def micro_benchmark(cfg, plan) -> Dict[str, Any]:
+    """The ceilings: GEMM TFLOP/s per dtype and size, or collective bandwidth per op and size."""
+    import torch
+    from deepspeed.accelerator import get_accelerator
+    from suite.workload import micro
+
+    w = cfg.workload
+    device = torch.device(get_accelerator().current_device_name())
+    if w.name == "gemm":
+        rows = micro.gemm_ceiling(w.gemm_sizes, w.gemm_dtypes, w.warmup, w.iters, device)
+        return {"gemm": rows, "gemm_ceiling_tflops": {d: max(r["tflops"] for r in rows if r["dtype"] == d)
+                                                      for d in w.gemm_dtypes}}
+    sizes = list(w.message_bytes)
+    if w.include_bucket_sizes:  # what the strategy's buckets move
+        width = 4 if cfg.precision.name == "fp32" else 2
+        sizes += [cfg.strategy.reduce_bucket_size * width, cfg.strategy.allgather_bucket_size * width]
+    rows = micro.collective_bandwidth(w.collectives, sorted(set(sizes)), w.warmup, w.iters, device)
+    return {"collectives": rows, "busbw_peak_gbps": {op: max(r["busbw_gbps"] for r in rows if r["op"] == op)
+                                                     for op in w.collectives}}
+
+
 def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str, Any]]:
     """Run this rank's share of one benchmark run. Rank 0 returns the record it wrote."""
     started_at = results.now_iso()
@@ -167,6 +188,9 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
 
         deepspeed.init_distributed(auto_mpi_discovery=False)
         watchdog = Watchdog(typed.train.step_timeout_s, on_hang).start()
+        if typed.workload.name != "gpt":
+            ceilings = micro_benchmark(typed, plan)
+            return write("ok", None, ceilings, {}) if rank == 0 else None
         measured = run_training(typed, plan, beat=watchdog.beat)
         status, error = results.status_of_losses(measured.losses)
         run_metrics = metrics.run_metrics(

@@ -198,3 +198,18 @@ def communication_volume(params: float, grad_bytes: int, zero_stage: int, dp: in
         return 0.0
     elements = (3 if zero_stage == 3 else 2) * params * (dp - 1) / dp
     return elements * grad_bytes
+
+
+def gemm_tflops(m: int, n: int, k: int, seconds: float) -> float:
+    """An (m x k) @ (k x n) matrix multiply does 2mnk FLOPs."""
+    return 2.0 * m * n * k / seconds / 1e12
+
+
+# Bus-bandwidth factors of nccl-tests (doc/PERFORMANCE.md): the share of the message each rank
+# must move, so that busbw is comparable with the link speed whatever the rank count.
+def bus_bandwidth(op: str, algbw: float, world: int) -> float:
+    """busbw = algbw x 2(n-1)/n for all_reduce, x (n-1)/n for all_gather and reduce_scatter;
+    algbw = message bytes / time (the full buffer)."""
+    factor = {"all_reduce": 2.0 * (world - 1) / world, "all_gather": (world - 1) / world,
+              "reduce_scatter": (world - 1) / world}[op]
+    return algbw * factor

@@ -203,6 +203,7 @@ def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
 
     m = cfg.model
     return {
+        "workload": cfg.workload.name,
         "model": m.name,
         "strategy": cfg.strategy.name,
         "zero_stage": cfg.strategy.zero_stage,

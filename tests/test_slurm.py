@@ -156,7 +156,7 @@ def test_nightly_batch_job_runs_the_sweep_inside_slurm_and_builds_the_report(tmp
         ["sbatch", "--wait", f"--output={tmp_path}/nightly.out", "slurm/nightly.sbatch",
          "cluster=slurm_local", "model=tiny", "strategy=zero1", "cluster.nodes=1",
          "precision=fp32", "train.timed_steps=2", "train.warmup_steps=1",
-         "train.grad_accum_steps=1"],
+         "train.grad_accum_steps=1", "submit.repeats=1", f"report.history_dir={tmp_path}/history"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     log = (tmp_path / "nightly.out").read_text() if (tmp_path / "nightly.out").exists() else ""
     assert done.returncode == 0, done.stderr + log[-3000:]
@@ -164,3 +164,4 @@ def test_nightly_batch_job_runs_the_sweep_inside_slurm_and_builds_the_report(tmp
     assert sweep.name.startswith("nightly-")
     assert [r["status"] for r in records(sweep).values()] == ["ok"]
     assert (sweep / "report" / "report.html").exists() and "Report:" in log
+    assert "against history" in log and list((tmp_path / "history").glob("sweep_date=*/*.parquet"))

@@ -1,5 +1,6 @@
 """The suite end to end, for real: `python -m suite.sweep -m` starts 2-rank DeepSpeed runs on
-the CPU (gloo) through submitit's local executor, and the report is built from the records."""
+the CPU (gloo) through submitit's local executor, and the report is built from the records.
+(Failing runs beside good ones: tests/test_faults.py.)"""
 import json
 
 import pandas as pd
@@ -33,25 +34,10 @@ def test_default_sweep_trains_every_zero_stage_and_reports_every_run(tmp_path):
     frame = pd.read_parquet(sweep / "report" / "runs.parquet")
     assert sorted(frame.run_id) == sorted(r["run_id"] for r in runs.values())
     md = (sweep / "report" / "report.md").read_text()
-    assert md.count("| ok ") == 8
+    assert "runs: 8, ok: 8, failed: 0" in md
+    throughput = md.split("### tiny")[1].split("\n## ")[0]
+    assert sum(line.startswith("| zero") or line.startswith("| ddp") for line in throughput.splitlines()) == 8
     assert str(sweep / "report" / "report.md") in done.stdout  # the command says where it is
-
-
-def test_a_failing_run_leaves_a_record_and_the_sweep_goes_on(tmp_path):
-    done = run_sweep(tmp_path, "strategy=zero1", "optimizer=sgd_momentum",
-                     "train.fault=none,raise,nan,oom", "train.timed_steps=3")
-    assert done.returncode == 1  # not every run succeeded
-    [sweep] = sweep_dirs(tmp_path)
-    by_fault = {r["config"]["train"]["fault"]: r for r in records(sweep).values()}
-    assert {f: r["status"] for f, r in by_fault.items()} == {
-        "none": "ok", "raise": "error", "nan": "nan", "oom": "oom"}
-    assert "InjectedFault: injected fault: train.fault=raise at step 1" in by_fault["raise"]["error"]
-    # ZeRO skips the step whose gradients overflow, so training recovers; the record still
-    # says which step went non-finite
-    assert by_fault["nan"]["error"] == "non-finite loss nan at step 1"
-    assert by_fault["nan"]["metrics"]["loss_all_finite"] is False
-    md = (sweep / "report" / "report.md").read_text()
-    assert "runs: 4, ok: 1, failed: 3" in md and "InjectedFault" in md
 
 
 def test_an_invalid_sweep_is_refused_before_any_run_starts(tmp_path):

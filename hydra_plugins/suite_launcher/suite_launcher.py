@@ -266,10 +266,13 @@ class SuiteLauncher(BaseSubmititLauncher):
         from suite import collect, results
 
         error = "the run ended without writing a record"
-        try:
-            job.results()
-        except Exception as exc:  # a failed rank, a time-out, a cancellation
-            error = f"{type(exc).__name__}: {str(exc)[-2000:]}"
+        while not job.done():
+            time.sleep(0.25)
+        if not (run.run_dir / results.RESULT_FILE).exists():
+            try:  # submitit's account of it (for a failed task it waits ~15 s for its pickle)
+                job.results()
+            except Exception as exc:  # a failed rank, a time-out, a cancellation
+                error = f"{type(exc).__name__}: {str(exc)[-2000:]}"
         if not (run.run_dir / results.RESULT_FILE).exists():
             status, details = "error", {}
             if scheduler == "slurm":

@@ -87,7 +87,9 @@ def throughput_section(configs: pd.DataFrame) -> Section:
     section = Section("Throughput", ["One row per configuration: medians over its repeats. "
                                      "CV = coefficient of variation (step times within a run; "
                                      "tokens/s per device across repeats). MFU/HFU are empty (—) "
-                                     "where no datasheet peak is known (any CPU)."])
+                                     "where no datasheet peak is known (any CPU); 'of GEMM "
+                                     "ceiling' is TFLOP/s per device over the sweep's measured "
+                                     "GEMM ceiling for the dtype (workload=gemm runs)."])
     for model, group in configs.groupby("model"):
         group = group.sort_values(["world_size", "strategy", "optimizer", "precision"])
         table = _show(group.assign(layout=group.apply(_layout, axis=1)), {
@@ -99,6 +101,7 @@ def throughput_section(configs: pd.DataFrame) -> Section:
             "tokens_per_s_per_device": ("tokens/s/device", _fmt(",.0f")),
             "tflops_per_device": ("TFLOP/s/device", _fmt(".4g")),
             "mfu": ("MFU", _pct), "hfu": ("HFU", _pct),
+            "of_gemm_ceiling": ("of GEMM ceiling", _pct),
             "step_time_median_s": ("step median (s)", _fmt(".4f")),
             "step_time_cv": ("step CV", _pct), "repeats": ("repeats", _fmt(".0f")),
             "repeat_cv": ("repeat CV", _pct), "noisy": ("too noisy", lambda v: "yes" if v else ""),
@@ -238,6 +241,42 @@ def parity_table(frame: pd.DataFrame) -> pd.DataFrame:
                                        "dp x tp x pp", "max |loss - ddp loss|", "tolerance", "matches"])
 
 
+def measured_ceilings(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the sweep's micro-benchmark runs: one per GEMM shape or collective size."""
+    rows = []
+    for _, r in frame[(frame.workload != "gpt") & (frame.status == "ok")].iterrows():
+        micro = json.loads(r.micro_json) if isinstance(r.micro_json, str) else {}
+        for row in micro.get("gemm", []):
+            rows.append({"kind": "gemm", "device": r.env_device_name, "world_size": r.world_size, **row})
+        for row in micro.get("collectives", []):
+            rows.append({"kind": "collective", "device": r.env_device_name, "world_size": r.world_size, **row})
+    return pd.DataFrame(rows)
+
+
+def ceilings_section(ceilings: pd.DataFrame) -> Optional[Section]:
+    if ceilings.empty:
+        return None
+    section = Section("Ceilings: matrix multiply and collectives", [
+        "GEMM: 2mnk FLOPs / time for n x n @ n x n, every rank at once; the largest per dtype is "
+        "the measured ceiling the GPT runs' MFU is also given against. Collectives (nccl-tests' "
+        "definitions): algbw = message bytes / time (the full buffer), busbw = algbw x 2(n-1)/n "
+        "for all_reduce and x (n-1)/n for all_gather and reduce_scatter, n ranks."])
+    if "dtype" in ceilings:
+        gemm = ceilings[ceilings.kind == "gemm"]
+        if len(gemm):
+            section.tables.append(("GEMM", _show(gemm, {
+                "device": ("device", None), "dtype": ("dtype", None), "n": ("n", _fmt(".0f")),
+                "time_s": ("time (s)", _fmt(".3g")), "tflops": ("TFLOP/s per device", _fmt(".4g"))})))
+    if "op" in ceilings:
+        coll = ceilings[ceilings.kind == "collective"]
+        if len(coll):
+            section.tables.append(("Collectives", _show(coll, {
+                "op": ("op", None), "world_size": ("ranks", _fmt(".0f")), "bytes": ("bytes", _fmt(",.0f")),
+                "time_s": ("time (s)", _fmt(".3g")), "algbw_gbps": ("algbw (GB/s)", _fmt(".3g")),
+                "busbw_gbps": ("busbw (GB/s)", _fmt(".3g"))})))
+    return section
+
+
 def failures_section(frame: pd.DataFrame) -> Section:
     failed = frame[frame.status != "ok"]
     table = pd.DataFrame({"run": failed.run_id, "status": failed.status,
@@ -299,10 +338,16 @@ def build_report(sweep_dir: Path, options: Optional[ReportConfig] = None) -> Rep
     frame.to_parquet(out / "runs.parquet", index=False)
     frame.to_csv(out / "runs.csv", index=False)
 
-    configs = analysis.aggregate_repeats(frame, options.max_cv)
+    ceilings = measured_ceilings(frame)
+    gpt = frame[frame.workload == "gpt"]
+    configs = analysis.aggregate_repeats(gpt, options.max_cv)
+    best_gemm = (ceilings[ceilings.kind == "gemm"].groupby("dtype").tflops.max()
+                 if "dtype" in ceilings else pd.Series(dtype=float))
+    configs["of_gemm_ceiling"] = [r.tflops_per_device / best_gemm[r.precision] if r.precision in best_gemm else None
+                                  for _, r in configs.iterrows()]
     scaling = analysis.scaling_table(configs)
     best = analysis.best_configurations(configs)
-    parity = parity_table(frame)
+    parity = parity_table(gpt)
     regress, trend = pd.DataFrame(columns=analysis.REGRESSION_COLUMNS), {}
     if options.history_dir:
         past = history.load(Path(options.history_dir))
@@ -345,7 +390,7 @@ def build_report(sweep_dir: Path, options: Optional[ReportConfig] = None) -> Rep
     if options.history_dir:
         sections += history_sections(regress, trend)
     sections.append(throughput_section(configs))
-    sections += [s for s in [scaling_section(scaling)] if s is not None]
+    sections += [s for s in [scaling_section(scaling), ceilings_section(ceilings)] if s is not None]
     sections.append(model_section(analysis.model_vs_measured(configs, options.memory_ratio_bounds)))
     if not parity.empty:
         sections.append(Section("Loss parity against plain data parallel", [
@@ -361,7 +406,7 @@ def build_report(sweep_dir: Path, options: Optional[ReportConfig] = None) -> Rep
     markdown_path.write_text(_markdown(sections, header))
     html_path.write_text(_html(sections, header))
     summary = "\n".join(header) + "\n\n" + "\n\n".join(
-        f"{caption}\n{table.iloc[:, :12].to_markdown(index=False)}" for caption, table in sections[
+        f"{caption}\n{table.iloc[:, :11].to_markdown(index=False)}" for caption, table in sections[
             [s.title for s in sections].index("Throughput")].tables)
     parity_ok = parity.empty or not bool((parity.matches == "NO").any())
     regression_ok = not (options.fail_on_regression and (regress.verdict == "regression").any())

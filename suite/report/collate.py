@@ -10,7 +10,7 @@ import pandas as pd
 
 from suite.results import RESULT_FILE, read_record
 
-AXES = ["model", "strategy", "zero_stage", "offload_optimizer", "offload_params", "optimizer",
+AXES = ["workload", "model", "strategy", "zero_stage", "offload_optimizer", "offload_params", "optimizer",
         "precision", "accelerator", "world_size", "data_parallel", "tensor_parallel",
         "pipeline_parallel", "activation_checkpointing", "check_parity", "scaling", "repeat_index", "nodes", "ranks_per_node", "micro_batch_size",
         "grad_accum_steps", "global_batch_size", "seq_len", "n_params"]
@@ -27,7 +27,7 @@ ENV = ["python", "torch", "deepspeed", "cuda", "nccl", "driver", "device_name", 
 COLUMNS = (["run_id", "sweep_id", "status", "error", "attempts", "config_hash", "schema_version"] + AXES
            + METRICS + [f"env_{k}" for k in ENV]
            + ["started_at", "finished_at", "sweep_date", "config_json", "loss_per_step_json",
-              "comm_bytes_per_step_json"])
+              "comm_bytes_per_step_json", "micro_json"])
 
 
 NUMERIC_AXES = ["zero_stage", "world_size", "data_parallel", "tensor_parallel", "pipeline_parallel",
@@ -53,6 +53,9 @@ def flatten(record: Dict[str, Any]) -> Dict[str, Any]:
     row["sweep_date"] = str(record.get("started_at") or "")[:10] or None
     row["comm_bytes_per_step_json"] = json.dumps(metrics.get("comm_bytes_per_step")) \
         if metrics.get("comm_bytes_per_step") else None
+    micro = {k: metrics[k] for k in ("gemm", "collectives") if k in metrics}
+    row["micro_json"] = json.dumps(micro) if micro else None
+    row["workload"] = record.get("workload") or "gpt"  # records before micro-benchmarks
     row["config_json"] = json.dumps(record.get("config"), sort_keys=True)
     row["loss_per_step_json"] = json.dumps((record.get("metrics") or {}).get("loss_per_step"))
     return row

@@ -140,12 +140,10 @@ def _data_parallel_rank(engine, plan: RunPlan, rank: int) -> int:
     return rank
 
 
-def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None) -> Measurements:
-    """Train and time; `beat(step)` is called as each step completes (the hang watchdog)."""
-    out = Measurements()
-    accel = get_accelerator()
+def prepare(cfg: SuiteConfig, plan: RunPlan):
+    """The engine, the step function (one optimizer step -> its mean loss, on the device) and
+    this replica's micro-batches; everything before the timed loop."""
     rank = int(os.environ.get("RANK", 0))
-    t_init = time.perf_counter()
     poison = _Poison()
     model = _build(cfg, plan, poison)
     engine, _, _, _ = deepspeed.initialize(
@@ -157,14 +155,8 @@ def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None) -> Mea
                           seed=cfg.train.seed + 1, device=engine.device)
     micro = [[micro_batch(batch, i, dp_rank, plan.data_parallel_size, plan.micro_batch_size)
               for i in range(plan.grad_accum_steps)] for batch in pool]
-    out.device_name = accel.get_device_name() if plan.accelerator == "cuda" else None
-    out.memory_capacity_bytes = _memory_capacity(plan.accelerator)
-    slowdown = float(os.environ.get(SLOWDOWN_VARIABLE, 0) or 0)
-    accel.synchronize()
-    out.init_s = time.perf_counter() - t_init
 
     def step_fn(step: int) -> torch.Tensor:
-        """One optimizer step (grad_accum_steps micro-batches); its mean loss, on the device."""
         _fault(step, cfg, rank)
         poison.active = (cfg.train.fault == "nan" and step == cfg.train.fault_step
                          and cfg.train.fault_rank in (None, rank))
@@ -179,22 +171,44 @@ def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None) -> Mea
             losses.append(loss.detach())
         return torch.stack(losses).mean()
 
-    _reset_peak_memory(plan.accelerator)
-    if cfg.train.profile_comms and hasattr(deepspeed.comm, "comms_logger"):
-        deepspeed.comm.comms_logger.comms_dict.clear()  # count the steps, not initialisation
-    step_losses = []
-    times = []
-    total = cfg.train.warmup_steps + cfg.train.timed_steps
-    for step in range(total):
+    return engine, step_fn, micro
+
+
+def timed_loop(step_fn, warmup: int, timed: int, beat=lambda step: None, slowdown: float = 0.0):
+    """Warm-up steps untimed, then each timed step bracketed by device synchronisation.
+    Returns (seconds per timed step, every step's loss as a device tensor)."""
+    accel = get_accelerator()
+    losses, times = [], []
+    for step in range(warmup + timed):
         accel.synchronize()
         start = time.perf_counter()
-        step_losses.append(step_fn(step).detach().float())
+        losses.append(step_fn(step).detach().float())
         if slowdown:
             time.sleep(slowdown)
         accel.synchronize()
-        beat(step)
-        if step >= cfg.train.warmup_steps:
+        if step >= warmup:
             times.append(time.perf_counter() - start)
+        beat(step)
+    return times, losses
+
+
+def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None) -> Measurements:
+    """Train and time; `beat(step)` is called as each step completes (the hang watchdog)."""
+    out = Measurements()
+    accel = get_accelerator()
+    t_init = time.perf_counter()
+    engine, step_fn, _ = prepare(cfg, plan)
+    out.device_name = accel.get_device_name() if plan.accelerator == "cuda" else None
+    out.memory_capacity_bytes = _memory_capacity(plan.accelerator)
+    accel.synchronize()
+    out.init_s = time.perf_counter() - t_init
+
+    _reset_peak_memory(plan.accelerator)
+    if cfg.train.profile_comms and hasattr(deepspeed.comm, "comms_logger"):
+        deepspeed.comm.comms_logger.comms_dict.clear()  # count the steps, not initialisation
+    times, step_losses = timed_loop(step_fn, cfg.train.warmup_steps, cfg.train.timed_steps, beat,
+                                    float(os.environ.get(SLOWDOWN_VARIABLE, 0) or 0))
+    total = cfg.train.warmup_steps + cfg.train.timed_steps
 
     # Collectives after timing: a step lasts as long as its slowest rank; losses are averaged.
     peak, reserved = _peak_memory(plan.accelerator)
@@ -212,4 +226,3 @@ def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None) -> Mea
     if cfg.train.profile_comms:
         out.comm_bytes_per_step = _comm_bytes_per_step(total)
     return out
-
