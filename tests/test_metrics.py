@@ -109,3 +109,15 @@ def test_loss_parity_within_the_precision_tolerance():
     assert loss_parity([6.0], [6.0, 5.9], "fp32")["matches"] is False  # steps differ in number
     assert loss_parity([float("nan")], [6.0], "fp32")["matches"] is False
     assert PARITY_TOLERANCE["fp32"] < PARITY_TOLERANCE["bf16"]
+
+
+def test_gemm_and_bus_bandwidth_formulas():
+    from suite.metrics import bus_bandwidth, gemm_tflops
+
+    # 1024^3 x 2 = 2,147,483,648 FLOPs in 0.01 s = 0.2147483648 TFLOP/s
+    assert gemm_tflops(1024, 1024, 1024, 0.01) == pytest.approx(0.2147483648)
+    # nccl-tests: all_reduce busbw = algbw x 2(n-1)/n; all_gather, reduce_scatter x (n-1)/n
+    assert bus_bandwidth("all_reduce", 100.0, 8) == pytest.approx(175.0)
+    assert bus_bandwidth("all_gather", 100.0, 8) == pytest.approx(87.5)
+    assert bus_bandwidth("reduce_scatter", 100.0, 4) == pytest.approx(75.0)
+    assert bus_bandwidth("all_reduce", 100.0, 2) == pytest.approx(100.0)

@@ -133,29 +133,32 @@ def regressions(current: pd.DataFrame, history: pd.DataFrame, *, metric: str = "
     """Each configuration of the current sweep against its last `window` sweeps in the history.
     Baseline = median of those sweeps' values; noise = 1.4826 x their median absolute deviation.
     Regression: value < baseline - max(min_drop x baseline, noise_sigmas x noise); improvement
-    symmetrically. Each row carries the environment differences against the latest baseline sweep."""
-    rows = []
+    symmetrically. Regressions and improvements carry the environment differences against the
+    configuration's latest baseline sweep."""
     past = history[~history.sweep_id.isin(current.sweep_id.unique())]
-    for _, r in current.iterrows():
-        earlier = past[past.config_key == r.config_key].sort_values("finished_at")
-        per_sweep = earlier.groupby("sweep_id", sort=False).agg(value=(metric, "median"),
-                                                                finished_at=("finished_at", "max"))
-        per_sweep = per_sweep.sort_values("finished_at").tail(window)
-        if per_sweep.empty or pd.isna(r[metric]):
-            continue
-        baseline = float(per_sweep.value.median())
-        noise = 1.4826 * float((per_sweep.value - baseline).abs().median())
-        allowed = max(min_drop * baseline, noise_sigmas * noise)
-        change = (r[metric] - baseline) / baseline
-        verdict = "regression" if r[metric] < baseline - allowed else (
-            "improvement" if r[metric] > baseline + allowed else "unchanged")
-        latest = earlier[earlier.sweep_id == per_sweep.index[-1]].iloc[-1]
-        rows.append({"model": r.model, "strategy": r.strategy, "optimizer": r.optimizer,
-                     "precision": r.precision, "world_size": r.world_size, "config_key": r.config_key,
-                     "value": r[metric], "baseline": baseline, "noise": noise, "allowed_drop": allowed,
-                     "change": change, "nights": len(per_sweep), "verdict": verdict,
-                     "what_changed": environment_diff(latest, r)})
-    return pd.DataFrame(rows, columns=REGRESSION_COLUMNS)
+    if past.empty or current.empty:
+        return pd.DataFrame(columns=REGRESSION_COLUMNS)
+    per_sweep = (past.groupby(["config_key", "sweep_id"], sort=False)
+                 .agg(value=(metric, "median"), finished_at=("finished_at", "max")).reset_index()
+                 .sort_values(["config_key", "finished_at"]))
+    recent = per_sweep.groupby("config_key").tail(window)
+    stats = recent.groupby("config_key").agg(baseline=("value", "median"), nights=("value", "size"),
+                                              latest_sweep=("sweep_id", "last"))
+    deviation = (recent.value - recent.config_key.map(stats.baseline)).abs()
+    stats["noise"] = 1.4826 * deviation.groupby(recent.config_key).median()
+    rows = current.dropna(subset=[metric]).join(stats, on="config_key", how="inner")
+    rows["value"] = rows[metric]
+    rows["allowed_drop"] = (min_drop * rows.baseline).where(
+        min_drop * rows.baseline >= noise_sigmas * rows.noise, noise_sigmas * rows.noise)
+    rows["change"] = (rows.value - rows.baseline) / rows.baseline
+    rows["verdict"] = "unchanged"
+    rows.loc[rows.value < rows.baseline - rows.allowed_drop, "verdict"] = "regression"
+    rows.loc[rows.value > rows.baseline + rows.allowed_drop, "verdict"] = "improvement"
+    latest = past.drop_duplicates(["config_key", "sweep_id"], keep="last").set_index(["config_key", "sweep_id"])
+    rows["what_changed"] = [
+        environment_diff(latest.loc[(r.config_key, r.latest_sweep)], r) if r.verdict != "unchanged" else ""
+        for r in rows.itertuples()]
+    return rows.reset_index(drop=True)[REGRESSION_COLUMNS]
 
 
 REGRESSION_COLUMNS = ["model", "strategy", "optimizer", "precision", "world_size", "config_key",
@@ -163,11 +166,11 @@ REGRESSION_COLUMNS = ["model", "strategy", "optimizer", "precision", "world_size
                       "what_changed"]
 
 
-def environment_diff(before: pd.Series, after: pd.Series) -> str:
-    """'field: old -> new' for every environment field that differs."""
+def environment_diff(before, after) -> str:
+    """'field: old -> new' for every environment field that differs (rows or named tuples)."""
     changes = []
     for column in ENV_FIELDS:
-        old, new = before.get(column), after.get(column)
+        old, new = getattr(before, column, None), getattr(after, column, None)
         if column == "env_variables":
             old_vars, new_vars = json.loads(old or "{}"), json.loads(new or "{}")
             for name in sorted(set(old_vars) | set(new_vars)):

@@ -1,0 +1,40 @@
+"""Micro-benchmark workloads for real on 2 CPU ranks, and the bench scripts in small mode (so
+they cannot rot; no timing is asserted)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_sweep, sweep_dirs
+
+
+def test_gemm_and_collective_ceilings_become_records_and_a_report_section(tmp_path):
+    done = run_sweep(tmp_path, "workload=gpt,gemm,allreduce", "strategy=ddp", "optimizer=sgd_momentum",
+                     "train.timed_steps=3", "workload.gemm_sizes=[64,128]", "workload.message_bytes=[4096,65536]")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [sweep] = sweep_dirs(tmp_path)
+    runs = {json.loads(p.read_text())["workload"]: json.loads(p.read_text()) for p in sweep.glob("*/result.json")}
+    gemm = runs["gemm"]["metrics"]
+    assert [(r["dtype"], r["n"]) for r in gemm["gemm"]] == [("fp32", 64), ("fp32", 128)]
+    for r in gemm["gemm"]:
+        assert r["tflops"] == pytest.approx(2 * r["n"] ** 3 / r["time_s"] / 1e12)
+    assert gemm["gemm_ceiling_tflops"]["fp32"] == max(r["tflops"] for r in gemm["gemm"])
+    coll = runs["allreduce"]["metrics"]["collectives"]
+    assert sorted({r["op"] for r in coll}) == ["all_gather", "all_reduce", "reduce_scatter"]
+    for r in coll:  # 2 ranks: factor 2(n-1)/n = 1 for all_reduce, (n-1)/n = 1/2 otherwise
+        assert r["algbw_gbps"] == pytest.approx(r["bytes"] / r["time_s"] / 1e9)
+        assert r["busbw_gbps"] == pytest.approx(r["algbw_gbps"] * (1.0 if r["op"] == "all_reduce" else 0.5))
+    md = (sweep / "report" / "report.md").read_text()
+    assert "## Ceilings: matrix multiply and collectives" in md and "of GEMM ceiling" in md
+    assert "runs: 3, ok: 3" in md
+
+
+def test_bench_scripts_run_in_small_mode(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    done = subprocess.run([sys.executable, "bench/run_all.py", "--small", "--output", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = out.read_text()
+    for row in ("harness overhead", "report over 20 run records", "from command to report"):
+        assert row in text
