@@ -339,6 +339,28 @@ class WorkloadConfig:
 
 
 @dataclass
+class DataConfig:
+    """Where the tokens come from: made on the device (synthetic), or read from disk (tokens)."""
+
+    #: synthetic (random tokens made on the device before timing) or tokens (a memory-mapped
+    #: file of token ids read through a DataLoader with workers, inside the timed steps)
+    name: str = "synthetic"
+    #: tokens: the file of token ids (python -m suite.workload.data writes one)
+    path: Optional[str] = None
+    #: tokens: uint16 or uint32
+    token_dtype: str = "uint16"
+    #: tokens: DataLoader worker processes per rank
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        _choice("data.name", self.name, ("synthetic", "tokens"))
+        _choice("data.token_dtype", self.token_dtype, ("uint16", "uint32"))
+        _positive("data.workers", self.workers, allow_zero=True)
+        if self.name == "tokens" and not self.path:
+            raise ConfigError("data=tokens needs data.path (a file of token ids)")
+
+
+@dataclass
 class SubmitConfig:
     """How a sweep is submitted; not part of any run's config (nor of its config hash)."""
 
@@ -393,6 +415,7 @@ class SuiteConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
@@ -403,7 +426,7 @@ def register_configs() -> None:
     for group, schema in (("model", ModelConfig), ("strategy", StrategyConfig),
                           ("optimizer", OptimizerConfig), ("precision", PrecisionConfig),
                           ("cluster", ClusterConfig), ("train", TrainConfig),
-                          ("workload", WorkloadConfig)):
+                          ("workload", WorkloadConfig), ("data", DataConfig)):
         cs.store(group=group, name=f"{group}_schema", node=schema)
 
 

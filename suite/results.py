@@ -204,6 +204,7 @@ def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
     m = cfg.model
     return {
         "workload": cfg.workload.name,
+        "data": cfg.data.name,
         "model": m.name,
         "strategy": cfg.strategy.name,
         "zero_stage": cfg.strategy.zero_stage,

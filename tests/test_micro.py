@@ -38,3 +38,28 @@ def test_bench_scripts_run_in_small_mode(tmp_path):
     text = out.read_text()
     for row in ("harness overhead", "report over 20 run records", "from command to report"):
         assert row in text
+
+
+def test_token_file_data_through_a_dataloader_keeps_every_layout_on_the_same_samples(tmp_path):
+    from suite.workload.data import write_token_file
+
+    tokens = write_token_file(tmp_path / "tokens.bin", 100_000, vocab_size=512)
+    done = run_sweep(tmp_path / "runs", "data=tokens", f"data.path={tokens}", "data.workers=1",
+                     "strategy=ddp,pp2", "optimizer=sgd_momentum", "train.check_parity=true",
+                     "train.global_batch_size=8", "optimizer.scheduler=none", "train.timed_steps=3")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [sweep] = sweep_dirs(tmp_path / "runs")
+    runs = [json.loads(p.read_text()) for p in sweep.glob("*/result.json")]
+    assert {(r["data"], r["status"]) for r in runs} == {("tokens", "ok")}
+    assert "2 of 2 compared runs match" in (sweep / "report" / "report.md").read_text()
+
+
+def test_a_token_file_with_ids_beyond_the_vocabulary_is_an_error_record(tmp_path):
+    from suite.workload.data import write_token_file
+
+    tokens = write_token_file(tmp_path / "big.bin", 10_000, vocab_size=60_000)
+    done = run_sweep(tmp_path / "runs", "data=tokens", f"data.path={tokens}", "strategy=ddp",
+                     "optimizer=sgd_momentum", "train.timed_steps=2")
+    assert done.returncode == 1
+    [record] = [json.loads(p.read_text()) for p in sweep_dirs(tmp_path / "runs")[0].glob("*/result.json")]
+    assert record["status"] == "error" and "not below model.vocab_size=512" in record["error"]

@@ -32,7 +32,8 @@ def aggregate_repeats(frame: pd.DataFrame, max_cv: float) -> pd.DataFrame:
     if ok.empty:
         return ok.assign(config_key=pd.Series(dtype=str), repeats=pd.Series(dtype=int),
                          repeat_cv=pd.Series(dtype=float), noisy=pd.Series(dtype=bool))
-    ok["config_key"] = ok.config_json.map(configuration_key)
+    if "config_key" not in ok or ok.config_key.isna().any():
+        ok["config_key"] = ok.config_json.map(configuration_key)
     numeric = ok.select_dtypes("number").columns.drop(NOT_CONFIGURATION, errors="ignore")
     medians = ok.groupby("config_key")[list(numeric)].median()
     spread = ok.groupby("config_key")["tokens_per_s_per_device"].agg(["count", "mean", "std"])

@@ -24,6 +24,7 @@ from suite.report import analysis, history  # noqa: E402
 from suite.report.collate import load_sweep  # noqa: E402
 
 MIB = 2 ** 20
+PLOTTED = 30  # most configurations in one throughput or trend plot
 
 
 @dataclass
@@ -107,13 +108,15 @@ def throughput_section(configs: pd.DataFrame) -> Section:
             "repeat_cv": ("repeat CV", _pct), "noisy": ("too noisy", lambda v: "yes" if v else ""),
             "peak_memory_bytes": ("peak memory (MiB)", _mib)})
         section.tables.append((str(model), table))
+        group = group.nlargest(PLOTTED, "tokens_per_s_per_device").sort_values(
+            ["world_size", "strategy", "optimizer", "precision"])
         fig, ax = plt.subplots(figsize=(8, 0.4 * max(len(group), 2) + 1.2))
         labels = (group.strategy + " / " + group.optimizer + " / " + group.precision + " / "
                   + group.world_size.astype(int).astype(str) + " ranks").tolist()
         ax.barh(labels, group.tokens_per_s_per_device.tolist(), color="#3b75af")
         ax.invert_yaxis()
         ax.set_xlabel("tokens/s per device")
-        ax.set_title(f"{model}: throughput per device")
+        ax.set_title(f"{model}: throughput per device" + (f" (fastest {PLOTTED})" if len(group) == PLOTTED else ""))
         ax.grid(axis="x", alpha=0.3)
         section.images.append((f"throughput_{model}", _png(fig)))
     return section
@@ -200,6 +203,8 @@ def history_sections(regress: pd.DataFrame, trend: Dict[str, pd.DataFrame]) -> L
         "noise_sigmas x noise); an improvement likewise upwards."], [("", table)]))
     trends = Section("History trends", ["Median tokens/s per device per sweep, one line per configuration."])
     for model, table in trend.items():
+        # the configurations fastest in the latest sweep: a plot of hundreds of lines says nothing
+        table = table[table.iloc[-1].sort_values(ascending=False).index[:PLOTTED]]
         fig, ax = plt.subplots(figsize=(9, 3.8))
         for label in table.columns:
             ax.plot(table.index, table[label], marker="o", label=label)
@@ -350,15 +355,12 @@ def build_report(sweep_dir: Path, options: Optional[ReportConfig] = None) -> Rep
     parity = parity_table(gpt)
     regress, trend = pd.DataFrame(columns=analysis.REGRESSION_COLUMNS), {}
     if options.history_dir:
-        past = history.load(Path(options.history_dir))
-        if not past.empty:
-            past = past[past.status == "ok"].copy()
-            past["config_key"] = past.config_json.map(analysis.configuration_key)
-            regress = analysis.regressions(configs, past, window=options.window,
-                                           min_drop=options.min_drop, noise_sigmas=options.noise_sigmas)
-        history.append(Path(options.history_dir), frame)
-        whole = history.load(Path(options.history_dir))
-        trend = analysis.trends(whole[whole.status == "ok"]) if not whole.empty else {}
+        history.append(Path(options.history_dir), frame)  # regressions skip the sweep's own rows
+        whole = history.load(Path(options.history_dir), history.COLUMNS)
+        ok = whole[whole.status == "ok"]
+        regress = analysis.regressions(configs, ok, window=options.window, min_drop=options.min_drop,
+                                       noise_sigmas=options.noise_sigmas)
+        trend = analysis.trends(ok)
 
     n_ok = int((frame.status == "ok").sum())
     header = [f"- sweep: {sweep_dir.name}",

@@ -8,9 +8,10 @@ from typing import Any, Dict, Iterable, List
 
 import pandas as pd
 
+from suite.report.analysis import configuration_key
 from suite.results import RESULT_FILE, read_record
 
-AXES = ["workload", "model", "strategy", "zero_stage", "offload_optimizer", "offload_params", "optimizer",
+AXES = ["workload", "data", "model", "strategy", "zero_stage", "offload_optimizer", "offload_params", "optimizer",
         "precision", "accelerator", "world_size", "data_parallel", "tensor_parallel",
         "pipeline_parallel", "activation_checkpointing", "check_parity", "scaling", "repeat_index", "nodes", "ranks_per_node", "micro_batch_size",
         "grad_accum_steps", "global_batch_size", "seq_len", "n_params"]
@@ -24,7 +25,8 @@ METRICS = ["tokens_per_s", "tokens_per_s_per_device", "samples_per_s", "step_tim
 # loss_per_step and comm_bytes_per_step are lists/maps: kept as JSON text columns
 ENV = ["python", "torch", "deepspeed", "cuda", "nccl", "driver", "device_name", "device_count",
        "hostname", "hostnames", "slurm_job_id", "git_revision", "variables"]
-COLUMNS = (["run_id", "sweep_id", "status", "error", "attempts", "config_hash", "schema_version"] + AXES
+COLUMNS = (["run_id", "sweep_id", "status", "error", "attempts", "config_hash", "config_key",
+            "schema_version"] + AXES
            + METRICS + [f"env_{k}" for k in ENV]
            + ["started_at", "finished_at", "sweep_date", "config_json", "loss_per_step_json",
               "comm_bytes_per_step_json", "micro_json"])
@@ -45,7 +47,7 @@ def find_records(sweep_dir: Path) -> List[Path]:
 def flatten(record: Dict[str, Any]) -> Dict[str, Any]:
     """One record as one flat row: axes and metrics as columns, the config as JSON text."""
     metrics, env = record.get("metrics") or {}, record.get("env") or {}
-    row = {k: record.get(k) for k in COLUMNS if not k.startswith(("env_", "config_json", "loss_per_step"))}
+    row = {k: record.get(k) for k in COLUMNS if not k.startswith(("env_", "config_", "loss_per_step"))}
     row.update({k: metrics.get(k) for k in METRICS})
     row.update({f"env_{k}": env.get(k) for k in ENV})
     for key in ("hostnames", "variables"):  # nested: kept as JSON text
@@ -56,7 +58,9 @@ def flatten(record: Dict[str, Any]) -> Dict[str, Any]:
     micro = {k: metrics[k] for k in ("gemm", "collectives") if k in metrics}
     row["micro_json"] = json.dumps(micro) if micro else None
     row["workload"] = record.get("workload") or "gpt"  # records before micro-benchmarks
+    row["config_hash"] = record.get("config_hash")
     row["config_json"] = json.dumps(record.get("config"), sort_keys=True)
+    row["config_key"] = configuration_key(row["config_json"])
     row["loss_per_step_json"] = json.dumps((record.get("metrics") or {}).get("loss_per_step"))
     return row
 

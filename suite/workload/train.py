@@ -155,12 +155,23 @@ def prepare(cfg: SuiteConfig, plan: RunPlan):
                           seed=cfg.train.seed + 1, device=engine.device)
     micro = [[micro_batch(batch, i, dp_rank, plan.data_parallel_size, plan.micro_batch_size)
               for i in range(plan.grad_accum_steps)] for batch in pool]
+    if cfg.data.name == "tokens":  # read from disk inside the timed steps, as training would
+        from suite.workload.data import token_loader
+
+        loader = iter(token_loader(
+            cfg.data.path, cfg.data.token_dtype, cfg.data.workers, m.seq_len, m.vocab_size,
+            cfg.train.warmup_steps + cfg.train.timed_steps, plan.global_batch_size,
+            plan.micro_batch_size, plan.grad_accum_steps, dp_rank, plan.data_parallel_size,
+            pin_memory=plan.accelerator == "cuda"))
 
     def step_fn(step: int) -> torch.Tensor:
         _fault(step, cfg, rank)
         poison.active = (cfg.train.fault == "nan" and step == cfg.train.fault_step
                          and cfg.train.fault_rank in (None, rank))
-        batches = micro[step % DATA_POOL]
+        if cfg.data.name == "tokens":
+            batches = [next(loader).to(engine.device, non_blocking=True) for _ in range(plan.grad_accum_steps)]
+        else:
+            batches = micro[step % DATA_POOL]
         if plan.pipeline_parallel > 1:
             return engine.train_batch(iter([(b[:, :-1], b[:, 1:]) for b in batches]))
         losses = []
