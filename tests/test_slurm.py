@@ -150,7 +150,7 @@ def test_rerunning_a_sweep_submits_only_what_has_no_ok_record(tmp_path):
 
 
 def test_nightly_batch_job_runs_the_sweep_inside_slurm_and_builds_the_report(tmp_path):
-    env = {**os.environ, "SUITE_RESULTS_DIR": str(tmp_path), "SUITE_HOME": str(REPO),
+    env = {**os.environ, "SUITE_RESULTS_DIR": str(tmp_path / "runs"), "SUITE_HOME": str(REPO),
            "SUITE_VENV": sys.prefix}
     done = subprocess.run(
         ["sbatch", "--wait", f"--output={tmp_path}/nightly.out", "slurm/nightly.sbatch",
@@ -160,7 +160,7 @@ def test_nightly_batch_job_runs_the_sweep_inside_slurm_and_builds_the_report(tmp
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     log = (tmp_path / "nightly.out").read_text() if (tmp_path / "nightly.out").exists() else ""
     assert done.returncode == 0, done.stderr + log[-3000:]
-    [sweep] = sweep_dirs(tmp_path)
+    [sweep] = sweep_dirs(tmp_path / "runs")
     assert sweep.name.startswith("nightly-")
     assert [r["status"] for r in records(sweep).values()] == ["ok"]
     assert (sweep / "report" / "report.html").exists() and "Report:" in log

@@ -143,8 +143,8 @@ def scaling_section(scaling: pd.DataFrame) -> Optional[Section]:
             lines = lines.sort_values("world_size")
             left.plot(lines.world_size, lines.tokens_per_s, marker="o", label=strategy)
             base = lines.iloc[0]
-            ideal = base.tokens_per_s * lines.world_size / base.world_size if mode == "weak" else \
-                base.tokens_per_s * lines.world_size / base.world_size
+            # ideal in both modes: throughput proportional to the world size
+            ideal = base.tokens_per_s * lines.world_size / base.world_size
             left.plot(lines.world_size, ideal, linestyle="--", color="grey", alpha=0.6)
             right.plot(lines.world_size, lines.efficiency * 100, marker="o", label=strategy)
         left.set(xlabel="world size", ylabel="tokens/s", title=f"{model}, {mode}: throughput (dashed: ideal)")
