@@ -53,7 +53,7 @@ def main() -> None:
     figures["default_sweep"] = default_sweep.main(["strategy=ddp", "optimizer=adamw", "train.timed_steps=2"]
                                                   if small else [])
     o, c, d = figures["overhead"], figures["collation"], figures["default_sweep"]
-    lines = [f"# Benchmarks of the suite itself", "",
+    lines = ["# Benchmarks of the suite itself", "",
              f"{datetime.datetime.now().isoformat(timespec='seconds')} on {machine()}"
              + (" (--small: tiny sizes, figures not meaningful)" if small else ""), "",
              "| benchmark | figure | target |", "|---|---|---|",

@@ -198,6 +198,8 @@ class ClusterConfig:
     request_gpus: Optional[bool] = None
     #: wall-clock limit of one run, minutes (Slurm's --time)
     timeout_min: int = 20
+    #: seconds the ranks wait for each other at start-up (torch.distributed's timeout)
+    init_timeout_s: int = 300
     #: environment variables set in every rank before torch.distributed starts (NCCL_*, ...)
     env: Dict[str, str] = field(default_factory=dict)
     #: Slurm: --partition, --account, --qos, --constraint
@@ -231,6 +233,7 @@ class ClusterConfig:
         _positive("cluster.gpus_per_node", self.gpus_per_node)
         _positive("cluster.cpu_ranks", self.cpu_ranks)
         _positive("cluster.timeout_min", self.timeout_min)
+        _positive("cluster.init_timeout_s", self.init_timeout_s)
         _positive("cluster.mem_gb", self.mem_gb)
         _positive("cluster.cpus_per_task", self.cpus_per_task)
         _positive("cluster.array_parallelism", self.array_parallelism)

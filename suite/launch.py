@@ -2,9 +2,11 @@
 run comes here, trains, and rank 0 writes the run's result record, also when it fails."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import time
+import zlib
 import traceback
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -22,7 +24,13 @@ def distributed_env() -> Dict[str, Any]:
     job environment, exported for torch.distributed's env:// initialisation."""
     import submitit
 
-    dist = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    # submitit draws the port from 20000-60000, which overlaps Linux's ephemeral range
+    # (32768-60999): an outgoing connection can hold it (EADDRINUSE). Stay below that range,
+    # derived from the job id so every rank of the job agrees; a MASTER_PORT set by the user wins.
+    job_id = submitit.JobEnvironment().job_id
+    os.environ.setdefault("MASTER_PORT", str(20000 + zlib.crc32(job_id.encode()) % 12000))
+    dist = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
+                                                                  overwrite=True)
     job = submitit.JobEnvironment()
     return {"rank": dist.rank, "world_size": dist.world_size, "local_rank": dist.local_rank,
             "local_world_size": dist.local_world_size, "hostnames": list(job.hostnames),
@@ -186,7 +194,9 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
         import deepspeed
         from suite.workload.train import run_training
 
-        deepspeed.init_distributed(auto_mpi_discovery=False)
+        # a peer that never arrives is an error record, not a hang (the watchdog starts later)
+        deepspeed.init_distributed(auto_mpi_discovery=False,
+                                   timeout=datetime.timedelta(seconds=typed.cluster.init_timeout_s))
         watchdog = Watchdog(typed.train.step_timeout_s, on_hang).start()
         if typed.workload.name != "gpt":
             ceilings = micro_benchmark(typed, plan)

@@ -51,10 +51,9 @@ def to_object(cfg: DictConfig | SuiteConfig | dict) -> SuiteConfig:
     wrong types and out-of-range values are refused, naming the field."""
     if isinstance(cfg, SuiteConfig):
         return cfg
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True) if "hydra" not in cfg else \
-            {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-             for k in cfg if k != "hydra"}
+    if isinstance(cfg, DictConfig):  # node by node: Hydra's own node does not resolve outside a run
+        cfg = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+               for k in cfg if k != "hydra"}
     return from_dict(SuiteConfig, {k: v for k, v in cfg.items() if k != "hydra"})
 
 

@@ -198,7 +198,8 @@ def read_record(path: Path) -> Dict[str, Any]:
 
 
 def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
-    """The sweep axes as plain fields of the record (cfg: SuiteConfig, plan: RunPlan)."""
+    """The sweep axes as plain fields of the record (cfg: SuiteConfig, plan: RunPlan).
+    (Invalid points have no plan: write_invalid_record picks their axes from the config.)"""
     from suite.metrics import gpt_param_count
 
     m = cfg.model
@@ -212,20 +213,20 @@ def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
         "offload_params": cfg.strategy.offload_params,
         "optimizer": cfg.optimizer.name,
         "precision": cfg.precision.name,
-        "accelerator": plan.accelerator if plan else None,
-        "world_size": plan.world_size if plan else None,
-        "data_parallel": plan.data_parallel_size if plan else None,
+        "accelerator": plan.accelerator,
+        "world_size": plan.world_size,
+        "data_parallel": plan.data_parallel_size,
         "tensor_parallel": cfg.strategy.tensor_parallel,
         "pipeline_parallel": cfg.strategy.pipeline_parallel,
         "activation_checkpointing": cfg.train.activation_checkpointing,
         "check_parity": cfg.train.check_parity,
         "scaling": cfg.train.scaling,
         "repeat_index": cfg.train.repeat_index,
-        "nodes": plan.nodes if plan else cfg.cluster.nodes,
-        "ranks_per_node": plan.ranks_per_node if plan else cfg.cluster.gpus_per_node,
-        "micro_batch_size": plan.micro_batch_size if plan else cfg.train.micro_batch_size,
-        "grad_accum_steps": plan.grad_accum_steps if plan else cfg.train.grad_accum_steps,
-        "global_batch_size": plan.global_batch_size if plan else cfg.train.global_batch_size,
+        "nodes": plan.nodes,
+        "ranks_per_node": plan.ranks_per_node,
+        "micro_batch_size": plan.micro_batch_size,
+        "grad_accum_steps": plan.grad_accum_steps,
+        "global_batch_size": plan.global_batch_size,
         "seq_len": m.seq_len,
         "n_params": gpt_param_count(m.n_layers, m.d_model, m.seq_len, m.vocab_size)["total"],
     }

@@ -1,6 +1,4 @@
 """Every config group composes; bad values and unknown keys fail with a message naming them."""
-from pathlib import Path
-
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError

@@ -3,7 +3,6 @@ requeue on Slurm; 200 concurrent writers; a killed sweep driver; planted secrets
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -132,6 +131,9 @@ def test_planted_secrets_never_reach_a_file_the_suite_writes(tmp_path, monkeypat
     [record] = records(sweep_dirs(tmp_path / "runs")[0])
     assert record["config"]["cluster"]["env"]["HF_TOKEN"] == "<redacted>"
     assert record["config"]["cluster"]["env"]["NCCL_PROXY"] == "http://<redacted>@proxy:3128"
+    # the launcher resolves ${oc.env:...} as the job does: same config, same hash (resume)
+    [submission] = sweep_dirs(tmp_path / "runs")[0].glob("*/submission.json")
+    assert json.loads(submission.read_text())["config_hash"] == record["config_hash"]
     for path in tmp_path.rglob("*"):
         if path.is_file():
             data = path.read_bytes()

@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from suite.config import ConfigError
-from suite.plan import batch_sizes, plan_run, to_object
+from suite.plan import batch_sizes, plan_run
 
 STRATEGIES = ["ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"]
 OPTIMIZERS = ["sgd", "sgd_momentum", "adam", "adamw", "adagrad", "lamb"]

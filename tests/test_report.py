@@ -1,6 +1,4 @@
 """Collation and report tables on hand-built record sets."""
-import json
-
 import pandas as pd
 
 from suite import results

@@ -1,7 +1,6 @@
 """A catalogue of bad sweeps, each refused through the real command line before anything
 starts: the message names the field, no run folder appears, no Slurm job is submitted."""
 import concurrent.futures
-import subprocess
 
 import pytest
 

@@ -20,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
-from omegaconf import DictConfig, open_dict
+from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,6 @@ class SweepRefused(SystemExit):
 class PlannedRun:
     idx: int
     overrides: List[str]
-    cfg: dict             # the run's config as plain values
     typed: Any            # suite.config.SuiteConfig
     plan: Any             # suite.plan.RunPlan
     run_dir: Path
@@ -107,7 +106,6 @@ class SuiteLauncher(BaseSubmititLauncher):
         group choices and Hydra settings (~0.2 s each); the value overrides (`train.seed=3`)
         are applied to a copy as Hydra applies them (~0.1 ms)."""
         from hydra.core.override_parser.overrides_parser import OverridesParser
-        from omegaconf import OmegaConf
 
         loader = self.hydra_context.config_loader
         if "parser" not in cache:
@@ -127,8 +125,11 @@ class SuiteLauncher(BaseSubmititLauncher):
             cache[key] = (body, subdir)
         body, subdir = cache[key]
         config = dict(body)
-        for override in (o for o, s in zip(parsed, shared) if not s):
+        values = [o for o, s in zip(parsed, shared) if not s]
+        for override in values:
             _apply_override(config, override)
+        if any("${" in str(o.value()) for o in values):  # e.g. ${oc.env:HF_TOKEN}: as the job will
+            config = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
         return config, _interpolate(subdir, {**config, "hydra": {"job": {"num": idx}}})
 
     def _plan_all(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[PlannedRun]:
@@ -161,7 +162,7 @@ class SuiteLauncher(BaseSubmititLauncher):
                     results.write_invalid_record(sweep_dir / subdir, results.redact("config", config), str(exc))
                 continue
             config = results.run_config(typed)
-            runs.append(PlannedRun(idx, list(overrides), cfg, typed, plan, sweep_dir / subdir, config,
+            runs.append(PlannedRun(idx, list(overrides), typed, plan, sweep_dir / subdir, config,
                                    results.config_hash(config), planning.estimated_cost(typed, plan)))
         if problems and not submit.skip_invalid:
             raise SweepRefused("The sweep was refused, nothing was started. Invalid points:\n"
