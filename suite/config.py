@@ -88,6 +88,9 @@ class StrategyConfig:
     #: pipeline-parallel degree (the GPT as a deepspeed.pipe.PipelineModule, train_batch());
     #: micro-batches per pipeline step = train.grad_accum_steps
     pipeline_parallel: int = 1
+    #: DeepSpeed-Ulysses sequence-parallel degree: each rank holds seq_len/sp tokens of every
+    #: sample; attention all-to-alls trade the sequence slice for n_heads/sp whole heads
+    sequence_parallel: int = 1
     #: how layers are split into stages: parameters, uniform, or type:<regex>
     pipeline_partition_method: str = "parameters"
     #: ZeRO++ (stage 3, CUDA only): quantised weights (qwZ), quantised gradients (qgZ),
@@ -102,6 +105,7 @@ class StrategyConfig:
         _choice("strategy.zero_stage", self.zero_stage, (0, 1, 2, 3))
         _positive("strategy.tensor_parallel", self.tensor_parallel)
         _positive("strategy.pipeline_parallel", self.pipeline_parallel)
+        _positive("strategy.sequence_parallel", self.sequence_parallel)
         _positive("strategy.zero_hpz_partition_size", self.zero_hpz_partition_size)
         if not (self.pipeline_partition_method in ("parameters", "uniform")
                 or self.pipeline_partition_method.startswith("type:")):

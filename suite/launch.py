@@ -219,7 +219,7 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
         run_metrics.update(metrics.model_state_memory(
             n_params=results.record_axes(typed, plan)["n_params"], precision=typed.precision.name,
             optimizer=typed.optimizer.name, zero_stage=typed.strategy.zero_stage,
-            dp=plan.data_parallel_size, model_parallel=plan.tensor_parallel * plan.pipeline_parallel,
+            dp=plan.sharding_size, model_parallel=plan.tensor_parallel * plan.pipeline_parallel,
             offload_optimizer=typed.strategy.offload_optimizer,
             offload_params=typed.strategy.offload_params))
         run_metrics["deepspeed_estimate_bytes"] = deepspeed_estimate(typed, plan)

@@ -40,10 +40,17 @@ class RunPlan:
     data_parallel_size: int
     tensor_parallel: int
     pipeline_parallel: int
+    sequence_parallel: int
     micro_batch_size: int
     grad_accum_steps: int
     global_batch_size: int
     ds_config: Dict[str, Any]
+
+    @property
+    def sharding_size(self) -> int:
+        """Ranks holding the same parameters, over which gradients are reduced and ZeRO shards:
+        data parallel x sequence parallel (a replica's Ulysses ranks share its weights)."""
+        return self.data_parallel_size * self.sequence_parallel
 
 
 def to_object(cfg: DictConfig | SuiteConfig | dict) -> SuiteConfig:
@@ -97,12 +104,30 @@ def batch_sizes(micro: int, accum: Optional[int], global_batch: Optional[int], d
 def check_layout(cfg: SuiteConfig, world: int) -> None:
     """Refuse parallel layouts that cannot be built, naming the fields."""
     s, m = cfg.strategy, cfg.model
-    tp, pp = s.tensor_parallel, s.pipeline_parallel
-    if world % (tp * pp):
+    tp, pp, sp = s.tensor_parallel, s.pipeline_parallel, s.sequence_parallel
+    if world % (tp * pp * sp):
         raise ConfigError(f"world size {world} (cluster.nodes x ranks per node) is not divisible by "
-                          f"strategy.tensor_parallel={tp} x strategy.pipeline_parallel={pp}")
+                          f"strategy.tensor_parallel={tp} x strategy.pipeline_parallel={pp} x "
+                          f"strategy.sequence_parallel={sp}")
     if m.n_heads % tp:
         raise ConfigError(f"model.n_heads={m.n_heads} is not divisible by strategy.tensor_parallel={tp}")
+    if m.n_heads % sp or m.seq_len % sp:
+        raise ConfigError(f"model.n_heads={m.n_heads} and model.seq_len={m.seq_len} must both be "
+                          f"divisible by strategy.sequence_parallel={sp} (Ulysses gives each rank "
+                          "whole heads and an equal slice of the sequence)")
+    if sp > 1 and (tp > 1 or pp > 1):
+        raise ConfigError(f"strategy.sequence_parallel={sp} with strategy.tensor_parallel={tp} / "
+                          f"strategy.pipeline_parallel={pp}: this suite runs DeepSpeed-Ulysses with "
+                          "data parallel and ZeRO only (DeepSpeed's Ulysses groups and its AutoTP "
+                          "and pipeline groups are separate mechanisms)")
+    if sp > 1 and s.zero_stage != 3:
+        # Measured (README, "Parallel layouts"): with ZeRO 0-2 the first optimizer step matches
+        # data parallel and every later one drifts from it (weights 6e-3 apart after 4 SGD
+        # steps); with ZeRO-3 all steps match to 1e-8.
+        raise ConfigError(f"strategy.sequence_parallel={sp} needs strategy.zero_stage=3, not "
+                          f"{s.zero_stage}: under ZeRO stages 0-2 DeepSpeed's Ulysses training "
+                          "diverges from data parallel after the first step (see README); use "
+                          "strategy=sp2_zero3")
     if pp > m.n_layers:
         raise ConfigError(f"strategy.pipeline_parallel={pp} exceeds model.n_layers={m.n_layers}: "
                           "every stage needs at least one block")
@@ -127,7 +152,7 @@ def check_layout(cfg: SuiteConfig, world: int) -> None:
                           "is not wired into the pipeline model of this suite (yet); use full")
 
 
-def check_site(cfg: SuiteConfig, per_node: int, dp: int) -> None:
+def check_site(cfg: SuiteConfig, per_node: int, shards: int) -> None:
     """Refuse what the site's nodes cannot hold, where the site's config says what they have."""
     c = cfg.cluster
     if c.max_gpus_per_node is not None and per_node > c.max_gpus_per_node:
@@ -140,13 +165,13 @@ def check_site(cfg: SuiteConfig, per_node: int, dp: int) -> None:
     m, s = cfg.model, cfg.strategy
     needed = model_state_memory(
         n_params=gpt_param_count(m.n_layers, m.d_model, m.seq_len, m.vocab_size)["total"],
-        precision=cfg.precision.name, optimizer=cfg.optimizer.name, zero_stage=s.zero_stage, dp=dp,
+        precision=cfg.precision.name, optimizer=cfg.optimizer.name, zero_stage=s.zero_stage, dp=shards,
         model_parallel=s.tensor_parallel * s.pipeline_parallel, offload_optimizer=s.offload_optimizer,
         offload_params=s.offload_params)["model_state_bytes_predicted"]
     if needed > c.gpu_memory_gb * 2 ** 30:
         raise ConfigError(
             f"model={m.name} with strategy={s.name} ({cfg.precision.name}, {cfg.optimizer.name}, "
-            f"data-parallel size {dp}) needs {needed / 2 ** 30:.1f} GiB of model states per GPU, more "
+            f"ZeRO sharding over {shards} ranks) needs {needed / 2 ** 30:.1f} GiB of model states per GPU, more "
             f"than cluster.gpu_memory_gb={c.gpu_memory_gb:g}; use a higher ZeRO stage, offload, more "
             f"GPUs, or submit.try_anyway=true")
 
@@ -294,8 +319,9 @@ def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0) -> RunPlan:
     world = typed.cluster.nodes * per_node
     check_layout(typed, world)
     tp, pp = typed.strategy.tensor_parallel, typed.strategy.pipeline_parallel
-    dp = world // (tp * pp)
-    check_site(typed, per_node, dp)
+    sp = typed.strategy.sequence_parallel
+    dp = world // (tp * pp * sp)
+    check_site(typed, per_node, dp * sp)
     micro, accum, global_batch = batch_sizes(typed.train.micro_batch_size,
                                              typed.train.grad_accum_steps,
                                              typed.train.global_batch_size, dp)
@@ -307,6 +333,7 @@ def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0) -> RunPlan:
         data_parallel_size=dp,
         tensor_parallel=tp,
         pipeline_parallel=pp,
+        sequence_parallel=sp,
         micro_batch_size=micro,
         grad_accum_steps=accum,
         global_batch_size=global_batch,

@@ -218,6 +218,7 @@ def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
         "data_parallel": plan.data_parallel_size,
         "tensor_parallel": cfg.strategy.tensor_parallel,
         "pipeline_parallel": cfg.strategy.pipeline_parallel,
+        "sequence_parallel": cfg.strategy.sequence_parallel,
         "activation_checkpointing": cfg.train.activation_checkpointing,
         "check_parity": cfg.train.check_parity,
         "scaling": cfg.train.scaling,

@@ -18,10 +18,12 @@ def test_every_cpu_layout_trains_the_same_model_as_data_parallel(tmp_path):
     [sweep] = sweep_dirs(tmp_path)
     runs = {r["strategy"]: r for r in records(sweep)}
     assert set(runs) == {"ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload", "pp2",
-                         "pp2_zero1", "tp2", "tp2_zero1", "tp2_zero2", "tp2_zero3"}
+                         "pp2_zero1", "tp2", "tp2_zero1", "tp2_zero2", "tp2_zero3", "sp2_zero3"}
     assert {r["status"] for r in runs.values()} == {"ok"}
     assert (runs["pp2"]["data_parallel"], runs["pp2"]["tensor_parallel"], runs["pp2"]["pipeline_parallel"]) == (1, 1, 2)
     assert (runs["tp2"]["data_parallel"], runs["tp2"]["tensor_parallel"], runs["tp2"]["grad_accum_steps"]) == (1, 2, 4)
+    assert (runs["sp2_zero3"]["data_parallel"], runs["sp2_zero3"]["sequence_parallel"],
+            runs["sp2_zero3"]["grad_accum_steps"]) == (1, 2, 4)
     reference = runs["ddp"]["metrics"]["loss_per_step"]
     for strategy, r in runs.items():
         losses = r["metrics"]["loss_per_step"]
@@ -32,8 +34,8 @@ def test_every_cpu_layout_trains_the_same_model_as_data_parallel(tmp_path):
         m = r["metrics"]
         assert m["tokens_per_s"] == pytest.approx(8 * 64 * m["timed_steps"] / (m["step_time_mean_s"] * m["timed_steps"]))
     md = (sweep / "report" / "report.md").read_text()
-    assert "loss parity: 12 of 12 compared runs match plain data parallel" in md
-    assert md.split("## Loss parity")[1].split("##")[0].count("| yes ") == 12
+    assert "loss parity: 13 of 13 compared runs match plain data parallel" in md
+    assert md.split("## Loss parity")[1].split("##")[0].count("| yes ") == 13
 
 
 def test_recomputation_trains_the_same_model_and_counts_in_hfu(tmp_path):
@@ -56,10 +58,11 @@ def test_data_parallel_combined_with_tensor_and_pipeline_on_4_ranks(tmp_path):
     # 4 ranks of one node on 2 cores: the local cluster declares more CPUs than it has
     done = run_sweep(tmp_path, "cluster=slurm_local", "cluster.gpus_per_node=4",
                      "cluster.request_gpus=false", "cluster.array_parallelism=1",
-                     "experiment=parity", "strategy=ddp,tp2_zero1,pp2", "train.timed_steps=3")
+                     "experiment=parity", "strategy=ddp,tp2_zero1,pp2,sp2_zero3", "train.timed_steps=3")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [sweep] = sweep_dirs(tmp_path)
     runs = {r["strategy"]: r for r in records(sweep)}
-    assert {s: (r["world_size"], r["data_parallel"], r["tensor_parallel"], r["pipeline_parallel"])
-            for s, r in runs.items()} == {"ddp": (4, 4, 1, 1), "tp2_zero1": (4, 2, 2, 1), "pp2": (4, 2, 1, 2)}
-    assert "3 of 3 compared runs match" in (sweep / "report" / "report.md").read_text()
+    assert {s: (r["world_size"], r["data_parallel"], r["tensor_parallel"], r["pipeline_parallel"],
+                r["sequence_parallel"]) for s, r in runs.items()} == {
+        "ddp": (4, 4, 1, 1, 1), "tp2_zero1": (4, 2, 2, 1, 1), "pp2": (4, 2, 1, 2, 1), "sp2_zero3": (4, 2, 1, 1, 2)}
+    assert "4 of 4 compared runs match" in (sweep / "report" / "report.md").read_text()

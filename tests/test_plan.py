@@ -148,6 +148,14 @@ def test_batch_sizes():
       "cluster.gpus_per_node=2"], "need strategy.zero_stage=3, not 2"),
     (["strategy=pp2", "train.activation_checkpointing=cpu"],
      "train.activation_checkpointing=cpu is not wired into the pipeline model"),
+    (["strategy=sp2_zero3", "cluster.cpu_ranks=3"],
+     "is not divisible by strategy.tensor_parallel=1 x strategy.pipeline_parallel=1 x strategy.sequence_parallel=2"),
+    (["strategy=sp2_zero3", "model.seq_len=63"],
+     "model.n_heads=4 and model.seq_len=63 must both be divisible by strategy.sequence_parallel=2"),
+    (["strategy=sp2_zero3", "strategy.tensor_parallel=2", "cluster.cpu_ranks=4"],
+     "strategy.sequence_parallel=2 with strategy.tensor_parallel=2"),
+    (["strategy=sp2_zero3", "strategy.zero_stage=1"],
+     "strategy.sequence_parallel=2 needs strategy.zero_stage=3, not 1"),
     (["strategy=tp2", "train.global_batch_size=3"],
      "train.global_batch_size=3 is not a multiple of train.micro_batch_size=2 x data-parallel size 1"),
 ])
@@ -168,6 +176,10 @@ def test_tensor_and_pipeline_layouts_keep_the_global_batch(compose_cfg):
     pp = plan_run(compose_cfg("strategy=pp2", "train.global_batch_size=8", "cluster.cpu_ranks=4"), 0)
     assert (pp.data_parallel_size, pp.pipeline_parallel, pp.grad_accum_steps) == (2, 2, 2)
     assert pp.ds_config["train_batch_size"] == 8 and "tensor_parallel" not in pp.ds_config
+    # Ulysses: the ranks of a sequence-parallel group share their samples; ZeRO shards over all
+    sp = plan_run(compose_cfg("strategy=sp2_zero3", "train.global_batch_size=8", "cluster.cpu_ranks=4"), 0)
+    assert (sp.data_parallel_size, sp.sequence_parallel, sp.grad_accum_steps, sp.sharding_size) == (2, 2, 2, 4)
+    assert sp.ds_config["train_batch_size"] == 8
     dp = plan_run(compose_cfg("strategy=ddp", "train.global_batch_size=8"), 0)
     assert (dp.data_parallel_size, dp.grad_accum_steps) == (2, 2)
 

@@ -80,8 +80,13 @@ def _png(fig) -> bytes:
 
 # ---- sections ---------------------------------------------------------------------------
 
+LAYOUT = "dp x tp x pp x sp"
+
+
 def _layout(r) -> str:
-    return f"{_fmt('.0f')(r.data_parallel)} x {_fmt('.0f')(r.tensor_parallel)} x {_fmt('.0f')(r.pipeline_parallel)}"
+    """Data x tensor x pipeline x sequence-parallel degrees (records before Ulysses: sp 1)."""
+    sp = 1 if pd.isna(r.sequence_parallel) else r.sequence_parallel
+    return " x ".join(_fmt(".0f")(d) for d in (r.data_parallel, r.tensor_parallel, r.pipeline_parallel, sp))
 
 
 def throughput_section(configs: pd.DataFrame) -> Section:
@@ -96,7 +101,7 @@ def throughput_section(configs: pd.DataFrame) -> Section:
         table = _show(group.assign(layout=group.apply(_layout, axis=1)), {
             "strategy": ("strategy", None), "optimizer": ("optimizer", None),
             "precision": ("precision", None), "world_size": ("ranks", _fmt(".0f")),
-            "layout": ("dp x tp x pp", None), "micro_batch_size": ("micro", _fmt(".0f")),
+            "layout": (LAYOUT, None), "micro_batch_size": ("micro", _fmt(".0f")),
             "grad_accum_steps": ("accum", _fmt(".0f")),
             "activation_checkpointing": ("recompute", None),
             "tokens_per_s_per_device": ("tokens/s/device", _fmt(",.0f")),
@@ -180,7 +185,8 @@ def model_section(model: pd.DataFrame) -> Section:
     return Section("Memory and communication: model vs measured", [
         "Model states per device (ZeRO paper): stage 0 (P+G+O)Ψ, 1 (P+G)Ψ+OΨ/N, 2 PΨ+(G+O)Ψ/N, "
         "3 (P+G+O)Ψ/N bytes, with P, G the parameter and gradient bytes, O the optimizer's "
-        "(fp32 master copy included in mixed precision), N the data-parallel size, Ψ the "
+        "(fp32 master copy included in mixed precision), N the ranks sharing the parameters "
+        "(data parallel, times the sequence-parallel degree under Ulysses), Ψ the "
         "parameters per rank. DeepSpeed's estimator (stages 2-3) assumes mixed-precision Adam. "
         "Communication per step and rank: 2Ψ(N-1)/N gradient bytes for stages 0-2, 3Ψ(N-1)/N for "
         "stage 3, against the bytes DeepSpeed's comms logger counted (runs with "
@@ -217,14 +223,15 @@ def history_sections(regress: pd.DataFrame, trend: Dict[str, pd.DataFrame]) -> L
 
 
 def parity_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Runs in parity mode against the plain data-parallel run (ZeRO 0, no TP/PP/offload) of
+    """Runs in parity mode against the plain data-parallel run (ZeRO 0, no TP/PP/SP/offload) of
     the same model, optimizer, precision, global batch and world size."""
     runs = frame[frame.check_parity.fillna(False).astype(bool)]
     rows = []
     keys = ["model", "optimizer", "precision", "global_batch_size", "world_size"]
     for _, group in runs.groupby(keys, dropna=False):
         plain = group[(group.zero_stage == 0) & (group.tensor_parallel == 1)
-                      & (group.pipeline_parallel == 1) & ~group.offload_optimizer.fillna(False).astype(bool)
+                      & (group.pipeline_parallel == 1) & (group.sequence_parallel.fillna(1) == 1)
+                      & ~group.offload_optimizer.fillna(False).astype(bool)
                       & (group.status == "ok")]
         # recomputation does not change the maths: prefer the run without it, take any
         plain = plain.sort_values("activation_checkpointing", key=lambda c: c != "none", kind="stable")
@@ -239,11 +246,11 @@ def parity_table(frame: pd.DataFrame) -> pd.DataFrame:
                 diff, tol = result["max_abs_diff"], result["tolerance"]
             rows.append({"model": r.model, "strategy": r.strategy, "optimizer": r.optimizer,
                          "precision": r.precision, "recompute": r.activation_checkpointing,
-                         "dp x tp x pp": _layout(r),
+                         LAYOUT: _layout(r),
                          "max |loss - ddp loss|": "—" if diff is None else f"{diff:.2e}",
                          "tolerance": "—" if tol is None else f"{tol:.0e}", "matches": verdict})
     return pd.DataFrame(rows, columns=["model", "strategy", "optimizer", "precision", "recompute",
-                                       "dp x tp x pp", "max |loss - ddp loss|", "tolerance", "matches"])
+                                       LAYOUT, "max |loss - ddp loss|", "tolerance", "matches"])
 
 
 def measured_ceilings(frame: pd.DataFrame) -> pd.DataFrame:

@@ -16,7 +16,7 @@ from deepspeed.accelerator import get_accelerator
 from suite.config import SuiteConfig
 from suite.plan import RunPlan
 from suite.workload.model import (GPT, global_batches, micro_batch, next_token_loss,
-                                  pipeline_layers)
+                                  pipeline_layers, sequence_slice)
 
 # Distinct global batches the steps cycle through (made once, before timing).
 DATA_POOL = 4
@@ -113,7 +113,20 @@ def _checkpoint_function(cfg: SuiteConfig, plan: RunPlan):
     return lambda block, x: deepspeed.checkpointing.checkpoint(block, x)
 
 
-def _build(cfg: SuiteConfig, plan: RunPlan, poison: _Poison):
+def _sequence_parallel_state(plan: RunPlan):
+    """DeepSpeed's Ulysses process groups (its parallel_state_sp, passed to the engine as mpu):
+    consecutive ranks share a sample's sequence; gradients and ZeRO span all ranks. None
+    without sequence parallelism."""
+    if plan.sequence_parallel == 1:
+        return None
+    import deepspeed.runtime.sequence_parallel.parallel_state_sp as sp_state
+
+    sp_state._release_sequence_parallel_groups()  # a second run in the same process
+    sp_state.initialize_sequence_parallel(plan.sequence_parallel)
+    return sp_state
+
+
+def _build(cfg: SuiteConfig, plan: RunPlan, poison: _Poison, sp_state):
     m, s = cfg.model, cfg.strategy
     shape = (m.n_layers, m.d_model, m.n_heads, m.seq_len, m.vocab_size)
     if plan.pipeline_parallel > 1:
@@ -126,11 +139,17 @@ def _build(cfg: SuiteConfig, plan: RunPlan, poison: _Poison):
             activation_checkpoint_interval=0 if cfg.train.activation_checkpointing == "none" else 1,
             # only blocks: the embedding's input is token ids, which have no gradient
             checkpointable_layers=["Block"])
-    with deepspeed.zero.Init(config_dict_or_path=plan.ds_config, enabled=s.zero_stage == 3):
-        return GPT(*shape, seed=cfg.train.seed, checkpoint=_checkpoint_function(cfg, plan))
+    group = None if sp_state is None else sp_state.get_sequence_parallel_group()
+    shard_group = None if sp_state is None else sp_state.get_sequence_data_parallel_group()
+    with deepspeed.zero.Init(config_dict_or_path=plan.ds_config, enabled=s.zero_stage == 3,
+                             mpu=sp_state, data_parallel_group=shard_group):
+        return GPT(*shape, seed=cfg.train.seed, checkpoint=_checkpoint_function(cfg, plan),
+                   sequence_group=group)
 
 
 def _data_parallel_rank(engine, plan: RunPlan, rank: int) -> int:
+    if plan.sequence_parallel > 1:  # parallel_state_sp: a replica's ranks are consecutive
+        return rank // plan.sequence_parallel
     if plan.pipeline_parallel > 1:
         return engine.grid.get_data_parallel_rank()
     if plan.tensor_parallel > 1:
@@ -145,16 +164,23 @@ def prepare(cfg: SuiteConfig, plan: RunPlan):
     this replica's micro-batches; everything before the timed loop."""
     rank = int(os.environ.get("RANK", 0))
     poison = _Poison()
-    model = _build(cfg, plan, poison)
+    sp_state = _sequence_parallel_state(plan)
+    model = _build(cfg, plan, poison, sp_state)
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=plan.ds_config)
+        config=plan.ds_config, mpu=sp_state)
     m = cfg.model
     dp_rank = _data_parallel_rank(engine, plan, rank)
+    sp_rank, sp = rank % plan.sequence_parallel, plan.sequence_parallel
+
+    def share(batch: torch.Tensor, i: int) -> torch.Tensor:
+        """This rank's part of micro-batch i: its replica's samples, its slice of the sequence."""
+        mine = micro_batch(batch, i, dp_rank, plan.data_parallel_size, plan.micro_batch_size)
+        return mine if sp == 1 else sequence_slice(mine, sp_rank, sp)
+
     pool = global_batches(DATA_POOL, plan.global_batch_size, m.seq_len, m.vocab_size,
                           seed=cfg.train.seed + 1, device=engine.device)
-    micro = [[micro_batch(batch, i, dp_rank, plan.data_parallel_size, plan.micro_batch_size)
-              for i in range(plan.grad_accum_steps)] for batch in pool]
+    micro = [[share(batch, i) for i in range(plan.grad_accum_steps)] for batch in pool]
     if cfg.data.name == "tokens":  # read from disk inside the timed steps, as training would
         from suite.workload.data import token_loader
 
@@ -170,6 +196,8 @@ def prepare(cfg: SuiteConfig, plan: RunPlan):
                          and cfg.train.fault_rank in (None, rank))
         if cfg.data.name == "tokens":
             batches = [next(loader).to(engine.device, non_blocking=True) for _ in range(plan.grad_accum_steps)]
+            if sp > 1:
+                batches = [sequence_slice(b, sp_rank, sp) for b in batches]
         else:
             batches = micro[step % DATA_POOL]
         if plan.pipeline_parallel > 1:
