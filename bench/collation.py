@@ -14,7 +14,7 @@ import pandas as pd
 
 from suite import results
 from suite.config import ReportConfig
-from suite.report import build_report, history
+from suite.report.build import build_report, history
 from suite.report.collate import load_sweep
 
 STRATEGIES = ["ddp", "zero1", "zero2", "zero3", "tp2", "pp2"]

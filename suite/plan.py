@@ -64,6 +64,13 @@ def to_object(cfg: DictConfig | SuiteConfig | dict) -> SuiteConfig:
     return from_dict(SuiteConfig, {k: v for k, v in cfg.items() if k != "hydra"})
 
 
+def needs_local_gpus(cfg: SuiteConfig) -> bool:
+    """Whether planning this run reads the submitting machine's GPU count (importing torch to
+    count them costs ~2 s, so the launcher asks only when a run leaves it open)."""
+    c = cfg.cluster
+    return c.accelerator == "auto" or (c.accelerator == "cuda" and c.gpus_per_node is None)
+
+
 def resolve_accelerator(requested: str, local_gpus: int) -> str:
     if requested == "auto":
         return "cuda" if local_gpus > 0 else "cpu"

@@ -37,7 +37,7 @@ class ReportCallback(Callback):
         if submit.get("dry_run") or not submit.get("wait", True) or not options.get("enabled", True):
             return
         from suite.plan import to_object
-        from suite.report import build_report
+        from suite.report.build import build_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
         report = build_report(sweep_dir, to_object(config).report)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from suite import results
-from suite.report import build_report
+from suite.report.build import build_report
 
 from conftest import REPO, run_sweep, sweep_dirs
 from test_slurm import cluster_up, job_ids, records as slurm_records

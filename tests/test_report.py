@@ -2,7 +2,7 @@
 import pandas as pd
 
 from suite import results
-from suite.report import build_report
+from suite.report.build import build_report
 from suite.report.collate import COLUMNS, load_sweep
 
 

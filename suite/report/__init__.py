@@ -1,4 +1,3 @@
-"""The report: collate result records with pandas and render Markdown and HTML (with plots)."""
-from suite.report.build import Report, build_report
-
-__all__ = ["Report", "build_report"]
+"""The report: collate result records with pandas (collate), compare and judge them (analysis,
+history) and render Markdown and HTML with plots (build: `from suite.report.build import
+build_report`). Nothing is imported here, so collating does not load matplotlib."""

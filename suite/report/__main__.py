@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from suite.config import ReportConfig
-from suite.report import build_report
+from suite.report.build import build_report
 
 
 def main(argv=None) -> int:
