@@ -1,5 +1,10 @@
 """Harness overhead: the suite's instrumented timed loop against a bare DeepSpeed loop of the
-same engine, model and batches, alternating in one process pair so drift hits both alike.
+same engine, model and batches, measured three ways in one process pair:
+1. rounds: alternating blocks of `--steps` steps (the ratio of their times);
+2. paired steps: one bare step, one suite step, `--pairs` times; the ratio of the medians
+   (per-step alternation keeps slow drift out; the median keeps out the machine's spikes);
+3. the harness's own work per step, timed with a step that does nothing (what the suite adds
+   to every step whatever the model: synchronisation, clocks, loss bookkeeping).
 Run with 2 ranks: `DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 bench/overhead.py`."""
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--pairs", type=int, default=2000)
     args = parser.parse_args()
     deepspeed.init_distributed(auto_mpi_discovery=False)
     cfg = SuiteConfig()
@@ -53,9 +59,36 @@ def main() -> None:
         a, b = first(), second()
         t_bare, t_suite = (a, b) if first is bare else (b, a)
         ratios.append(t_suite / t_bare)
+
+    def one_bare_step(step: int) -> float:
+        accel.synchronize()
+        start = time.perf_counter()
+        for batch in batches[step % len(batches)]:
+            loss = engine(batch)
+            engine.backward(loss)
+            engine.step()
+        accel.synchronize()
+        return time.perf_counter() - start
+
+    paired_bare, paired_suite = [], []
+    for step in range(args.pairs):
+        paired_bare.append(one_bare_step(step))
+        paired_suite.append(timed_loop(lambda _: step_fn(step), warmup=0, timed=1)[0][0])
+
+    import torch
+
+    nothing = torch.zeros(())
+    idle = 10_000
+    start = time.perf_counter()
+    timed_loop(lambda _: nothing, warmup=0, timed=idle)
+    harness_s = (time.perf_counter() - start) / idle
     if int(os.environ.get("RANK", 0)) == 0:
+        median_bare = statistics.median(paired_bare)
         print(json.dumps({"rounds": args.rounds, "steps": args.steps, "ratios": ratios,
-                          "ratio": statistics.median(ratios)}), flush=True)
+                          "ratio": statistics.median(ratios), "pairs": args.pairs,
+                          "paired_ratio": statistics.median(paired_suite) / median_bare,
+                          "step_median_s": median_bare, "harness_per_step_s": harness_s,
+                          "harness_fraction": harness_s / median_bare}), flush=True)
     deepspeed.comm.barrier()
     os._exit(0)  # skip gloo's racy teardown at interpreter exit (FACTS.md)
 

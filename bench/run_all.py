@@ -23,7 +23,7 @@ import dispatch  # noqa: E402
 
 def overhead(small: bool) -> dict:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    args = ["--rounds", "2", "--steps", "5"] if small else []
+    args = ["--rounds", "2", "--steps", "5", "--pairs", "5"] if small else []
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            str(HERE / "overhead.py"), *args], env=env, capture_output=True,
                           text=True, timeout=1200)
@@ -59,7 +59,12 @@ def main() -> None:
              "| benchmark | figure | target |", "|---|---|---|",
              f"| harness overhead: suite's timed loop / bare DeepSpeed loop, tiny GPT, 2 CPU ranks, "
              f"{o['rounds']} alternating rounds of {o['steps']} steps | {o['ratio']:.4f} (median of rounds; "
-             f"per-round {', '.join(f'{r:.3f}' for r in o['ratios'])}) | <= 1.01 |"]
+             f"per-round {', '.join(f'{r:.3f}' for r in o['ratios'])}) | <= 1.01 |",
+             f"| the same, {o['pairs']} paired steps (bare, suite, bare, ...) | {o['paired_ratio']:.4f} "
+             f"(ratio of median step times; bare median {o['step_median_s'] * 1e3:.2f} ms) | <= 1.01 |",
+             f"| the harness's own work per step (a step that does nothing) | "
+             f"{o['harness_per_step_s'] * 1e6:.1f} us = {o['harness_fraction']:.2%} of the tiny GPT's "
+             f"median step | |"]
     if "dispatch" in figures:
         p = figures["dispatch"]
         lines += [f"| plan + submit {p['configs']} configurations, submit-and-exit, local Slurm | "

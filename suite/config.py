@@ -147,6 +147,9 @@ class OptimizerConfig:
     scheduler: str = "warmup"
     #: scheduler warm-up length in optimizer steps
     lr_warmup_steps: int = 2
+    #: clip gradients to this global norm (0 = off). DeepSpeed clips at 1.0 when its config
+    #: says nothing; the suite always writes it, so records show what ran
+    gradient_clipping: float = 1.0
 
     def __post_init__(self) -> None:
         _choice("optimizer.name", self.name, OPTIMIZERS)
@@ -155,6 +158,7 @@ class OptimizerConfig:
         _positive("optimizer.eps", self.eps)
         _positive("optimizer.weight_decay", self.weight_decay, allow_zero=True)
         _positive("optimizer.lr_warmup_steps", self.lr_warmup_steps, allow_zero=True)
+        _positive("optimizer.gradient_clipping", self.gradient_clipping, allow_zero=True)
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"optimizer.momentum={self.momentum} must be in [0, 1)")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -162,6 +166,8 @@ class OptimizerConfig:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: precision.name may also be "auto": bf16 on GPUs, fp32 on CPUs (the plan resolves it)
+PRECISION_CHOICES = PRECISIONS + ("auto",)
 
 
 @dataclass
@@ -175,7 +181,7 @@ class PrecisionConfig:
     initial_scale_power: int = 16
 
     def __post_init__(self) -> None:
-        _choice("precision.name", self.name, PRECISIONS)
+        _choice("precision.name", self.name, PRECISION_CHOICES)
         _positive("precision.loss_scale", self.loss_scale, allow_zero=True)
 
 
@@ -268,6 +274,9 @@ class TrainConfig:
     #: (DeepSpeed's, activations partitioned across model-parallel ranks), cpu (DeepSpeed's,
     #: checkpoints kept in host memory)
     activation_checkpointing: str = "none"
+    #: torch.compile the model (DeepSpeed's engine.compile, inductor); compilation happens in
+    #: the first warm-up step, which is never timed
+    compile: bool = False
     #: optimizer steps run before timing starts (not timed)
     warmup_steps: int = 3
     #: optimizer steps timed, each bracketed by device synchronisation
@@ -306,6 +315,9 @@ class TrainConfig:
         _positive("train.step_timeout_s", self.step_timeout_s)
         _choice("train.activation_checkpointing", self.activation_checkpointing, CHECKPOINTING)
         _choice("train.scaling", self.scaling, ("none", "weak", "strong"))
+        if self.compile and self.warmup_steps < 1:
+            raise ConfigError("train.compile=true needs train.warmup_steps >= 1: the first step "
+                              "compiles, and compilation must not be timed")
         if self.scaling == "strong" and self.global_batch_size is None:
             raise ConfigError("train.scaling=strong holds the global batch fixed: set train.global_batch_size")
         if self.scaling == "weak" and self.global_batch_size is not None:

@@ -149,7 +149,7 @@ def micro_benchmark(cfg, plan) -> Dict[str, Any]:
                                                       for d in w.gemm_dtypes}}
     sizes = list(w.message_bytes)
     if w.include_bucket_sizes:  # what the strategy's buckets move
-        width = 4 if cfg.precision.name == "fp32" else 2
+        width = 4 if plan.precision == "fp32" else 2
         sizes += [cfg.strategy.reduce_bucket_size * width, cfg.strategy.allgather_bucket_size * width]
     rows = micro.collective_bandwidth(w.collectives, sorted(set(sizes)), w.warmup, w.iters, device)
     return {"collectives": rows, "busbw_peak_gbps": {op: max(r["busbw_gbps"] for r in rows if r["op"] == op)
@@ -162,10 +162,10 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
     dist = distributed_env()
     rank, world = dist["rank"], dist["world_size"]
     typed = planning.to_object(cfg)
-    resolved = results.run_config(typed)
     import torch
 
     plan = planning.plan_run(typed, local_gpus=torch.cuda.device_count())
+    resolved = results.run_config(typed, plan)
     if plan.world_size != world:
         raise RuntimeError(f"the job has {world} tasks but the plan wants world size "
                            f"{plan.world_size}: the launcher and the plan disagree")
@@ -210,14 +210,14 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
             global_batch_size=plan.global_batch_size, step_times_s=measured.step_times_s,
             losses=measured.losses, peak_memory_bytes=measured.peak_memory_bytes,
             peak_memory_reserved_bytes=measured.peak_memory_reserved_bytes,
-            device_name=measured.device_name, dtype=typed.precision.name,
+            device_name=measured.device_name, dtype=plan.precision,
             recompute=typed.train.activation_checkpointing != "none")
         run_metrics["init_s"] = measured.init_s
         run_metrics["loss_per_step"] = measured.losses  # warm-up included; the parity check reads it
         run_metrics["memory_capacity_bytes"] = measured.memory_capacity_bytes
         run_metrics["comm_bytes_per_step"] = measured.comm_bytes_per_step
         run_metrics.update(metrics.model_state_memory(
-            n_params=results.record_axes(typed, plan)["n_params"], precision=typed.precision.name,
+            n_params=results.record_axes(typed, plan)["n_params"], precision=plan.precision,
             optimizer=typed.optimizer.name, zero_stage=typed.strategy.zero_stage,
             dp=plan.sharding_size, model_parallel=plan.tensor_parallel * plan.pipeline_parallel,
             offload_optimizer=typed.strategy.offload_optimizer,

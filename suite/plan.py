@@ -34,6 +34,7 @@ class RunPlan:
     """Everything a run needs to know before it starts, derived from its config."""
 
     accelerator: str  # "cpu" or "cuda"
+    precision: str    # fp32, bf16 or fp16 (precision=auto resolved: bf16 on GPUs, fp32 on CPUs)
     nodes: int
     ranks_per_node: int
     world_size: int
@@ -62,6 +63,12 @@ def to_object(cfg: DictConfig | SuiteConfig | dict) -> SuiteConfig:
         cfg = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                for k in cfg if k != "hydra"}
     return from_dict(SuiteConfig, {k: v for k, v in cfg.items() if k != "hydra"})
+
+
+def resolve_precision(requested: str, accelerator: str) -> str:
+    if requested == "auto":
+        return "bf16" if accelerator == "cuda" else "fp32"
+    return requested
 
 
 def needs_local_gpus(cfg: SuiteConfig) -> bool:
@@ -127,14 +134,6 @@ def check_layout(cfg: SuiteConfig, world: int) -> None:
                           f"strategy.pipeline_parallel={pp}: this suite runs DeepSpeed-Ulysses with "
                           "data parallel and ZeRO only (DeepSpeed's Ulysses groups and its AutoTP "
                           "and pipeline groups are separate mechanisms)")
-    if sp > 1 and s.zero_stage != 3:
-        # Measured (README, "Parallel layouts"): with ZeRO 0-2 the first optimizer step matches
-        # data parallel and every later one drifts from it (weights 6e-3 apart after 4 SGD
-        # steps); with ZeRO-3 all steps match to 1e-8.
-        raise ConfigError(f"strategy.sequence_parallel={sp} needs strategy.zero_stage=3, not "
-                          f"{s.zero_stage}: under ZeRO stages 0-2 DeepSpeed's Ulysses training "
-                          "diverges from data parallel after the first step (see README); use "
-                          "strategy=sp2_zero3")
     if pp > m.n_layers:
         raise ConfigError(f"strategy.pipeline_parallel={pp} exceeds model.n_layers={m.n_layers}: "
                           "every stage needs at least one block")
@@ -154,12 +153,15 @@ def check_layout(cfg: SuiteConfig, world: int) -> None:
                           f"strategy.zero_stage=3, not {s.zero_stage}")
     if s.mics_shard_size != -1 and world % s.mics_shard_size:
         raise ConfigError(f"strategy.mics_shard_size={s.mics_shard_size} must divide the world size {world}")
+    if cfg.train.compile and pp > 1:
+        raise ConfigError(f"train.compile=true with strategy.pipeline_parallel={pp}: this suite "
+                          "compiles the whole module, and the pipeline engine runs it stage by stage")
     if cfg.train.activation_checkpointing in ("partitioned", "cpu") and pp > 1:
         raise ConfigError(f"train.activation_checkpointing={cfg.train.activation_checkpointing} "
                           "is not wired into the pipeline model of this suite (yet); use full")
 
 
-def check_site(cfg: SuiteConfig, per_node: int, shards: int) -> None:
+def check_site(cfg: SuiteConfig, precision: str, per_node: int, shards: int) -> None:
     """Refuse what the site's nodes cannot hold, where the site's config says what they have."""
     c = cfg.cluster
     if c.max_gpus_per_node is not None and per_node > c.max_gpus_per_node:
@@ -172,18 +174,18 @@ def check_site(cfg: SuiteConfig, per_node: int, shards: int) -> None:
     m, s = cfg.model, cfg.strategy
     needed = model_state_memory(
         n_params=gpt_param_count(m.n_layers, m.d_model, m.seq_len, m.vocab_size)["total"],
-        precision=cfg.precision.name, optimizer=cfg.optimizer.name, zero_stage=s.zero_stage, dp=shards,
+        precision=precision, optimizer=cfg.optimizer.name, zero_stage=s.zero_stage, dp=shards,
         model_parallel=s.tensor_parallel * s.pipeline_parallel, offload_optimizer=s.offload_optimizer,
         offload_params=s.offload_params)["model_state_bytes_predicted"]
     if needed > c.gpu_memory_gb * 2 ** 30:
         raise ConfigError(
-            f"model={m.name} with strategy={s.name} ({cfg.precision.name}, {cfg.optimizer.name}, "
+            f"model={m.name} with strategy={s.name} ({precision}, {cfg.optimizer.name}, "
             f"ZeRO sharding over {shards} ranks) needs {needed / 2 ** 30:.1f} GiB of model states per GPU, more "
             f"than cluster.gpu_memory_gb={c.gpu_memory_gb:g}; use a higher ZeRO stage, offload, more "
             f"GPUs, or submit.try_anyway=true")
 
 
-def check_combination(cfg: SuiteConfig, accelerator: str) -> None:
+def check_combination(cfg: SuiteConfig, accelerator: str, precision: str) -> None:
     """Refuse what DeepSpeed cannot run on this accelerator, naming the fields."""
     if accelerator == "cpu":
         s = cfg.strategy
@@ -192,7 +194,7 @@ def check_combination(cfg: SuiteConfig, accelerator: str) -> None:
             raise ConfigError("ZeRO++ (strategy.zero_quantized_weights, zero_quantized_gradients, "
                               "zero_hpz_partition_size) and MiCS (strategy.mics_shard_size) need a "
                               "GPU: DeepSpeed implements them with CUDA kernels and NCCL groups")
-        if cfg.precision.name == "fp16":
+        if precision == "fp16":
             raise ConfigError("precision=fp16 needs a GPU (DeepSpeed: 'Type fp16 is not supported "
                               "on your device'); on the CPU use fp32 or bf16")
         if cfg.optimizer.name == "lamb":
@@ -275,7 +277,7 @@ def _zero_block(cfg: SuiteConfig, accelerator: str) -> Dict[str, Any]:
     return block
 
 
-def deepspeed_config(cfg: SuiteConfig, accelerator: str, micro: int, accum: int,
+def deepspeed_config(cfg: SuiteConfig, accelerator: str, precision: str, micro: int, accum: int,
                      global_batch: int) -> Dict[str, Any]:
     """The DeepSpeed config dict for one run."""
     # DeepSpeed checks train_batch_size = micro x accumulation x world size before AutoTP
@@ -289,13 +291,14 @@ def deepspeed_config(cfg: SuiteConfig, accelerator: str, micro: int, accum: int,
         "wall_clock_breakdown": False,
         "zero_optimization": _zero_block(cfg, accelerator),
         "optimizer": _optimizer_block(cfg, accelerator),
+        "gradient_clipping": cfg.optimizer.gradient_clipping,  # DeepSpeed's default is 1.0, not off
     }
     scheduler = _scheduler_block(cfg)
     if scheduler is not None:
         ds["scheduler"] = scheduler
-    if cfg.precision.name == "bf16":
+    if precision == "bf16":
         ds["bf16"] = {"enabled": True}
-    elif cfg.precision.name == "fp16":
+    elif precision == "fp16":
         ds["fp16"] = {"enabled": True, "loss_scale": cfg.precision.loss_scale,
                       "initial_scale_power": cfg.precision.initial_scale_power}
     if cfg.strategy.tensor_parallel > 1:
@@ -321,19 +324,21 @@ def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0) -> RunPlan:
     machine sees (used only where the config leaves accelerator or ranks to be detected)."""
     typed = to_object(cfg)
     accelerator = resolve_accelerator(typed.cluster.accelerator, local_gpus)
-    check_combination(typed, accelerator)
+    precision = resolve_precision(typed.precision.name, accelerator)
+    check_combination(typed, accelerator, precision)
     per_node = ranks_per_node(typed, accelerator, local_gpus)
     world = typed.cluster.nodes * per_node
     check_layout(typed, world)
     tp, pp = typed.strategy.tensor_parallel, typed.strategy.pipeline_parallel
     sp = typed.strategy.sequence_parallel
     dp = world // (tp * pp * sp)
-    check_site(typed, per_node, dp * sp)
+    check_site(typed, precision, per_node, dp * sp)
     micro, accum, global_batch = batch_sizes(typed.train.micro_batch_size,
                                              typed.train.grad_accum_steps,
                                              typed.train.global_batch_size, dp)
     return RunPlan(
         accelerator=accelerator,
+        precision=precision,
         nodes=typed.cluster.nodes,
         ranks_per_node=per_node,
         world_size=world,
@@ -344,7 +349,7 @@ def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0) -> RunPlan:
         micro_batch_size=micro,
         grad_accum_steps=accum,
         global_batch_size=global_batch,
-        ds_config=deepspeed_config(typed, accelerator, micro, accum, global_batch),
+        ds_config=deepspeed_config(typed, accelerator, precision, micro, accum, global_batch),
     )
 
 

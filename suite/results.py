@@ -212,7 +212,7 @@ def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
         "offload_optimizer": cfg.strategy.offload_optimizer,
         "offload_params": cfg.strategy.offload_params,
         "optimizer": cfg.optimizer.name,
-        "precision": cfg.precision.name,
+        "precision": plan.precision,
         "accelerator": plan.accelerator,
         "world_size": plan.world_size,
         "data_parallel": plan.data_parallel_size,
@@ -220,6 +220,7 @@ def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
         "pipeline_parallel": cfg.strategy.pipeline_parallel,
         "sequence_parallel": cfg.strategy.sequence_parallel,
         "activation_checkpointing": cfg.train.activation_checkpointing,
+        "compile": cfg.train.compile,
         "check_parity": cfg.train.check_parity,
         "scaling": cfg.train.scaling,
         "repeat_index": cfg.train.repeat_index,
@@ -233,11 +234,15 @@ def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
     }
 
 
-def run_config(typed: Any) -> Dict[str, Any]:
+def run_config(typed: Any, plan: Any) -> Dict[str, Any]:
     """The benchmark's config (a SuiteConfig) as a record holds it: every field, typed, without
-    the sweep-level switches (submit, report), which do not change what is measured."""
-    return {name: _plain_redacted(getattr(typed, name), name)
-            for name in typed.__dataclass_fields__ if name not in ("submit", "report")}
+    the sweep-level switches (submit, report), which do not change what is measured, and with
+    what the plan resolved (precision=auto -> the precision that runs), so that a night's
+    `auto` run and an explicit one of the same precision are the same configuration."""
+    config = {name: _plain_redacted(getattr(typed, name), name)
+              for name in typed.__dataclass_fields__ if name not in ("submit", "report")}
+    config["precision"]["name"] = plan.precision
+    return config
 
 
 def _plain_redacted(value: Any, name: str) -> Any:

@@ -22,7 +22,7 @@ def test_default_composition_is_the_smoke_sweep(compose_cfg):
     cfg = compose_cfg(return_hydra_config=True)
     typed = to_object(cfg)
     assert (typed.model.name, typed.strategy.name, typed.optimizer.name, typed.precision.name,
-            typed.cluster.name) == ("tiny", "ddp", "adamw", "fp32", "local")
+            typed.cluster.name) == ("tiny", "ddp", "adamw", "auto", "local")
     assert cfg.hydra.sweeper.params == {"strategy": "ddp,zero1,zero2,zero3",
                                         "optimizer": "adamw,sgd_momentum"}
 

@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from suite.config import ConfigError
-from suite.plan import batch_sizes, plan_run
+from suite.plan import batch_sizes, plan_run, to_object
 
 STRATEGIES = ["ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload"]
 OPTIMIZERS = ["sgd", "sgd_momentum", "adam", "adamw", "adagrad", "lamb"]
@@ -23,6 +23,7 @@ def test_ddp_adamw_fp32_on_the_cpu(compose_cfg):
         "train_batch_size": 4, "train_micro_batch_size_per_gpu": 2,
         "gradient_accumulation_steps": 1, "steps_per_print": 1_000_000,
         "wall_clock_breakdown": False,
+        "gradient_clipping": 1.0,  # DeepSpeed clips at 1.0 by default; the plan says so
         "zero_optimization": {"stage": 0},
         # torch's AdamW on the CPU: DeepSpeed's FusedAdam would compile a C++ op for nothing
         "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8,
@@ -39,6 +40,7 @@ def test_zero2_sgd_momentum_bf16_allows_the_untested_optimizer(compose_cfg):
         "train_batch_size": 24, "train_micro_batch_size_per_gpu": 3,
         "gradient_accumulation_steps": 4, "steps_per_print": 1_000_000,
         "wall_clock_breakdown": False,
+        "gradient_clipping": 1.0,
         "zero_optimization": {"stage": 2, "reduce_bucket_size": 500_000_000,
                               "allgather_bucket_size": 500_000_000, "overlap_comm": False,
                               "contiguous_gradients": True},
@@ -154,8 +156,8 @@ def test_batch_sizes():
      "model.n_heads=4 and model.seq_len=63 must both be divisible by strategy.sequence_parallel=2"),
     (["strategy=sp2_zero3", "strategy.tensor_parallel=2", "cluster.cpu_ranks=4"],
      "strategy.sequence_parallel=2 with strategy.tensor_parallel=2"),
-    (["strategy=sp2_zero3", "strategy.zero_stage=1"],
-     "strategy.sequence_parallel=2 needs strategy.zero_stage=3, not 1"),
+    (["strategy=pp2", "train.compile=true"], "train.compile=true with strategy.pipeline_parallel=2"),
+    (["train.compile=true", "train.warmup_steps=0"], "train.compile=true needs train.warmup_steps >= 1"),
     (["strategy=tp2", "train.global_batch_size=3"],
      "train.global_batch_size=3 is not a multiple of train.micro_batch_size=2 x data-parallel size 1"),
 ])
@@ -196,3 +198,17 @@ def test_activation_checkpointing_and_zero_plus_plus_blocks(compose_cfg):
     assert {k: zpp["zero_optimization"][k] for k in ("zero_quantized_weights", "zero_quantized_gradients",
                                                      "zero_hpz_partition_size")} == {
         "zero_quantized_weights": True, "zero_quantized_gradients": True, "zero_hpz_partition_size": 8}
+
+
+def test_precision_auto_is_bf16_on_gpus_and_fp32_on_cpus(compose_cfg):
+    from suite.results import config_hash, run_config
+
+    gpu = plan_run(compose_cfg("precision=auto", "cluster.accelerator=cuda", "cluster.gpus_per_node=8"), 0)
+    assert gpu.precision == "bf16" and gpu.ds_config["bf16"] == {"enabled": True}
+    auto = compose_cfg("precision=auto")
+    cpu = plan_run(auto, 0)
+    assert cpu.precision == "fp32" and "bf16" not in cpu.ds_config and "fp16" not in cpu.ds_config
+    # an `auto` run records the precision that ran: the same configuration as an explicit fp32
+    explicit = compose_cfg("precision=fp32")
+    assert run_config(to_object(auto), cpu)["precision"]["name"] == "fp32"
+    assert config_hash(run_config(to_object(auto), cpu)) == config_hash(run_config(to_object(explicit), plan_run(explicit, 0)))

@@ -199,7 +199,7 @@ class SuiteLauncher(BaseSubmititLauncher):
                     config = {k: v for k, v in cfg.items() if k not in ("submit", "report")}
                     results.write_invalid_record(sweep_dir / subdir, results.redact("config", config), str(exc))
                 continue
-            config = results.run_config(typed)
+            config = results.run_config(typed, plan)
             runs.append(PlannedRun(idx, list(overrides), typed, plan, sweep_dir / subdir, config,
                                    results.config_hash(config), planning.estimated_cost(typed, plan)))
         if problems and not submit.skip_invalid:
@@ -344,7 +344,7 @@ class SuiteLauncher(BaseSubmititLauncher):
                 p = run.plan
                 print(f"  [{k}:{task}] #{run.idx} model={run.typed.model.name} "
                       f"strategy={run.typed.strategy.name} optimizer={run.typed.optimizer.name} "
-                      f"precision={run.typed.precision.name} nodes={p.nodes} "
+                      f"precision={p.precision} nodes={p.nodes} "
                       f"ranks_per_node={p.ranks_per_node} world_size={p.world_size} "
                       f"global_batch={p.global_batch_size} ({run.label})")
             print()

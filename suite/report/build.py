@@ -104,6 +104,7 @@ def throughput_section(configs: pd.DataFrame) -> Section:
             "layout": (LAYOUT, None), "micro_batch_size": ("micro", _fmt(".0f")),
             "grad_accum_steps": ("accum", _fmt(".0f")),
             "activation_checkpointing": ("recompute", None),
+            "compile": ("compiled", lambda v: "" if pd.isna(v) or not v else "yes"),
             "tokens_per_s_per_device": ("tokens/s/device", _fmt(",.0f")),
             "tflops_per_device": ("TFLOP/s/device", _fmt(".4g")),
             "mfu": ("MFU", _pct), "hfu": ("HFU", _pct),

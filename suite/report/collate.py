@@ -13,7 +13,7 @@ from suite.results import RESULT_FILE, read_record
 
 AXES = ["workload", "data", "model", "strategy", "zero_stage", "offload_optimizer", "offload_params", "optimizer",
         "precision", "accelerator", "world_size", "data_parallel", "tensor_parallel",
-        "pipeline_parallel", "sequence_parallel", "activation_checkpointing", "check_parity", "scaling", "repeat_index", "nodes", "ranks_per_node", "micro_batch_size",
+        "pipeline_parallel", "sequence_parallel", "activation_checkpointing", "compile", "check_parity", "scaling", "repeat_index", "nodes", "ranks_per_node", "micro_batch_size",
         "grad_accum_steps", "global_batch_size", "seq_len", "n_params"]
 METRICS = ["tokens_per_s", "tokens_per_s_per_device", "samples_per_s", "step_time_mean_s",
            "step_time_median_s", "step_time_p90_s", "step_time_std_s", "step_time_cv",
@@ -38,7 +38,7 @@ NUMERIC_AXES = ["zero_stage", "world_size", "data_parallel", "tensor_parallel", 
                 "global_batch_size", "seq_len", "n_params", "schema_version", "attempts"]
 
 
-BOOL_COLUMNS = ["offload_optimizer", "offload_params", "check_parity", "loss_all_finite"]
+BOOL_COLUMNS = ["offload_optimizer", "offload_params", "compile", "check_parity", "loss_all_finite"]
 
 
 def find_records(sweep_dir: Path) -> List[Path]:

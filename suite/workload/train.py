@@ -169,6 +169,8 @@ def prepare(cfg: SuiteConfig, plan: RunPlan):
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=plan.ds_config, mpu=sp_state)
+    if cfg.train.compile:
+        engine.compile()  # inductor; the graph is built in the first (untimed) warm-up step
     m = cfg.model
     dp_rank = _data_parallel_rank(engine, plan, rank)
     sp_rank, sp = rank % plan.sequence_parallel, plan.sequence_parallel
@@ -177,6 +179,12 @@ def prepare(cfg: SuiteConfig, plan: RunPlan):
         """This rank's part of micro-batch i: its replica's samples, its slice of the sequence."""
         mine = micro_batch(batch, i, dp_rank, plan.data_parallel_size, plan.micro_batch_size)
         return mine if sp == 1 else sequence_slice(mine, sp_rank, sp)
+
+    # DeepSpeed 0.19.8 with Ulysses sums the gradients over a replica's sequence-parallel ranks
+    # under ZeRO 0-2 (sp times the gradient of the mean loss) and averages them under ZeRO-3
+    # (measured: README, "Parallel layouts"); scaling the loss given to backward by 1/sp under
+    # stages 0-2 makes every stage train the data-parallel model. Reported losses are unscaled.
+    backward_scale = 1.0 / sp if sp > 1 and cfg.strategy.zero_stage < 3 else 1.0
 
     pool = global_batches(DATA_POOL, plan.global_batch_size, m.seq_len, m.vocab_size,
                           seed=cfg.train.seed + 1, device=engine.device)
@@ -205,7 +213,7 @@ def prepare(cfg: SuiteConfig, plan: RunPlan):
         losses = []
         for batch in batches:
             loss = poison(engine(batch))
-            engine.backward(loss)
+            engine.backward(loss * backward_scale if backward_scale != 1.0 else loss)
             engine.step()
             losses.append(loss.detach())
         return torch.stack(losses).mean()
