@@ -79,7 +79,7 @@ def test_compiled_model_trains_the_same_model(tmp_path):
     assert set(runs) == {False, True} and {r["status"] for r in runs.values()} == {"ok"}
     md = (sweep / "report" / "report.md").read_text()
     assert "2 of 2 compared runs match" in md
-    assert md.split("## Throughput")[1].split("##")[0].count("| yes ") == 1  # the compiled column
+    assert md.split("## Throughput")[1].split("\n## ")[0].count("| yes ") == 1  # the compiled column
 
 
 def test_layouts_match_under_sgd_which_shows_a_wrong_gradient_scale(tmp_path):

@@ -98,11 +98,12 @@ class SharedLauncher:
     def __init__(self, launcher: "SuiteLauncher", folder: Path) -> None:
         from submitit.core.utils import cloudpickle_dump
 
-        self.path = str(Path(folder) / "launcher.pkl")
+        import uuid
+
+        # one file per submission: jobs of an earlier one (a resumed sweep) keep their own
+        self.path = str(Path(folder) / f"launcher_{uuid.uuid4().hex[:12]}.pkl")
         Path(folder).mkdir(parents=True, exist_ok=True)
-        partial = self.path + ".part"  # jobs of an earlier submission may be reading it
-        cloudpickle_dump((launcher, Singleton.get_state()), partial)
-        Path(partial).replace(self.path)
+        cloudpickle_dump((launcher, Singleton.get_state()), self.path)
 
     def __call__(self, sweep_overrides: List[str], job_dir_key: str, job_num: int, job_id: str) -> JobReturn:
         import pickle
