@@ -88,6 +88,18 @@ def test_a_real_drop_is_a_regression_and_noise_is_not():
     assert verdicts.loc["zero1", "verdict"] == "unchanged"
 
 
+def test_a_noisy_history_cannot_hide_a_halving():
+    # two nights 60 and 140: baseline 100, |dev| 40, 40 -> noise 59.30, 3 sigmas 177.9 > baseline;
+    # capped at 0.5 x 100 = 50, so 45 is a regression and 55 is not
+    past = history([60, 140])
+    past["config_key"] = past.config_json.map(configuration_key)
+    for value, verdict in ((45.0, "regression"), (55.0, "unchanged")):
+        now = aggregate_repeats(pd.DataFrame([run(sweep_id="tonight", tokens_per_s_per_device=value)]), 0.05)
+        row = regressions(now, past, window=7, min_drop=0.05, noise_sigmas=3.0, max_allowed_drop=0.5).iloc[0]
+        assert row.noise == pytest.approx(59.304)
+        assert (row.allowed_drop, row.verdict) == (pytest.approx(50.0), verdict)
+
+
 def test_window_takes_the_latest_nights_and_improvements_count():
     past = history([50, 50, 50, 100, 100, 100])
     past["config_key"] = past.config_json.map(configuration_key)

@@ -21,12 +21,15 @@ def main(argv=None) -> int:
                         help="smallest relative drop called a regression")
     parser.add_argument("--noise-sigmas", type=float, default=defaults.noise_sigmas,
                         help="drops within this many robust standard deviations are noise")
+    parser.add_argument("--max-allowed-drop", type=float, default=defaults.max_allowed_drop,
+                        help="a relative drop beyond this is a regression however noisy the history")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.error(f"sweep_dir {args.sweep_dir} is not a folder")
     options = ReportConfig(history_dir=str(args.history) if args.history else None,
                            fail_on_regression=args.fail_on_regression, window=args.window,
-                           min_drop=args.min_drop, noise_sigmas=args.noise_sigmas)
+                           min_drop=args.min_drop, noise_sigmas=args.noise_sigmas,
+                           max_allowed_drop=args.max_allowed_drop)
     report = build_report(args.sweep_dir, options)
     print(report.summary_text)
     print(f"\nReport: {report.markdown_path}\n        {report.html_path}")

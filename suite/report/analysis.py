@@ -130,11 +130,14 @@ def model_vs_measured(configs: pd.DataFrame, bounds: List[float]) -> pd.DataFram
 
 
 def regressions(current: pd.DataFrame, history: pd.DataFrame, *, metric: str = "tokens_per_s_per_device",
-                window: int = 7, min_drop: float = 0.05, noise_sigmas: float = 3.0) -> pd.DataFrame:
+                window: int = 7, min_drop: float = 0.05, noise_sigmas: float = 3.0,
+                max_allowed_drop: float = 0.5) -> pd.DataFrame:
     """Each configuration of the current sweep against its last `window` sweeps in the history.
     Baseline = median of those sweeps' values; noise = 1.4826 x their median absolute deviation.
-    Regression: value < baseline - max(min_drop x baseline, noise_sigmas x noise); improvement
-    symmetrically. Regressions and improvements carry the environment differences against the
+    Regression: value < baseline - allowed, allowed = max(min_drop x baseline, noise_sigmas x
+    noise) capped at max(max_allowed_drop, min_drop) x baseline (a few noisy nights cannot
+    hide a halving);
+    improvement symmetrically. Regressions and improvements carry the environment differences against the
     configuration's latest baseline sweep."""
     past = history[~history.sweep_id.isin(current.sweep_id.unique())]
     if past.empty or current.empty:
@@ -151,6 +154,7 @@ def regressions(current: pd.DataFrame, history: pd.DataFrame, *, metric: str = "
     rows["value"] = rows[metric]
     rows["allowed_drop"] = (min_drop * rows.baseline).where(
         min_drop * rows.baseline >= noise_sigmas * rows.noise, noise_sigmas * rows.noise)
+    rows["allowed_drop"] = rows.allowed_drop.clip(upper=max(max_allowed_drop, min_drop) * rows.baseline)
     rows["change"] = (rows.value - rows.baseline) / rows.baseline
     rows["verdict"] = "unchanged"
     rows.loc[rows.value < rows.baseline - rows.allowed_drop, "verdict"] = "regression"

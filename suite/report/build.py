@@ -207,7 +207,8 @@ def history_sections(regress: pd.DataFrame, trend: Dict[str, pd.DataFrame]) -> L
     sections.append(Section("Regressions against history", [
         "Baseline: median of the configuration's last nights; noise: 1.4826 x their median "
         "absolute deviation. A regression is a drop below baseline - max(min_drop x baseline, "
-        "noise_sigmas x noise); an improvement likewise upwards."], [("", table)]))
+        "noise_sigmas x noise), the allowed drop capped at max_allowed_drop x baseline; an "
+        "improvement likewise upwards."], [("", table)]))
     trends = Section("History trends", ["Median tokens/s per device per sweep, one line per configuration."])
     for model, table in trend.items():
         # the configurations fastest in the latest sweep: a plot of hundreds of lines says nothing
@@ -367,7 +368,8 @@ def build_report(sweep_dir: Path, options: Optional[ReportConfig] = None) -> Rep
         whole = history.load(Path(options.history_dir), history.COLUMNS)
         ok = whole[whole.status == "ok"]
         regress = analysis.regressions(configs, ok, window=options.window, min_drop=options.min_drop,
-                                       noise_sigmas=options.noise_sigmas)
+                                       noise_sigmas=options.noise_sigmas,
+                                       max_allowed_drop=options.max_allowed_drop)
         trend = analysis.trends(ok)
 
     n_ok = int((frame.status == "ok").sum())
