@@ -117,3 +117,21 @@ def test_environment_diff_names_every_changed_field():
     assert environment_diff(before, after) == (
         'torch: 2.13.0 -> 2.14.1; hostnames: ["a"] -> ["b"]; NCCL_ALGO: Ring -> Tree; '
         "SUITE_TEST_SLOWDOWN_S: None -> 0.1")
+
+
+def test_history_loads_sweeps_of_other_suite_versions_as_one_frame(tmp_path):
+    from suite.report import history
+
+    new = pd.DataFrame([run(sweep_id="new", sweep_date="2026-11-02", tokens_per_s_per_device=v, status=s,
+                            env_nccl="2.21") for v, s in ((100.0, "ok"), (None, "error"))])
+    new["config_key"] = new.config_json.map(configuration_key)
+    # an early sweep: no config_key column (derived from config_json on load), no env_nccl
+    old = pd.DataFrame([run(sweep_id="old", sweep_date="2026-11-01", tokens_per_s_per_device=90.0)])
+    assert history.append(tmp_path, old) == 1 and history.append(tmp_path, new) == 2
+    history.append(tmp_path, new)  # the same sweep again replaces its file
+    rows = history.load(tmp_path, history.COLUMNS, ok_only=True).sort_values("sweep_id")
+    assert rows.sweep_id.tolist() == ["new", "old"] and rows.sweep_date.tolist() == ["2026-11-02", "2026-11-01"]
+    assert rows.tokens_per_s_per_device.tolist() == [100.0, 90.0]
+    assert rows.config_key.nunique() == 1  # the same configuration, whichever way its key came
+    assert rows.env_nccl.isna().tolist() == [False, True]
+    assert len(history.load(tmp_path)) == 3

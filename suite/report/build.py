@@ -365,8 +365,7 @@ def build_report(sweep_dir: Path, options: Optional[ReportConfig] = None) -> Rep
     regress, trend = pd.DataFrame(columns=analysis.REGRESSION_COLUMNS), {}
     if options.history_dir:
         history.append(Path(options.history_dir), frame)  # regressions skip the sweep's own rows
-        whole = history.load(Path(options.history_dir), history.COLUMNS)
-        ok = whole[whole.status == "ok"]
+        ok = history.load(Path(options.history_dir), history.COLUMNS, ok_only=True)
         regress = analysis.regressions(configs, ok, window=options.window, min_drop=options.min_drop,
                                        noise_sigmas=options.noise_sigmas,
                                        max_allowed_drop=options.max_allowed_drop)
