@@ -31,11 +31,18 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--configs", type=int, default=1000)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
+    # cancelled jobs that had started may still write logs while the folder is removed
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         dry = sweep(tmp, args.configs, "submit.dry_run=true")
         submitted = sweep(tmp, args.configs, "submit.wait=false")
         jobs = [json.loads(p.read_text())["job_id"] for p in Path(tmp).glob("*/*/submission.json")]
-        subprocess.run(["scancel", *sorted({j.split("_")[0] for j in jobs})], check=False)
+        arrays = sorted({j.split("_")[0] for j in jobs})
+        subprocess.run(["scancel", *arrays], check=False)
+        for _ in range(60):  # until Slurm has let go of them
+            queue = subprocess.run(["squeue", "-h", "-j", ",".join(arrays)], capture_output=True, text=True)
+            if not queue.stdout.strip():
+                break
+            time.sleep(0.5)
     figures = {"configs": args.configs, "dry_run_s": dry, "submit_and_exit_s": submitted,
                "jobs_submitted": len(jobs)}
     print(json.dumps(figures))
