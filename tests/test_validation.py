@@ -63,7 +63,7 @@ def test_every_bad_sweep_is_refused_before_submission(tmp_path):
         assert done.returncode != 0, overrides
         assert named in done.stdout + done.stderr, (overrides, (done.stdout + done.stderr)[-1500:])
     assert not list(tmp_path.glob("*/*/*/submission.json")) and not list(tmp_path.glob("*/*/*/result.json"))
-    assert set(sacct_jobs()) == before
+    assert not set(sacct_jobs()) - before  # no job was submitted (earlier tests' jobs may still change)
 
 
 def test_refusal_lists_every_invalid_point(tmp_path):
