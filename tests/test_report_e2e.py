@@ -41,8 +41,10 @@ def test_strong_scaling_that_cannot_divide_the_batch_is_an_invalid_record(tmp_pa
 
 
 def _report(sweep, history, *extra):
+    # two identical nights of 5 timed steps differed by 2.6x once on this 2-core machine: only a
+    # drop beyond 70% counts here (the slowed night drops ~95%)
     return subprocess.run([sys.executable, "-m", "suite.report", str(sweep), "--history", str(history),
-                           "--min-drop", "0.5", *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           "--min-drop", "0.7", *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 def test_history_catches_a_slowed_night_and_says_what_changed(tmp_path):
