@@ -417,8 +417,8 @@ class ReportConfig:
     min_drop: float = 0.05
     #: ... and beyond this many robust standard deviations (1.4826 x MAD) of the history
     noise_sigmas: float = 3.0
-    #: ... but a drop beyond this fraction is a regression however noisy the history (a MAD of
-    #: two or three nights can exceed the baseline itself)
+    #: ... but a drop beyond this fraction (or min_drop, if larger) is a regression however
+    #: noisy the history (a MAD of two or three nights can exceed the baseline itself)
     max_allowed_drop: float = 0.5
     #: repeats whose coefficient of variation exceeds this are flagged as too noisy to compare
     max_cv: float = 0.05

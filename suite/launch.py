@@ -83,31 +83,6 @@ def _main_error(own_status: str, own: str, others: Dict[int, dict]) -> tuple[str
     return own_status, f"rank 0: {own}"
 
 
-def deepspeed_estimate(cfg, plan) -> Optional[int]:
-    """DeepSpeed's own per-GPU model-state estimate (stages 2 and 3; it assumes mixed-precision
-    Adam), or None where it has none."""
-    from suite.metrics import gpt_param_count
-
-    m = cfg.model
-    total = gpt_param_count(m.n_layers, m.d_model, m.seq_len, m.vocab_size)["total"]
-    stage = cfg.strategy.zero_stage
-    if stage == 2 and plan.tensor_parallel == plan.pipeline_parallel == 1:
-        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-
-        return int(estimate_zero2_model_states_mem_needs(
-            total, plan.ranks_per_node, plan.nodes, cpu_offload=cfg.strategy.offload_optimizer,
-            additional_buffer_factor=1.0)[1])
-    if stage == 3 and plan.tensor_parallel == plan.pipeline_parallel == 1:
-        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-
-        largest = max(m.vocab_size * m.d_model, 12 * m.d_model ** 2)
-        return int(estimate_zero3_model_states_mem_needs(
-            total, largest, plan.ranks_per_node, plan.nodes,
-            cpu_offload=cfg.strategy.offload_optimizer, cpu_offload_params=cfg.strategy.offload_params,
-            zero_init=True, additional_buffer_factor=1.0)[1])
-    return None
-
-
 class Watchdog:
     """Ends a run in which no training step completes for `timeout_s` seconds (a hang: a rank
     stuck in a collective or a kernel); `on_hang(step)` runs first (rank 0 records `hang`)."""
@@ -133,27 +108,6 @@ class Watchdog:
 
         threading.Thread(target=watch, name="suite-watchdog", daemon=True).start()
         return self
-
-
-def micro_benchmark(cfg, plan) -> Dict[str, Any]:
-    """The ceilings: GEMM TFLOP/s per dtype and size, or collective bandwidth per op and size."""
-    import torch
-    from deepspeed.accelerator import get_accelerator
-    from suite.workload import micro
-
-    w = cfg.workload
-    device = torch.device(get_accelerator().current_device_name())
-    if w.name == "gemm":
-        rows = micro.gemm_ceiling(w.gemm_sizes, w.gemm_dtypes, w.warmup, w.iters, device)
-        return {"gemm": rows, "gemm_ceiling_tflops": {d: max(r["tflops"] for r in rows if r["dtype"] == d)
-                                                      for d in w.gemm_dtypes}}
-    sizes = list(w.message_bytes)
-    if w.include_bucket_sizes:  # what the strategy's buckets move
-        width = 4 if plan.precision == "fp32" else 2
-        sizes += [cfg.strategy.reduce_bucket_size * width, cfg.strategy.allgather_bucket_size * width]
-    rows = micro.collective_bandwidth(w.collectives, sorted(set(sizes)), w.warmup, w.iters, device)
-    return {"collectives": rows, "busbw_peak_gbps": {op: max(r["busbw_gbps"] for r in rows if r["op"] == op)
-                                                     for op in w.collectives}}
 
 
 def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str, Any]]:
@@ -199,7 +153,9 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
                                    timeout=datetime.timedelta(seconds=typed.cluster.init_timeout_s))
         watchdog = Watchdog(typed.train.step_timeout_s, on_hang).start()
         if typed.workload.name != "gpt":
-            ceilings = micro_benchmark(typed, plan)
+            from suite.workload.micro import run_micro_benchmark
+
+            ceilings = run_micro_benchmark(typed, plan)
             return write("ok", None, ceilings, {}) if rank == 0 else None
         measured = run_training(typed, plan, beat=watchdog.beat)
         status, error = results.status_of_losses(measured.losses)
@@ -216,13 +172,15 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
         run_metrics["loss_per_step"] = measured.losses  # warm-up included; the parity check reads it
         run_metrics["memory_capacity_bytes"] = measured.memory_capacity_bytes
         run_metrics["comm_bytes_per_step"] = measured.comm_bytes_per_step
+        run_metrics["compiled_graphs"] = measured.compiled_graphs
+        run_metrics["graph_breaks"] = measured.graph_breaks
         run_metrics.update(metrics.model_state_memory(
             n_params=results.record_axes(typed, plan)["n_params"], precision=plan.precision,
             optimizer=typed.optimizer.name, zero_stage=typed.strategy.zero_stage,
             dp=plan.sharding_size, model_parallel=plan.tensor_parallel * plan.pipeline_parallel,
             offload_optimizer=typed.strategy.offload_optimizer,
             offload_params=typed.strategy.offload_params))
-        run_metrics["deepspeed_estimate_bytes"] = deepspeed_estimate(typed, plan)
+        run_metrics["deepspeed_estimate_bytes"] = metrics.deepspeed_estimate(typed, plan)
     except Exception as exc:  # every failure becomes a record
         status = results.classify_exception(exc)
         message = f"{type(exc).__name__}: {exc}"

@@ -213,3 +213,24 @@ def bus_bandwidth(op: str, algbw: float, world: int) -> float:
     factor = {"all_reduce": 2.0 * (world - 1) / world, "all_gather": (world - 1) / world,
               "reduce_scatter": (world - 1) / world}[op]
     return algbw * factor
+
+
+def deepspeed_estimate(cfg, plan) -> Optional[int]:
+    """DeepSpeed's own per-GPU model-state estimate (its estimators for stages 2 and 3, which
+    assume mixed-precision Adam and data parallel only), or None where it has none."""
+    m, s = cfg.model, cfg.strategy
+    if s.zero_stage not in (2, 3) or plan.tensor_parallel * plan.pipeline_parallel > 1:
+        return None
+    total = gpt_param_count(m.n_layers, m.d_model, m.seq_len, m.vocab_size)["total"]
+    if s.zero_stage == 2:
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+        return int(estimate_zero2_model_states_mem_needs(
+            total, plan.ranks_per_node, plan.nodes, cpu_offload=s.offload_optimizer,
+            additional_buffer_factor=1.0)[1])
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+    largest = max(m.vocab_size * m.d_model, 12 * m.d_model ** 2)
+    return int(estimate_zero3_model_states_mem_needs(
+        total, largest, plan.ranks_per_node, plan.nodes, cpu_offload=s.offload_optimizer,
+        cpu_offload_params=s.offload_params, zero_init=True, additional_buffer_factor=1.0)[1])

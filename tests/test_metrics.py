@@ -121,3 +121,20 @@ def test_gemm_and_bus_bandwidth_formulas():
     assert bus_bandwidth("all_gather", 100.0, 8) == pytest.approx(87.5)
     assert bus_bandwidth("reduce_scatter", 100.0, 4) == pytest.approx(75.0)
     assert bus_bandwidth("all_reduce", 100.0, 2) == pytest.approx(100.0)
+
+
+def test_deepspeed_estimate_is_asked_with_the_run_layout(compose_cfg):
+    from suite.metrics import deepspeed_estimate
+    from suite.plan import plan_run, to_object
+
+    def estimate(*overrides):
+        cfg = compose_cfg(*overrides)
+        return deepspeed_estimate(to_object(cfg), plan_run(cfg, 0))
+
+    # tiny GPT, 169,728 parameters, 2 ranks on one node. DeepSpeed's ZeRO-2 formula (mixed-
+    # precision Adam): 2 bytes x params + 18 bytes x params / GPUs = 339,456 + 1,527,552
+    assert estimate("strategy=zero2") == 339_456 + 1_527_552
+    # with the optimizer offloaded only the 16-bit parameters stay on the device
+    assert estimate("strategy=zero2_offload") == 339_456
+    # stages 0-1 and model-parallel layouts: DeepSpeed has no estimator for them
+    assert estimate("strategy=zero1") is None and estimate("strategy=tp2_zero2") is None

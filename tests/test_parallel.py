@@ -77,6 +77,9 @@ def test_compiled_model_trains_the_same_model(tmp_path):
     [sweep] = sweep_dirs(tmp_path)
     runs = {r["compile"]: r for r in records(sweep)}
     assert set(runs) == {False, True} and {r["status"] for r in runs.values()} == {"ok"}
+    # Dynamo really built the model's graph (whole: no breaks); nothing without the switch
+    assert (runs[True]["metrics"]["compiled_graphs"], runs[True]["metrics"]["graph_breaks"]) == (1, 0)
+    assert runs[False]["metrics"]["compiled_graphs"] is None
     md = (sweep / "report" / "report.md").read_text()
     assert "2 of 2 compared runs match" in md
     assert md.split("## Throughput")[1].split("\n## ")[0].count("| yes ") == 1  # the compiled column

@@ -21,7 +21,7 @@ METRICS = ["tokens_per_s", "tokens_per_s_per_device", "samples_per_s", "step_tim
            "tflops_per_device", "hw_tflops_per_device", "mfu", "hfu", "peak_tflops_per_device",
            "peak_memory_bytes", "peak_memory_reserved_bytes", "loss_first", "loss_last",
            "loss_all_finite", "init_s", "memory_capacity_bytes", "model_state_bytes_predicted",
-           "deepspeed_estimate_bytes", "comm_bytes_per_step_predicted"]
+           "deepspeed_estimate_bytes", "comm_bytes_per_step_predicted", "compiled_graphs", "graph_breaks"]
 # loss_per_step and comm_bytes_per_step are lists/maps: kept as JSON text columns
 ENV = ["python", "torch", "deepspeed", "cuda", "nccl", "driver", "device_name", "device_count",
        "hostname", "hostnames", "slurm_job_id", "git_revision", "variables"]

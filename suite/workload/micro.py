@@ -69,3 +69,21 @@ def collective_bandwidth(ops: List[str], sizes_bytes: List[int], warmup: int, it
                          "algbw_gbps": nbytes / seconds / 1e9,
                          "busbw_gbps": bus_bandwidth(op, nbytes / seconds, world) / 1e9})
     return rows
+
+
+def run_micro_benchmark(cfg, plan) -> Dict:
+    """The run's micro-benchmark (workload=gemm or workload=allreduce) as record metrics: the
+    rows, and the ceiling per dtype or the peak bus bandwidth per collective."""
+    w = cfg.workload
+    device = torch.device(get_accelerator().current_device_name())
+    if w.name == "gemm":
+        rows = gemm_ceiling(w.gemm_sizes, w.gemm_dtypes, w.warmup, w.iters, device)
+        return {"gemm": rows, "gemm_ceiling_tflops": {d: max(r["tflops"] for r in rows if r["dtype"] == d)
+                                                      for d in w.gemm_dtypes}}
+    sizes = list(w.message_bytes)
+    if w.include_bucket_sizes:  # what the strategy's buckets move
+        width = 4 if plan.precision == "fp32" else 2
+        sizes += [cfg.strategy.reduce_bucket_size * width, cfg.strategy.allgather_bucket_size * width]
+    rows = collective_bandwidth(w.collectives, sorted(set(sizes)), w.warmup, w.iters, device)
+    return {"collectives": rows, "busbw_peak_gbps": {op: max(r["busbw_gbps"] for r in rows if r["op"] == op)
+                                                     for op in w.collectives}}

@@ -36,6 +36,8 @@ class Measurements:
     device_name: Optional[str] = None
     memory_capacity_bytes: Optional[int] = None               # per device (CPU: RAM / local ranks)
     comm_bytes_per_step: Optional[dict] = None                # op -> bytes (profile_comms)
+    compiled_graphs: Optional[int] = None                     # train.compile: graphs Dynamo built
+    graph_breaks: Optional[int] = None                        # ... and where it had to break
 
 
 def _reset_peak_memory(accelerator: str) -> None:
@@ -121,7 +123,6 @@ def _sequence_parallel_state(plan: RunPlan):
         return None
     import deepspeed.runtime.sequence_parallel.parallel_state_sp as sp_state
 
-    sp_state._release_sequence_parallel_groups()  # a second run in the same process
     sp_state.initialize_sequence_parallel(plan.sequence_parallel)
     return sp_state
 
@@ -148,7 +149,7 @@ def _build(cfg: SuiteConfig, plan: RunPlan, poison: _Poison, sp_state):
 
 
 def _data_parallel_rank(engine, plan: RunPlan, rank: int) -> int:
-    if plan.sequence_parallel > 1:  # parallel_state_sp: a replica's ranks are consecutive
+    if plan.sequence_parallel > 1:  # parallel_state_sp groups consecutive ranks into a replica
         return rank // plan.sequence_parallel
     if plan.pipeline_parallel > 1:
         return engine.grid.get_data_parallel_rank()
@@ -173,7 +174,8 @@ def prepare(cfg: SuiteConfig, plan: RunPlan):
         engine.compile()  # inductor; the graph is built in the first (untimed) warm-up step
     m = cfg.model
     dp_rank = _data_parallel_rank(engine, plan, rank)
-    sp_rank, sp = rank % plan.sequence_parallel, plan.sequence_parallel
+    sp = plan.sequence_parallel
+    sp_rank = sp_state.get_sequence_parallel_rank() if sp > 1 else 0
 
     def share(batch: torch.Tensor, i: int) -> torch.Tensor:
         """This rank's part of micro-batch i: its replica's samples, its slice of the sequence."""
@@ -272,4 +274,9 @@ def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None) -> Mea
     out.peak_memory_reserved_bytes = int(memory_t[1].item()) if reserved is not None else None
     if cfg.train.profile_comms:
         out.comm_bytes_per_step = _comm_bytes_per_step(total)
+    if cfg.train.compile:  # evidence that compilation happened, and how whole the graph is
+        from torch._dynamo.utils import counters
+
+        out.compiled_graphs = int(counters["stats"]["unique_graphs"])
+        out.graph_breaks = int(sum(counters["graph_break"].values()))
     return out
