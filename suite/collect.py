@@ -1,6 +1,7 @@
-"""Reconciliation with Slurm: a run that was submitted but left no result.json gets a record
-whose status comes from Slurm's accounting (sacct). Used by the launcher once a job ends and
-by `python -m suite.report` after a submit-and-exit sweep."""
+"""Slurm's commands besides submission: reconciliation (a run that was submitted but left no
+result.json gets a record whose status comes from Slurm's accounting, sacct; used by the
+launcher once a job ends and by `python -m suite.report` after a submit-and-exit sweep), and
+sbatch --test-only, which says whether Slurm would take a batch script at all."""
 from __future__ import annotations
 
 import json
@@ -77,6 +78,18 @@ def sacct_states(job_ids: List[str]) -> Dict[str, SlurmJobState]:
         raise RuntimeError(f"sacct failed: {out.stderr.strip()}")
     states = parse_sacct(out.stdout)
     return {j: states[j] for j in job_ids if j in states}
+
+
+def sbatch_refusal(script: str) -> Optional[str]:
+    """Why sbatch would refuse this batch script (its own words), or None if it would take it.
+    --test-only validates the request against the cluster and submits nothing."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="suite-test-only-") as f:
+        f.write(script)
+        f.flush()
+        out = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=60)
+    return None if out.returncode == 0 else (out.stderr.strip() or out.stdout.strip() or f"exit {out.returncode}")
 
 
 @dataclass

@@ -126,6 +126,7 @@ class StrategyConfig:
 
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adagrad", "lamb")
 SCHEDULERS = ("none", "warmup", "warmup_decay")
+ADAM_IMPLEMENTATIONS = ("auto", "torch", "torch_fused", "deepspeed")
 
 
 @dataclass
@@ -140,9 +141,11 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     #: SGD momentum (0 for plain SGD)
     momentum: float = 0.0
-    #: Adam family: DeepSpeed's fused kernel (true), torch's (false), or null = fused only
-    #: where a GPU is (the fused op is a C++ build on the CPU that buys nothing there)
-    fused: Optional[bool] = None
+    #: Adam/AdamW implementation: torch, torch_fused (torch's one-kernel AdamW), deepspeed
+    #: (DeepSpeed's FusedAdam, or its CPU-Adam under ZeRO-Offload: ops compiled on first use,
+    #: which needs nvcc and the CUDA headers on GPU nodes), or auto = torch_fused on GPUs
+    #: (deepspeed under offload, as ZeRO-Offload is meant to run), torch on CPUs
+    implementation: str = "auto"
     #: learning-rate schedule: none, warmup (linear to lr) or warmup_decay (then linear to 0)
     scheduler: str = "warmup"
     #: scheduler warm-up length in optimizer steps
@@ -154,6 +157,7 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         _choice("optimizer.name", self.name, OPTIMIZERS)
         _choice("optimizer.scheduler", self.scheduler, SCHEDULERS)
+        _choice("optimizer.implementation", self.implementation, ADAM_IMPLEMENTATIONS)
         _positive("optimizer.lr", self.lr)
         _positive("optimizer.eps", self.eps)
         _positive("optimizer.weight_decay", self.weight_decay, allow_zero=True)
@@ -201,14 +205,16 @@ class ClusterConfig:
     gpus_per_node: Optional[int] = None
     #: ranks per node on a machine without GPUs (gloo on the CPU)
     cpu_ranks: int = 2
-    #: cpu, cuda, or auto = cuda where the submitting machine sees a GPU, else cpu
+    #: cpu, cuda, or auto = cuda where this machine sees a GPU, else cpu (local runs only: a
+    #: Slurm sweep must say, since the login node's hardware says nothing of the compute nodes')
     accelerator: str = "auto"
     #: ask the scheduler for GPUs (null = where the accelerator is cuda); the local test
     #: cluster declares fake GPUs, so its runs ask for them while training on the CPU
     request_gpus: Optional[bool] = None
     #: wall-clock limit of one run, minutes (Slurm's --time)
     timeout_min: int = 20
-    #: seconds the ranks wait for each other at start-up (torch.distributed's timeout)
+    #: seconds the ranks wait for each other at start-up; a rank missing then ends the run as
+    #: an error (the suite's watchdog; collectives get a longer timeout, see docs)
     init_timeout_s: int = 300
     #: environment variables set in every rank before torch.distributed starts (NCCL_*, ...)
     env: Dict[str, str] = field(default_factory=dict)
@@ -219,10 +225,12 @@ class ClusterConfig:
     constraint: Optional[str] = None
     #: Slurm: --exclusive (no other job on the nodes; what a benchmark wants on a real cluster)
     exclusive: bool = False
-    #: Slurm: --mem in GB per node (null = the site's default)
-    mem_gb: Optional[int] = None
-    #: Slurm: --cpus-per-task (null = the site's default)
-    cpus_per_task: Optional[int] = None
+    #: Slurm: --mem in GB per node; 0 = all of the node's memory (each rank builds its model
+    #: in host memory first, which a site's small default per CPU may not hold)
+    mem_gb: int = 0
+    #: Slurm: CPU cores per rank (--cpus-per-task, passed to srun too: Slurm 22.05+ does not
+    #: hand sbatch's value on, and a rank would get one core); also the rank's thread count
+    cpus_per_task: int = 8
     #: Slurm: shell lines run in the batch script before srun (module loads, exports)
     setup: List[str] = field(default_factory=list)
     #: Slurm: any other sbatch option, e.g. {reservation: bench, mail-type: FAIL}
@@ -244,7 +252,7 @@ class ClusterConfig:
         _positive("cluster.cpu_ranks", self.cpu_ranks)
         _positive("cluster.timeout_min", self.timeout_min)
         _positive("cluster.init_timeout_s", self.init_timeout_s)
-        _positive("cluster.mem_gb", self.mem_gb)
+        _positive("cluster.mem_gb", self.mem_gb, allow_zero=True)
         _positive("cluster.cpus_per_task", self.cpus_per_task)
         _positive("cluster.array_parallelism", self.array_parallelism)
         _positive("cluster.signal_delay_s", self.signal_delay_s, allow_zero=True)
@@ -252,6 +260,13 @@ class ClusterConfig:
         if self.scheduler == "local" and self.nodes != 1:
             raise ConfigError(f"cluster.nodes={self.nodes} needs cluster.scheduler=slurm; "
                               "a local run has 1 node")
+        if self.scheduler == "slurm" and self.accelerator == "auto":
+            raise ConfigError("cluster.accelerator=auto with cluster.scheduler=slurm: the machine "
+                              "that submits cannot tell what the compute nodes have; set "
+                              "cluster.accelerator=cuda (with cluster.gpus_per_node) or cpu")
+        if self.scheduler == "slurm" and self.accelerator == "cuda" and self.gpus_per_node is None:
+            raise ConfigError("cluster.gpus_per_node must be set for a Slurm GPU sweep "
+                              "(cluster.accelerator=cuda): ranks per node = GPUs per node")
 
 
 FAULTS = ("none", "raise", "nan", "oom", "kill", "hang")
@@ -355,6 +370,15 @@ class WorkloadConfig:
             _choice("workload.collectives[]", op, COLLECTIVES)
         for name in ("warmup", "iters"):
             _positive(f"workload.{name}", getattr(self, name), allow_zero=name == "warmup")
+        for name in ("gemm_sizes", "gemm_dtypes", "collectives", "message_bytes"):
+            if not getattr(self, name):
+                raise ConfigError(f"workload.{name} is empty; give at least one value")
+        for i, n in enumerate(self.gemm_sizes):
+            if n < 1:
+                raise ConfigError(f"workload.gemm_sizes[{i}]={n} must be >= 1 (n of an n x n matrix)")
+        for i, size in enumerate(self.message_bytes):
+            if size < 4:
+                raise ConfigError(f"workload.message_bytes[{i}]={size} must be >= 4 (one fp32 element)")
 
 
 @dataclass

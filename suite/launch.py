@@ -14,9 +14,7 @@ from typing import Any, Dict, Optional
 from omegaconf import DictConfig
 
 from suite import metrics, plan as planning, results
-
-# Messages of a rank whose peer died: the peer's own error is the one worth reporting.
-_PEER_FAILURE_HINTS = ("connection closed", "connection reset", "broken pipe", "peer")
+from suite.workload import device  # imports nothing heavy: deepspeed comes after _prepare_process
 
 
 def distributed_env() -> Dict[str, Any]:
@@ -37,59 +35,55 @@ def distributed_env() -> Dict[str, Any]:
             "job_id": job.job_id}
 
 
-def _prepare_process(accelerator: str, local_world_size: int, extra_env: Dict[str, str]) -> None:
+def _prepare_process(plan: planning.RunPlan, local_world_size: int, extra_env: Dict[str, str]) -> None:
+    """Before `import deepspeed` (it picks its accelerator on import): the plan's accelerator,
+    the site's variables, and a thread count that does not oversubscribe the cores."""
     os.environ.update({k: str(v) for k, v in extra_env.items()})
-    if accelerator == "cpu":
-        # Before `import deepspeed`: it picks its accelerator (and gloo) on import.
-        os.environ["DS_ACCELERATOR"] = "cpu"
-        threads = max(1, (os.cpu_count() or 1) // local_world_size)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        import torch
+    os.environ.update(device.accelerator_environment(plan.accelerator))
+    threads = device.threads_per_rank(local_world_size, os.environ.get("SLURM_CPUS_PER_TASK"), os.cpu_count())
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
 
-        torch.set_num_threads(threads)  # ranks x threads > cores ran 3-4x slower (FACTS.md)
+    torch.set_num_threads(threads)
 
 
-def _rank_error_file(run_dir: Path, rank: int) -> Path:
-    return run_dir / f".rank{rank}.error"
+def _shipped_plan(run_dir: Path, typed: Any) -> planning.RunPlan:
+    """The plan the launcher made and the dry run showed (submission.json), not a new one: a
+    rank's view of the hardware or of its environment must not change what runs."""
+    path = run_dir / results.SUBMISSION_FILE
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: runs are started by the suite's launcher, which "
+                           "plans them (python -m suite.sweep -m ...)")
+    submission = json.loads(path.read_text())
+    plan = planning.RunPlan.from_dict(submission["plan"])
+    if results.config_hash(results.run_config(typed, plan)) != submission["config_hash"]:
+        raise RuntimeError("the rank composed another configuration than the launcher planned "
+                           f"(config hash differs from {path}): the sweep's config files changed "
+                           "after submission?")
+    return plan
 
 
-def _collect_rank_errors(run_dir: Path, world_size: int, wait_s: float = 3.0) -> Dict[int, dict]:
-    """{rank: {status, message}} that other ranks left behind (they exit at once so that no
-    rank hangs)."""
-    deadline = time.monotonic() + wait_s
-    errors: Dict[int, dict] = {}
-    while True:
-        for rank in range(1, world_size):
-            path = _rank_error_file(run_dir, rank)
-            if rank not in errors and path.exists():
-                try:
-                    errors[rank] = json.loads(path.read_text())
-                except json.JSONDecodeError:  # being written; next round
-                    pass
-        if len(errors) == world_size - 1 or time.monotonic() > deadline:
-            return errors
-        time.sleep(0.1)
-
-
-def _peer_failed(message: str) -> bool:
-    return any(h in message.lower() for h in _PEER_FAILURE_HINTS)
-
-
-def _main_error(own_status: str, own: str, others: Dict[int, dict]) -> tuple[str, str]:
-    """(status, error) of the run: rank 0's own, unless rank 0 only saw a peer fail."""
-    if others and _peer_failed(own):
-        rank, error = min(others.items())
-        return error["status"], f"rank {rank}: {error['message']}"
-    return own_status, f"rank 0: {own}"
+def _write_rank_error(run_dir: Path, rank: int, status: str, message: str) -> None:
+    path = results.rank_error_file(run_dir, rank)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"status": status, "message": message, "time": time.time()}))
+    os.replace(tmp, path)
 
 
 class Watchdog:
-    """Ends a run in which no training step completes for `timeout_s` seconds (a hang: a rank
-    stuck in a collective or a kernel); `on_hang(step)` runs first (rank 0 records `hang`)."""
+    """Ends a run that stops making progress: no rendezvous within `cluster.init_timeout_s`, or
+    no training step within `train.step_timeout_s` (a rank stuck in a collective or a kernel).
+    `on_hang(phase, step)` runs first, so rank 0 writes the record. It is the suite's only
+    time-out: the process group's own is set longer (plan.collective_timeout_s), so NCCL's
+    watchdog cannot kill a stuck rank before the record says what happened."""
 
-    def __init__(self, timeout_s: float, on_hang) -> None:
-        self.timeout_s, self.on_hang = timeout_s, on_hang
+    def __init__(self, on_hang) -> None:
+        self.on_hang = on_hang
         self.last, self.step = time.monotonic(), -1
+        self.phase, self.timeout_s = "rendezvous", float("inf")
+
+    def expect(self, phase: str, timeout_s: float) -> None:
+        self.phase, self.timeout_s, self.last = phase, timeout_s, time.monotonic()
 
     def beat(self, step: int) -> None:
         self.last, self.step = time.monotonic(), step
@@ -102,7 +96,7 @@ class Watchdog:
                 time.sleep(min(1.0, self.timeout_s / 10))
                 if time.monotonic() - self.last > self.timeout_s:
                     try:
-                        self.on_hang(self.step)
+                        self.on_hang(self.phase, self.step)
                     finally:
                         os._exit(1)
 
@@ -116,17 +110,15 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
     dist = distributed_env()
     rank, world = dist["rank"], dist["world_size"]
     typed = planning.to_object(cfg)
-    import torch
-
-    plan = planning.plan_run(typed, local_gpus=torch.cuda.device_count())
+    plan = _shipped_plan(run_dir, typed)
     resolved = results.run_config(typed, plan)
     if plan.world_size != world:
         raise RuntimeError(f"the job has {world} tasks but the plan wants world size "
                            f"{plan.world_size}: the launcher and the plan disagree")
-    _prepare_process(plan.accelerator, dist["local_world_size"], typed.cluster.env)
+    _prepare_process(plan, dist["local_world_size"], typed.cluster.env)
 
     def write(status: str, error: Optional[str], run_metrics: Dict[str, Any],
-              rank_errors: Dict[int, str]) -> Dict[str, Any]:
+              rank_errors: Dict[int, dict]) -> Dict[str, Any]:
         env = results.capture_environment(dist["hostnames"])
         record = results.make_record(
             run_id=f"{sweep_id}/{run_dir.name}", sweep_id=sweep_id, status=status, error=error,
@@ -137,50 +129,46 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
         results.write_record(run_dir, record)
         return record
 
-    def on_hang(step: int) -> None:
-        if rank == 0:
+    def on_hang(phase: str, step: int) -> None:
+        if rank != 0:
+            return
+        others = results.read_rank_errors(run_dir)
+        cause = results.root_cause(others)
+        if cause is not None:  # a rank failed and rank 0 waits for it in a collective
+            write(cause[1]["status"], f"rank {cause[0]}: {cause[1]['message']}", {}, others)
+        elif phase == "rendezvous":
+            write("error", f"not every rank arrived within cluster.init_timeout_s="
+                           f"{typed.cluster.init_timeout_s} s (rendezvous at "
+                           f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')})", {}, {})
+        else:
             write("hang", f"no training step completed within train.step_timeout_s="
                           f"{typed.train.step_timeout_s:g} s (last completed step: {step}); "
                           "the watchdog ended the run", {}, {})
 
     status, error, run_metrics, rank_errors = "ok", None, {}, {}
+    watchdog = Watchdog(on_hang)
     try:
         import deepspeed
-        from suite.workload.train import run_training
 
-        # a peer that never arrives is an error record, not a hang (the watchdog starts later)
-        deepspeed.init_distributed(auto_mpi_discovery=False,
-                                   timeout=datetime.timedelta(seconds=typed.cluster.init_timeout_s))
-        watchdog = Watchdog(typed.train.step_timeout_s, on_hang).start()
+        device.check_hardware(plan.accelerator, device.deepspeed_accelerator(), dist["local_rank"],
+                              device.visible_gpus())
+        device.check_compiled_ops(plan.compiled_ops, plan.accelerator)
+        device.select_device(plan.accelerator, dist["local_rank"])  # before NCCL starts
+        watchdog.expect("rendezvous", typed.cluster.init_timeout_s)
+        watchdog.start()
+        deepspeed.init_distributed(auto_mpi_discovery=False, timeout=datetime.timedelta(
+            seconds=planning.collective_timeout_s(typed.cluster.init_timeout_s, typed.train.step_timeout_s)))
+        watchdog.expect("steps", typed.train.step_timeout_s)
         if typed.workload.name != "gpt":
             from suite.workload.micro import run_micro_benchmark
 
             ceilings = run_micro_benchmark(typed, plan)
             return write("ok", None, ceilings, {}) if rank == 0 else None
+        from suite.workload.train import run_training
+
         measured = run_training(typed, plan, beat=watchdog.beat)
         status, error = results.status_of_losses(measured.losses)
-        run_metrics = metrics.run_metrics(
-            n_layers=typed.model.n_layers, d_model=typed.model.d_model,
-            n_heads=typed.model.n_heads, seq_len=typed.model.seq_len,
-            vocab_size=typed.model.vocab_size, world_size=plan.world_size,
-            global_batch_size=plan.global_batch_size, step_times_s=measured.step_times_s,
-            losses=measured.losses, peak_memory_bytes=measured.peak_memory_bytes,
-            peak_memory_reserved_bytes=measured.peak_memory_reserved_bytes,
-            device_name=measured.device_name, dtype=plan.precision,
-            recompute=typed.train.activation_checkpointing != "none")
-        run_metrics["init_s"] = measured.init_s
-        run_metrics["loss_per_step"] = measured.losses  # warm-up included; the parity check reads it
-        run_metrics["memory_capacity_bytes"] = measured.memory_capacity_bytes
-        run_metrics["comm_bytes_per_step"] = measured.comm_bytes_per_step
-        run_metrics["compiled_graphs"] = measured.compiled_graphs
-        run_metrics["graph_breaks"] = measured.graph_breaks
-        run_metrics.update(metrics.model_state_memory(
-            n_params=results.record_axes(typed, plan)["n_params"], precision=plan.precision,
-            optimizer=typed.optimizer.name, zero_stage=typed.strategy.zero_stage,
-            dp=plan.sharding_size, model_parallel=plan.tensor_parallel * plan.pipeline_parallel,
-            offload_optimizer=typed.strategy.offload_optimizer,
-            offload_params=typed.strategy.offload_params))
-        run_metrics["deepspeed_estimate_bytes"] = metrics.deepspeed_estimate(typed, plan)
+        run_metrics = _training_metrics(typed, plan, measured)
     except Exception as exc:  # every failure becomes a record
         status = results.classify_exception(exc)
         message = f"{type(exc).__name__}: {exc}"
@@ -188,18 +176,57 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
             message = (f"reached the time limit (cluster.timeout_min={typed.cluster.timeout_min}): "
                        f"Slurm signalled {typed.cluster.signal_delay_s} s before it ({message})")
         if rank != 0:
-            path = _rank_error_file(run_dir, rank)
-            path.with_suffix(".tmp").write_text(json.dumps({"status": status, "message": message}))
-            os.replace(path.with_suffix(".tmp"), path)
+            _write_rank_error(run_dir, rank, status, message)
             traceback.print_exc()
             os._exit(1)  # leave now, so rank 0 (maybe blocked in a collective) is released
         traceback.print_exc()
-        rank_errors = _collect_rank_errors(run_dir, world)
-        status, error = _main_error(status, message, rank_errors)
-        if not rank_errors and _peer_failed(message):
+        own = {"status": status, "message": message, "time": time.time()}
+        rank_errors = _wait_for_rank_errors(run_dir, world)
+        cause_rank, cause = results.root_cause({**rank_errors, 0: own})
+        status, error = cause["status"], f"rank {cause_rank}: {cause['message']}"
+        if not rank_errors and results.is_peer_failure(message):
             # a peer vanished without a word: killed by a signal (or the OOM killer)
             status = "killed"
             error = f"a rank ended without an error message (killed by a signal?); rank 0 saw: {message}"
     if rank != 0:
         return None
     return write(status, error, run_metrics, rank_errors)
+
+
+def _wait_for_rank_errors(run_dir: Path, world_size: int, wait_s: float = 3.0) -> Dict[int, dict]:
+    """The error files other ranks left (they exit at once, so that no rank hangs): wait a
+    little for every rank's, as a failing peer may still be writing."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        errors = results.read_rank_errors(run_dir)
+        if len(errors) >= world_size - 1 or time.monotonic() > deadline:
+            return errors
+        time.sleep(0.1)
+
+
+def _training_metrics(typed: Any, plan: planning.RunPlan, measured: Any) -> Dict[str, Any]:
+    """Every metric of a training run from its raw measurements (formulas in suite.metrics)."""
+    m, s = typed.model, typed.strategy
+    run_metrics = metrics.run_metrics(
+        n_layers=m.n_layers, d_model=m.d_model, n_heads=m.n_heads, seq_len=m.seq_len,
+        vocab_size=m.vocab_size, world_size=plan.world_size,
+        global_batch_size=plan.global_batch_size, step_times_s=measured.step_times_s,
+        losses=measured.losses, peak_memory_bytes=measured.peak_memory_bytes,
+        peak_memory_reserved_bytes=measured.peak_memory_reserved_bytes,
+        device_name=measured.device_name, dtype=plan.precision,
+        recompute=typed.train.activation_checkpointing != "none")
+    run_metrics.update(metrics.energy_metrics(measured.telemetry, tokens=run_metrics["tokens_per_s"]
+                                              * sum(measured.step_times_s)))
+    run_metrics["init_s"] = measured.init_s
+    run_metrics["loss_per_step"] = measured.losses  # warm-up included; the parity check reads it
+    run_metrics["memory_capacity_bytes"] = measured.memory_capacity_bytes
+    run_metrics["comm_bytes_per_step"] = measured.comm_bytes_per_step
+    run_metrics["compiled_graphs"] = measured.compiled_graphs
+    run_metrics["graph_breaks"] = measured.graph_breaks
+    run_metrics.update(metrics.model_state_memory(
+        n_params=results.record_axes(typed, plan)["n_params"], precision=plan.precision,
+        optimizer=typed.optimizer.name, zero_stage=s.zero_stage, dp=plan.sharding_size,
+        model_parallel=plan.tensor_parallel * plan.pipeline_parallel,
+        offload_optimizer=s.offload_optimizer, offload_params=s.offload_params))
+    run_metrics["deepspeed_estimate_bytes"] = metrics.deepspeed_estimate(typed, plan)
+    return run_metrics

@@ -7,40 +7,81 @@ import math
 import statistics
 from typing import Dict, Optional, Sequence
 
-# Dense (non-sparse) datasheet peaks in TFLOP/s per device. fp32 is the plain (non-tensor-core)
-# rate: PyTorch does not use TF32 for matmuls unless asked. None = not published/known to us.
-# (device key, dtype) -> TFLOP/s
+# Dense (non-sparse) datasheet peaks in TFLOP/s per device; vendors print tensor rates "with
+# sparsity", twice these. fp32 is the plain (non-tensor-core) rate: PyTorch does not use TF32 for
+# matmuls unless asked. None = not published, or not confirmed by us.
 PEAK_TFLOPS: Dict[str, Dict[str, Optional[float]]] = {
     "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5},
     "H100 SXM": {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9},
     "H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "fp32": 51.2},
     "H100 NVL": {"bf16": 835.5, "fp16": 835.5, "fp32": 60.0},
     "H200": {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9},
-    "B200": {"bf16": 2250.0, "fp16": 2250.0, "fp32": None},
+    "H200 NVL": {"bf16": 835.5, "fp16": 835.5, "fp32": 60.0},
+    "GH200": {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9},  # the H100/H200 chip at SXM rates
+    "B200": {"bf16": 2250.0, "fp16": 2250.0, "fp32": None},  # fp32: 75 or 80 in NVIDIA's papers
+    "GB200": {"bf16": 2500.0, "fp16": 2500.0, "fp32": None},  # fp32: 80 or 90, likewise
+    "B300": {"bf16": 2250.0, "fp16": 2250.0, "fp32": None},
+    "L40S": {"bf16": 362.05, "fp16": 362.05, "fp32": 91.6},
     "MI300X": {"bf16": 1307.4, "fp16": 1307.4, "fp32": 163.4},
+    "MI325X": {"bf16": 1307.4, "fp16": 1307.4, "fp32": 163.4},
 }
+
+# The names torch.cuda.get_device_name() reports (the driver's own names; ROCm's from
+# amdgpu.ids), matched whole: a substring test gave "H200 NVL" the SXM part's peak and let
+# "GH200" pass for "H200". A name not here has no peak, so its MFU is null, never a guess.
+DEVICE_NAMES: Dict[str, str] = {
+    "NVIDIA A100-SXM4-40GB": "A100",
+    "NVIDIA A100-SXM4-80GB": "A100",
+    "NVIDIA A100-PCIE-40GB": "A100",
+    "NVIDIA A100 80GB PCIe": "A100",
+    "NVIDIA H100 80GB HBM3": "H100 SXM",
+    "NVIDIA H100 PCIe": "H100 PCIe",
+    "NVIDIA H100 NVL": "H100 NVL",
+    "NVIDIA H200": "H200",
+    "NVIDIA H200 NVL": "H200 NVL",
+    "NVIDIA GH200 480GB": "GH200",
+    "NVIDIA GH200 120GB": "GH200",
+    "NVIDIA GH200 144G HBM3e": "GH200",
+    "NVIDIA B200": "B200",
+    "NVIDIA GB200": "GB200",
+    "NVIDIA B300 SXM6 AC": "B300",
+    "NVIDIA L40S": "L40S",
+    "AMD Instinct MI300X": "MI300X",
+    "AMD Instinct MI300X VF": "MI300X",
+    "AMD Instinct MI325X": "MI325X",
+}
+_DEVICE_KEYS = {" ".join(name.upper().split()): key for name, key in DEVICE_NAMES.items()}
 
 
 def device_key(device_name: Optional[str]) -> Optional[str]:
-    """Map a device name as torch reports it ('NVIDIA H100 80GB HBM3') to a PEAK_TFLOPS key."""
+    """The PEAK_TFLOPS key of a device name as torch reports it, matched whole (case and runs
+    of spaces aside); None for a name not in DEVICE_NAMES."""
     if not device_name:
         return None
-    name = device_name.upper()
-    if "H100" in name:
-        if "PCIE" in name:
-            return "H100 PCIe"
-        if "NVL" in name:
-            return "H100 NVL"
-        return "H100 SXM"
-    for key in ("H200", "B200", "A100", "MI300X"):
-        if key in name:
-            return key
-    return None
+    return _DEVICE_KEYS.get(" ".join(device_name.upper().split()))
 
 
 def peak_tflops(device_name: Optional[str], dtype: str) -> Optional[float]:
     key = device_key(device_name)
     return None if key is None else PEAK_TFLOPS[key].get(dtype)
+
+
+# A utilisation above 1 cannot be true: a wrong peak, or a clock that did not measure the work.
+def implausible(ratio: Optional[float]) -> bool:
+    """Whether a share of a ceiling (MFU, HFU, of GEMM ceiling) is a measurement error."""
+    return ratio is not None and ratio == ratio and ratio > 1.0
+
+
+def energy_metrics(telemetry: Optional[Dict], tokens: float) -> Dict[str, Optional[float]]:
+    """The run's energy figures from its GPUs' telemetry (suite.workload.telemetry.combine_ranks:
+    energy summed over the run's GPUs over the timed steps): tokens per joule = tokens trained
+    in those steps / that energy. All None without telemetry (any CPU run): never estimated."""
+    from suite.workload.telemetry import TELEMETRY_KEYS
+
+    figures = {k: (telemetry or {}).get(k) for k in TELEMETRY_KEYS}
+    energy = figures["energy_j"]
+    figures["tokens_per_joule"] = tokens / energy if energy else None
+    return figures
 
 
 def gpt_param_count(n_layers: int, d_model: int, seq_len: int, vocab_size: int) -> Dict[str, int]:

@@ -5,8 +5,8 @@ Nothing here touches processes, files or devices, so tests call it directly.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,6 +46,17 @@ class RunPlan:
     grad_accum_steps: int
     global_batch_size: int
     ds_config: Dict[str, Any]
+    #: DeepSpeed ops this run compiles on first use unless DeepSpeed was installed with them
+    #: prebuilt: (op name, the config field that asks for it)
+    compiled_ops: Tuple[Tuple[str, str], ...] = ()
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "RunPlan":
+        """The plan as the launcher shipped it (submission.json)."""
+        return cls(**{**data, "compiled_ops": tuple(tuple(op) for op in data.get("compiled_ops", ()))})
 
     @property
     def sharding_size(self) -> int:
@@ -200,8 +211,7 @@ def check_combination(cfg: SuiteConfig, accelerator: str, precision: str) -> Non
         if cfg.optimizer.name == "lamb":
             raise ConfigError("optimizer=lamb needs a GPU (DeepSpeed's Lamb is a CUDA kernel); on "
                               "the CPU use sgd, sgd_momentum, adam, adamw or adagrad")
-    offloading = cfg.strategy.offload_optimizer or cfg.strategy.offload_params
-    if offloading and cfg.optimizer.name not in OFFLOADABLE_OPTIMIZERS:
+    if _offloads(cfg) and cfg.optimizer.name not in OFFLOADABLE_OPTIMIZERS:
         raise ConfigError(
             f"optimizer={cfg.optimizer.name} cannot run with strategy={cfg.strategy.name} "
             f"(ZeRO-Offload runs only {list(OFFLOADABLE_OPTIMIZERS)} on the CPU)"
@@ -221,12 +231,48 @@ def _optimizer_block(cfg: SuiteConfig, accelerator: str) -> Dict[str, Any]:
                               "weight_decay": opt.weight_decay}
     if name == "lamb":
         return {"type": "Lamb", "params": params}
-    fused = opt.fused if opt.fused is not None else accelerator == "cuda"
     # DeepSpeed's "Adam" silently trains AdamW unless adam_w_mode is false.
     params["adam_w_mode"] = name == "adamw"
-    if not fused:
+    implementation = adam_implementation(opt.implementation, accelerator, _offloads(cfg))
+    if implementation != "deepspeed":  # torch.optim.Adam/AdamW: nothing to compile
         params["torch_adam"] = True
+        if implementation == "torch_fused":
+            params["fused"] = True
     return {"type": "AdamW" if name == "adamw" else "Adam", "params": params}
+
+
+def _offloads(cfg: SuiteConfig) -> bool:
+    return cfg.strategy.offload_optimizer or cfg.strategy.offload_params
+
+
+def adam_implementation(requested: str, accelerator: str, offload: bool) -> str:
+    """auto on GPUs: torch's fused kernel (one CUDA kernel per step, no build), or DeepSpeed's
+    CPU-Adam under ZeRO-Offload (what offload is built around); on CPUs torch's. DeepSpeed's ops
+    compile on first use, which fails on a node without nvcc and the matching CUDA headers."""
+    if requested == "auto":
+        if accelerator != "cuda":
+            return "torch"
+        return "deepspeed" if offload else "torch_fused"
+    return requested
+
+
+def compiled_ops(cfg: SuiteConfig, accelerator: str) -> Tuple[Tuple[str, str], ...]:
+    """DeepSpeed's C++/CUDA ops the run needs (DeepSpeed's op-builder names), each with the
+    field that asks for it. On GPUs they compile with nvcc on first use, so a node without the
+    CUDA toolkit fails there; the rank checks before it starts (suite.workload.ops)."""
+    s, opt = cfg.strategy, cfg.optimizer
+    offload = _offloads(cfg)
+    ops: List[Tuple[str, str]] = []
+    if opt.name in ("adam", "adamw") and adam_implementation(opt.implementation, accelerator, offload) == "deepspeed":
+        ops.append(("cpu_adam", f"strategy={s.name} (ZeRO-Offload) with optimizer={opt.name}") if offload
+                   else ("fused_adam", "optimizer.implementation=deepspeed"))
+    if opt.name == "adagrad" and offload:
+        ops.append(("cpu_adagrad", f"strategy={s.name} (ZeRO-Offload) with optimizer=adagrad"))
+    if opt.name == "lamb":
+        ops.append(("fused_lamb", "optimizer=lamb"))
+    if s.zero_quantized_weights or s.zero_quantized_gradients:
+        ops.append(("quantizer", "strategy.zero_quantized_weights/zero_quantized_gradients"))
+    return tuple(ops)
 
 
 def _scheduler_block(cfg: SuiteConfig) -> Optional[Dict[str, Any]]:
@@ -289,6 +335,9 @@ def deepspeed_config(cfg: SuiteConfig, accelerator: str, precision: str, micro: 
         "gradient_accumulation_steps": accum,
         "steps_per_print": 1_000_000,  # DeepSpeed's own progress lines are noise in a benchmark
         "wall_clock_breakdown": False,
+        # DeepSpeed's throughput timer synchronises the device in every step by default; the
+        # suite times steps itself, and a sync per micro-step would serialise accumulation.
+        "timers": {"throughput": {"enabled": False, "synchronized": False}},
         "zero_optimization": _zero_block(cfg, accelerator),
         "optimizer": _optimizer_block(cfg, accelerator),
         "gradient_clipping": cfg.optimizer.gradient_clipping,  # DeepSpeed's default is 1.0, not off
@@ -313,8 +362,9 @@ def deepspeed_config(cfg: SuiteConfig, accelerator: str, precision: str, micro: 
         }
     if cfg.train.profile_comms:
         ds["comms_logger"] = {"enabled": True, "verbose": False, "prof_all": True, "debug": False}
-    if cfg.strategy.zero_stage > 0 and cfg.optimizer.name in ("sgd", "sgd_momentum"):
-        # DeepSpeed refuses optimizers it has not tested with ZeRO unless told to go ahead.
+    if cfg.strategy.zero_stage > 0 and cfg.optimizer.name in ("sgd", "sgd_momentum", "lamb"):
+        # DeepSpeed refuses optimizers it has not tested with ZeRO unless told to go ahead (its
+        # ZeRO list has FusedAdam, CPU-Adam and torch's Adam/AdamW, not SGD or FusedLamb).
         ds["zero_allow_untested_optimizer"] = True
     return ds
 
@@ -350,6 +400,7 @@ def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0) -> RunPlan:
         grad_accum_steps=accum,
         global_batch_size=global_batch,
         ds_config=deepspeed_config(typed, accelerator, precision, micro, accum, global_batch),
+        compiled_ops=compiled_ops(typed, accelerator),
     )
 
 
@@ -370,7 +421,9 @@ def slurm_parameters(cfg: SuiteConfig, plan: RunPlan) -> Dict[str, Any]:
         "ntasks_per_node": plan.ranks_per_node,
         "gpus_per_node": plan.ranks_per_node if asks_for_gpus(cfg, plan) else None,
         "cpus_per_task": c.cpus_per_task,
-        "mem": f"{c.mem_gb}GB" if c.mem_gb else None,
+        # Slurm 22.05+ does not pass sbatch's --cpus-per-task on to srun: say it again there
+        "srun_args": ["--cpus-per-task", str(c.cpus_per_task)],
+        "mem": f"{c.mem_gb}GB" if c.mem_gb else "0",  # 0: all of the node's memory
         "partition": c.partition,
         "account": c.account,
         "qos": c.qos,
@@ -391,6 +444,13 @@ def sbatch_script(params: Dict[str, Any], folder: str, array_size: int, python: 
 
     command = f"{python} -u -m submitit.core._submit {folder}"
     return _make_sbatch_string(command=command, folder=folder, map_count=array_size, **params)
+
+
+def collective_timeout_s(init_timeout_s: float, step_timeout_s: float) -> float:
+    """torch.distributed's timeout, which bounds every collective as well as the rendezvous:
+    longer than both of the suite's own limits, so the suite's watchdog ends a stuck run first
+    and records why (NCCL's watchdog would abort the rank with no record)."""
+    return max(init_timeout_s, step_timeout_s) + 60.0
 
 
 def estimated_cost(cfg: SuiteConfig, plan: RunPlan) -> float:

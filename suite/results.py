@@ -77,6 +77,41 @@ def status_of_losses(losses: Iterable[float]) -> tuple[str, Optional[str]]:
     return "ok", None
 
 
+# Messages of a rank whose peer died (gloo, NCCL): a symptom; the peer's own error is the cause.
+_PEER_FAILURE_HINTS = ("connection closed", "connection reset", "broken pipe", "peer",
+                       "remote process exited", "nccl communicator was aborted", "watchdog caught")
+
+
+def rank_error_file(run_dir: Path, rank: int) -> Path:
+    """Where a failing rank other than 0 leaves its status and message before it exits."""
+    return Path(run_dir) / f".rank{rank}.error"
+
+
+def read_rank_errors(run_dir: Path) -> Dict[int, dict]:
+    """{rank: {status, message, time}} of every rank that left an error file."""
+    errors = {}
+    for path in Path(run_dir).glob(".rank*.error"):
+        try:
+            errors[int(path.name[5:-6])] = json.loads(path.read_text())
+        except (ValueError, json.JSONDecodeError):  # being written
+            continue
+    return errors
+
+
+def is_peer_failure(message: str) -> bool:
+    return any(h in message.lower() for h in _PEER_FAILURE_HINTS)
+
+
+def root_cause(errors: Dict[int, dict]) -> Optional[tuple[int, dict]]:
+    """The error that ended a run, among every rank's {status, message, time}: the earliest that
+    is not only a symptom of a peer's failure (a lost connection), else the earliest; ranks
+    break ties. An OOM on rank 3 is the run's status, not rank 0's broken connection."""
+    if not errors:
+        return None
+    causes = {r: e for r, e in errors.items() if not is_peer_failure(e["message"])} or errors
+    return min(causes.items(), key=lambda item: (item[1].get("time", 0.0), item[0]))
+
+
 def _git_revision() -> Optional[str]:
     try:
         out = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=Path(__file__).parent,
@@ -203,7 +238,7 @@ def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
     from suite.metrics import gpt_param_count
 
     m = cfg.model
-    return {
+    axes = {
         "workload": cfg.workload.name,
         "data": cfg.data.name,
         "model": m.name,
@@ -232,6 +267,16 @@ def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
         "seq_len": m.seq_len,
         "n_params": gpt_param_count(m.n_layers, m.d_model, m.seq_len, m.vocab_size)["total"],
     }
+    if cfg.workload.name != "gpt":  # a micro-benchmark trains nothing: these do not apply
+        for key in _TRAINING_AXES:
+            axes[key] = None
+    return axes
+
+
+_TRAINING_AXES = ("data", "model", "data_parallel", "strategy", "zero_stage", "offload_optimizer", "offload_params",
+                  "optimizer", "tensor_parallel", "pipeline_parallel", "sequence_parallel",
+                  "activation_checkpointing", "compile", "check_parity", "scaling",
+                  "micro_batch_size", "grad_accum_steps", "global_batch_size", "seq_len", "n_params")
 
 
 def run_config(typed: Any, plan: Any) -> Dict[str, Any]:
@@ -242,7 +287,20 @@ def run_config(typed: Any, plan: Any) -> Dict[str, Any]:
     config = {name: _plain_redacted(getattr(typed, name), name)
               for name in typed.__dataclass_fields__ if name not in ("submit", "report")}
     config["precision"]["name"] = plan.precision
-    return config
+    return config if typed.workload.name == "gpt" else _micro_benchmark_config(config)
+
+
+def _micro_benchmark_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A micro-benchmark's config is what it measures: its own fields, the nodes and ranks, the
+    repeat; with include_bucket_sizes also the strategy's buckets and the precision. The model,
+    optimizer and training fields do not change it, so a sweep that crosses them with a micro-
+    benchmark plans one run per distinct measurement (equal configs have equal hashes)."""
+    kept = {"workload": config["workload"], "cluster": config["cluster"],
+            "train": {"repeat_index": config["train"]["repeat_index"]}}
+    if config["workload"]["include_bucket_sizes"]:
+        kept["strategy"] = {k: config["strategy"][k] for k in ("reduce_bucket_size", "allgather_bucket_size")}
+        kept["precision"] = {"name": config["precision"]["name"]}
+    return kept
 
 
 def _plain_redacted(value: Any, name: str) -> Any:
@@ -257,14 +315,14 @@ def _plain_redacted(value: Any, name: str) -> Any:
 
 
 def write_submission(run_dir: Path, *, run_id: str, sweep_id: str, config: Dict[str, Any],
-                     axes: Dict[str, Any], scheduler: str, job_id: str) -> Path:
-    """What the launcher knows of a run it started: enough to write the run's record if the
-    run never does (cancelled while pending, killed, lost)."""
+                     axes: Dict[str, Any], plan: Dict[str, Any], scheduler: str, job_id: str) -> Path:
+    """What the launcher knows of a run it started: the plan its ranks run (made once, shipped
+    here), and enough to write the run's record if the run never does (cancelled, killed)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = {"run_id": run_id, "sweep_id": sweep_id, "scheduler": scheduler, "job_id": job_id,
             "submitted_at": now_iso(), "config_hash": config_hash(config), "axes": axes,
-            "config": config}
+            "config": config, "plan": plan}
     path = run_dir / SUBMISSION_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
@@ -277,6 +335,11 @@ def write_record_from_submission(run_dir: Path, *, status: str, error: str,
     """The record of a run that ended without writing its own, written by whoever found out
     (the launcher, or the report's reconciliation with Slurm's accounting)."""
     sub = json.loads((Path(run_dir) / SUBMISSION_FILE).read_text())
+    cause = root_cause(read_rank_errors(run_dir))
+    if cause is not None and not is_peer_failure(cause[1]["message"]):
+        # a rank said why before the run died: that beats the scheduler's word
+        rank, found = cause
+        status, error = found["status"], f"rank {rank}: {found['message']}"
     now = now_iso()
     record = make_record(
         run_id=sub["run_id"], sweep_id=sub["sweep_id"], status=status, error=error,

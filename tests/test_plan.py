@@ -23,6 +23,8 @@ def test_ddp_adamw_fp32_on_the_cpu(compose_cfg):
         "train_batch_size": 4, "train_micro_batch_size_per_gpu": 2,
         "gradient_accumulation_steps": 1, "steps_per_print": 1_000_000,
         "wall_clock_breakdown": False,
+        # DeepSpeed's throughput timer would synchronise the device in every step
+        "timers": {"throughput": {"enabled": False, "synchronized": False}},
         "gradient_clipping": 1.0,  # DeepSpeed clips at 1.0 by default; the plan says so
         "zero_optimization": {"stage": 0},
         # torch's AdamW on the CPU: DeepSpeed's FusedAdam would compile a C++ op for nothing
@@ -40,6 +42,7 @@ def test_zero2_sgd_momentum_bf16_allows_the_untested_optimizer(compose_cfg):
         "train_batch_size": 24, "train_micro_batch_size_per_gpu": 3,
         "gradient_accumulation_steps": 4, "steps_per_print": 1_000_000,
         "wall_clock_breakdown": False,
+        "timers": {"throughput": {"enabled": False, "synchronized": False}},
         "gradient_clipping": 1.0,
         "zero_optimization": {"stage": 2, "reduce_bucket_size": 500_000_000,
                               "allgather_bucket_size": 500_000_000, "overlap_comm": False,
@@ -50,7 +53,7 @@ def test_zero2_sgd_momentum_bf16_allows_the_untested_optimizer(compose_cfg):
     }
 
 
-def test_zero3_offload_adam_fp16_on_8_gpus_is_fused_pinned_and_true_adam(compose_cfg):
+def test_zero3_offload_adam_fp16_on_8_gpus_is_pinned_true_adam_and_needs_cpu_adam(compose_cfg):
     config = ds(compose_cfg, "strategy=zero3_offload", "optimizer=adam", "precision=fp16",
                 "optimizer.scheduler=warmup_decay", "strategy.stage3_prefetch_bucket_size=1000",
                 gpus=8)
@@ -63,8 +66,11 @@ def test_zero3_offload_adam_fp16_on_8_gpus_is_fused_pinned_and_true_adam(compose
         "offload_optimizer": {"device": "cpu", "pin_memory": True},
         "offload_param": {"device": "cpu", "pin_memory": True}}
     # "Adam" alone would train AdamW in DeepSpeed: adam_w_mode must say false
+    # offloaded Adam is DeepSpeed's CPU-Adam (a compiled op): torch_adam would bypass it
     assert config["optimizer"] == {"type": "Adam", "params": {
         "lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.0, "adam_w_mode": False}}
+    plan = plan_run(compose_cfg("strategy=zero3_offload", "optimizer=adam"), local_gpus=8)
+    assert plan.compiled_ops == (("cpu_adam", "strategy=zero3_offload (ZeRO-Offload) with optimizer=adam"),)
     assert config["fp16"] == {"enabled": True, "loss_scale": 0.0, "initial_scale_power": 16}
     assert config["scheduler"] == {"type": "WarmupDecayLR", "params": {
         **WARMUP_LR["params"], "total_num_steps": 13}}  # 3 warm-up + 10 timed steps
@@ -74,9 +80,44 @@ def test_zero3_offload_adam_fp16_on_8_gpus_is_fused_pinned_and_true_adam(compose
 def test_zero1_adagrad_and_lamb_on_gpus(compose_cfg):
     assert ds(compose_cfg, "strategy=zero1", "optimizer=adagrad")["optimizer"] == {
         "type": "Adagrad", "params": {"lr": 1e-2, "eps": 1e-8, "weight_decay": 0.0}}
-    assert ds(compose_cfg, "strategy=zero1", "optimizer=lamb", gpus=2)["optimizer"] == {
+    lamb = plan_run(compose_cfg("strategy=zero1", "optimizer=lamb"), local_gpus=2)
+    assert lamb.ds_config["optimizer"] == {
         "type": "Lamb", "params": {"lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8,
                                    "weight_decay": 0.01}}
+    # FusedLamb is not on DeepSpeed's ZeRO list: without this, ZeRO >= 1 refuses it
+    assert lamb.ds_config["zero_allow_untested_optimizer"] is True
+    assert lamb.compiled_ops == (("fused_lamb", "optimizer=lamb"),)
+
+
+@pytest.mark.parametrize("implementation,accelerator,expected,ops", [
+    # on GPUs torch's fused AdamW: one kernel per step and nothing to compile
+    ("auto", "cuda", {"torch_adam": True, "fused": True}, ()),
+    ("auto", "cpu", {"torch_adam": True}, ()),
+    ("torch", "cuda", {"torch_adam": True}, ()),
+    ("torch_fused", "cpu", {"torch_adam": True, "fused": True}, ()),
+    # DeepSpeed's FusedAdam only when asked for: a CUDA op compiled on first use
+    ("deepspeed", "cuda", {}, (("fused_adam", "optimizer.implementation=deepspeed"),)),
+])
+def test_adam_implementation(compose_cfg, implementation, accelerator, expected, ops):
+    overrides = ["optimizer=adamw", f"optimizer.implementation={implementation}"]
+    plan = plan_run(compose_cfg(*overrides, f"cluster.accelerator={accelerator}", "cluster.gpus_per_node=2"), 0)
+    params = plan.ds_config["optimizer"]["params"]
+    assert {k: params[k] for k in ("torch_adam", "fused") if k in params} == expected
+    assert plan.compiled_ops == ops
+
+
+def test_the_optimizer_deepspeed_builds_is_on_its_zero_list_or_allowed_explicitly(compose_cfg):
+    """Checked against DeepSpeed's own list, not our belief about it."""
+    import torch
+    from deepspeed.ops.lamb import FusedLamb
+    from deepspeed.runtime.zero.utils import ZERO_SUPPORTED_OPTIMIZERS
+
+    built = {"sgd": torch.optim.SGD, "sgd_momentum": torch.optim.SGD, "adam": torch.optim.Adam,
+             "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad, "lamb": FusedLamb}
+    for name, cls in built.items():
+        config = ds(compose_cfg, "strategy=zero2", f"optimizer={name}", gpus=2)
+        allowed = config.get("zero_allow_untested_optimizer", False)
+        assert (cls in ZERO_SUPPORTED_OPTIMIZERS) or allowed, name
 
 
 @pytest.mark.parametrize("strategy,optimizer,precision",
@@ -98,8 +139,11 @@ def test_every_combination_on_gpus_has_consistent_blocks(compose_cfg, strategy, 
         config["gradient_accumulation_steps"] * plan.data_parallel_size
     assert ("bf16" in config, "fp16" in config) == (precision == "bf16", precision == "fp16")
     assert config.get("zero_allow_untested_optimizer", False) == (
-        stage > 0 and optimizer in ("sgd", "sgd_momentum"))
-    assert "torch_adam" not in config["optimizer"]["params"]  # fused kernels on GPUs
+        stage > 0 and optimizer in ("sgd", "sgd_momentum", "lamb"))
+    if optimizer in ("adam", "adamw"):  # torch's fused kernel on GPUs; CPU-Adam under offload
+        assert config["optimizer"]["params"].get("fused") is (None if offload else True)
+        assert plan.compiled_ops == ((("cpu_adam", f"strategy={strategy} (ZeRO-Offload) with "
+                                       f"optimizer={optimizer}"),) if offload else ())
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
@@ -140,6 +140,17 @@ def _leave_without_teardown() -> None:
         os._exit(0)
 
 
+def _describe_array(array: List[PlannedRun], params: Dict[str, Any]) -> str:
+    """What an array asks Slurm for, in the words of the config fields."""
+    asked = ", ".join(f"{k}={params[k]}" for k in ("nodes", "ntasks_per_node", "gpus_per_node",
+                                                  "cpus_per_task", "mem", "partition", "time")
+                      if k in params)
+    first = array[0]
+    return (f"the job array of {len(array)} run(s) like #{first.idx} ({first.label}), asking for "
+            f"{asked} (cluster={first.typed.cluster.name}: cluster.nodes, cluster.gpus_per_node, "
+            "cluster.cpus_per_task, cluster.mem_gb, cluster.partition, cluster.timeout_min)")
+
+
 def _returned(run: PlannedRun, value: str) -> JobReturn:
     # COMPLETED even for a failed run: Hydra aborts the sweep on a FAILED return, before the
     # report. Whether every run succeeded is decided from the records (suite.sweep).
@@ -204,7 +215,8 @@ class SuiteLauncher(BaseSubmititLauncher):
         if submit.repeats > 1:  # each configuration k times, as separate jobs
             job_overrides = [list(o) + [f"train.repeat_index={i}"]
                              for o in job_overrides for i in range(submit.repeats)]
-        runs, problems, composed = [], [], {}
+        runs, problems, composed, first_of = [], [], {}, {}
+        self.duplicates: Dict[int, Tuple[PlannedRun, int]] = {}
         for offset, overrides in enumerate(job_overrides):
             idx = initial_job_idx + offset
             try:
@@ -222,8 +234,13 @@ class SuiteLauncher(BaseSubmititLauncher):
                     results.write_invalid_record(sweep_dir / subdir, results.redact("config", config), str(exc))
                 continue
             config = results.run_config(typed, plan)
-            runs.append(PlannedRun(idx, list(overrides), typed, plan, sweep_dir / subdir, config,
-                                   results.config_hash(config), planning.estimated_cost(typed, plan)))
+            run = PlannedRun(idx, list(overrides), typed, plan, sweep_dir / subdir, config,
+                             results.config_hash(config), planning.estimated_cost(typed, plan))
+            if run.config_hash in first_of:  # measures what an earlier point measures
+                self.duplicates[idx] = (run, first_of[run.config_hash])
+                continue
+            first_of[run.config_hash] = idx
+            runs.append(run)
         if problems and not submit.skip_invalid:
             raise SweepRefused("The sweep was refused, nothing was started. Invalid points:\n"
                                + "\n".join(problems) + "\n(submit.skip_invalid=true records "
@@ -231,6 +248,9 @@ class SuiteLauncher(BaseSubmititLauncher):
         if problems:
             log.warning(f"{len(problems)} invalid points recorded as `invalid`:\n" + "\n".join(problems))
         log.info(f"Planned {len(job_overrides)} points in {time.perf_counter() - started:.2f} s")
+        if self.duplicates:
+            log.info(f"{len(self.duplicates)} points measure the same as an earlier point (a micro-"
+                     "benchmark does not depend on the model, strategy or optimizer): run once")
         if not runs:
             raise SweepRefused("No valid point in the sweep; nothing was started.")
         schedulers = {r.typed.cluster.scheduler for r in runs}
@@ -269,19 +289,24 @@ class SuiteLauncher(BaseSubmititLauncher):
             sweep_dir.mkdir(parents=True, exist_ok=True)
             run = self._run_local if scheduler == "local" else self._run_slurm
             returns.update(run(arrays, sweep_dir, submit.wait))
-        return [returns[r.idx] for r in runs]
+        for idx, (duplicate, first) in self.duplicates.items():
+            returns[idx] = _returned(duplicate, returns[first].return_value)
+            returns[idx].working_dir = returns[first].working_dir
+        return [returns[idx] for idx in sorted(returns)]
 
     @staticmethod
     def _job_args(run: PlannedRun) -> tuple:
         return (run.overrides, "hydra.sweep.dir", run.idx, f"job_id_for_{run.idx}")
 
-    def _record_submission(self, run: PlannedRun, scheduler: str, job_id: str) -> None:
+    def _record_submission(self, run: PlannedRun, scheduler: str, job_id: Optional[str]) -> None:
+        """submission.json: written before the job starts (its ranks read their plan there),
+        and again with the job id once the scheduler gave one."""
         from suite import results
 
         results.write_submission(run.run_dir, run_id=f"{run.run_dir.parent.name}/{run.run_dir.name}",
                                  sweep_id=run.run_dir.parent.name, config=run.config,
                                  axes=results.record_axes(run.typed, run.plan),
-                                 scheduler=scheduler, job_id=job_id)
+                                 plan=run.plan.to_dict(), scheduler=scheduler, job_id=job_id)
 
     def _run_local(self, arrays: List[List[PlannedRun]], sweep_dir: Path, wait: bool) -> Dict[int, JobReturn]:
         import submitit
@@ -297,6 +322,7 @@ class SuiteLauncher(BaseSubmititLauncher):
                 tasks_per_node=run.plan.ranks_per_node,
                 gpus_per_node=run.plan.ranks_per_node if run.plan.accelerator == "cuda" else 0,
                 timeout_min=run.typed.cluster.timeout_min, stderr_to_stdout=True)
+            self._record_submission(run, "local", None)
             job = executor.submit(job_function, *self._job_args(run))
             self._record_submission(run, "local", str(job.job_id))
             returns[run.idx] = self._outcome(job, run, "local")
@@ -306,13 +332,26 @@ class SuiteLauncher(BaseSubmititLauncher):
         import submitit
         from suite import plan as planning
 
+        from submitit.core.utils import FailedJobError
+
         # No requeue on time-out: a benchmark that ran out of time is a `timeout` record.
         executor = submitit.SlurmExecutor(folder=self.params["submitit_folder"], max_num_timeout=0)
         job_function = SharedLauncher(self, sweep_dir / ".submitit")
+        self._refuse_what_sbatch_refuses(arrays)
         submitted = []
         for array in arrays:
-            executor.update_parameters(**planning.slurm_parameters(array[0].typed, array[0].plan))
-            jobs = executor.map_array(job_function, *zip(*[self._job_args(r) for r in array]))
+            params = planning.slurm_parameters(array[0].typed, array[0].plan)
+            executor.update_parameters(**params)
+            for run in array:
+                self._record_submission(run, "slurm", None)
+            try:
+                jobs = executor.map_array(job_function, *zip(*[self._job_args(r) for r in array]))
+            except FailedJobError as exc:
+                earlier = sorted({job.job_id.split("_")[0] for _, job in submitted})
+                raise SweepRefused(
+                    f"sbatch refused {_describe_array(array, params)}:\n  {str(exc).strip()}\n"
+                    + (f"Arrays submitted before it: {', '.join(earlier)} (they run; scancel "
+                       f"{' '.join(earlier)} to stop them)." if earlier else "Nothing was submitted."))
             for run, job in zip(array, jobs):
                 self._record_submission(run, "slurm", str(job.job_id))
                 submitted.append((run, job))
@@ -324,6 +363,20 @@ class SuiteLauncher(BaseSubmititLauncher):
                   f"  python -m suite.report {sweep_dir}", flush=True)
             return {run.idx: _returned(run, "submitted") for run, _ in submitted}
         return {run.idx: self._outcome(job, run, "slurm") for run, job in submitted}
+
+    def _refuse_what_sbatch_refuses(self, arrays: List[List[PlannedRun]]) -> None:
+        """Ask Slurm (sbatch --test-only) whether it would take each array before submitting
+        any, so that a request the cluster cannot meet (more nodes or GPUs than it has) is one
+        clear message and no half-submitted sweep."""
+        from suite import collect, plan as planning
+
+        folder = str(Path(self.params["submitit_folder"]).absolute())
+        for array in arrays:
+            params = planning.slurm_parameters(array[0].typed, array[0].plan)
+            reason = collect.sbatch_refusal(planning.sbatch_script(params, folder, len(array), sys.executable))
+            if reason is not None:
+                raise SweepRefused(f"sbatch refused {_describe_array(array, params)}:\n  {reason}\n"
+                                   "Nothing was submitted.")
 
     def _outcome(self, job: Any, run: PlannedRun, scheduler: str) -> JobReturn:
         """Wait for the job; if the run left no record, write one (from sacct on Slurm)."""
@@ -369,4 +422,7 @@ class SuiteLauncher(BaseSubmititLauncher):
                       f"precision={p.precision} nodes={p.nodes} "
                       f"ranks_per_node={p.ranks_per_node} world_size={p.world_size} "
                       f"global_batch={p.global_batch_size} ({run.label})")
+                if p.compiled_ops:
+                    print(f"      compiles DeepSpeed ops unless prebuilt: "
+                          f"{', '.join(name for name, _ in p.compiled_ops)}")
             print()

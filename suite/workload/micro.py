@@ -9,23 +9,21 @@ from typing import Callable, Dict, List
 
 import torch
 import torch.distributed as dist
-from deepspeed.accelerator import get_accelerator
-
 from suite.metrics import bus_bandwidth, gemm_tflops
+from suite.workload import device as devices
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _timed(fn: Callable[[], None], warmup: int, iters: int) -> float:
     """Mean seconds per call over `iters` calls after `warmup` untimed ones."""
-    accel = get_accelerator()
     for _ in range(warmup):
         fn()
-    accel.synchronize()
+    devices.synchronize()
     start = time.perf_counter()
     for _ in range(iters):
         fn()
-    accel.synchronize()
+    devices.synchronize()
     return (time.perf_counter() - start) / iters
 
 
@@ -75,7 +73,7 @@ def run_micro_benchmark(cfg, plan) -> Dict:
     """The run's micro-benchmark (workload=gemm or workload=allreduce) as record metrics: the
     rows, and the ceiling per dtype or the peak bus bandwidth per collective."""
     w = cfg.workload
-    device = torch.device(get_accelerator().current_device_name())
+    device = torch.device(devices.current_device())  # the rank's own GPU (set before NCCL started)
     if w.name == "gemm":
         rows = gemm_ceiling(w.gemm_sizes, w.gemm_dtypes, w.warmup, w.iters, device)
         return {"gemm": rows, "gemm_ceiling_tflops": {d: max(r["tflops"] for r in rows if r["dtype"] == d)

@@ -2,6 +2,7 @@
 WORLD_SIZE, MASTER_ADDR, ...) to be set already; returns raw measurements, no formulas."""
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -11,10 +12,10 @@ from typing import List, Optional
 
 import deepspeed
 import torch
-from deepspeed.accelerator import get_accelerator
 
 from suite.config import SuiteConfig
 from suite.plan import RunPlan
+from suite.workload import device, telemetry
 from suite.workload.model import (GPT, global_batches, micro_batch, next_token_loss,
                                   pipeline_layers, sequence_slice)
 
@@ -38,6 +39,7 @@ class Measurements:
     comm_bytes_per_step: Optional[dict] = None                # op -> bytes (profile_comms)
     compiled_graphs: Optional[int] = None                     # train.compile: graphs Dynamo built
     graph_breaks: Optional[int] = None                        # ... and where it had to break
+    telemetry: Optional[dict] = None                          # GPUs' energy, power, clocks (NVML)
 
 
 def _reset_peak_memory(accelerator: str) -> None:
@@ -142,10 +144,29 @@ def _build(cfg: SuiteConfig, plan: RunPlan, poison: _Poison, sp_state):
             checkpointable_layers=["Block"])
     group = None if sp_state is None else sp_state.get_sequence_parallel_group()
     shard_group = None if sp_state is None else sp_state.get_sequence_data_parallel_group()
-    with deepspeed.zero.Init(config_dict_or_path=plan.ds_config, enabled=s.zero_stage == 3,
-                             mpu=sp_state, data_parallel_group=shard_group):
+    with _build_context(plan, s, sp_state, shard_group):
         return GPT(*shape, seed=cfg.train.seed, checkpoint=_checkpoint_function(cfg, plan),
                    sequence_group=group)
+
+
+def zero_init_kind(strategy) -> Optional[str]:
+    """Which DeepSpeed context builds the model already partitioned: MiCS's own (its shard
+    groups; zero.Init would shard over every rank) for mics_shard_size, zero.Init for stage 3."""
+    if strategy.zero_stage != 3:
+        return None
+    return "MiCS_Init" if strategy.mics_shard_size != -1 else "Init"
+
+
+def _build_context(plan: RunPlan, strategy, sp_state, shard_group):
+    kind = zero_init_kind(strategy)
+    if kind is not None:
+        init = getattr(deepspeed.zero, kind)
+        return init(config_dict_or_path=plan.ds_config, mpu=sp_state, data_parallel_group=shard_group)
+    if plan.accelerator == "cuda":
+        # straight onto the GPU: no full fp32 copy per rank in host memory, and a 2.7B model is
+        # built in seconds instead of a minute of CPU initialisation
+        return torch.device(device.current_device())
+    return contextlib.nullcontext()
 
 
 def _data_parallel_rank(engine, plan: RunPlan, rank: int) -> int:
@@ -223,18 +244,21 @@ def prepare(cfg: SuiteConfig, plan: RunPlan):
     return engine, step_fn, micro
 
 
-def timed_loop(step_fn, warmup: int, timed: int, beat=lambda step: None, slowdown: float = 0.0):
+def timed_loop(step_fn, warmup: int, timed: int, beat=lambda step: None, slowdown: float = 0.0,
+               on_timed_start=lambda: None):
     """Warm-up steps untimed, then each timed step bracketed by device synchronisation.
+    `on_timed_start` runs once, synchronised, before the first timed step (telemetry starts).
     Returns (seconds per timed step, every step's loss as a device tensor)."""
-    accel = get_accelerator()
     losses, times = [], []
     for step in range(warmup + timed):
-        accel.synchronize()
+        device.synchronize()
+        if step == warmup:
+            on_timed_start()
         start = time.perf_counter()
         losses.append(step_fn(step).detach().float())
         if slowdown:
             time.sleep(slowdown)
-        accel.synchronize()
+        device.synchronize()
         if step >= warmup:
             times.append(time.perf_counter() - start)
         beat(step)
@@ -244,26 +268,29 @@ def timed_loop(step_fn, warmup: int, timed: int, beat=lambda step: None, slowdow
 def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None) -> Measurements:
     """Train and time; `beat(step)` is called as each step completes (the hang watchdog)."""
     out = Measurements()
-    accel = get_accelerator()
     t_init = time.perf_counter()
     engine, step_fn, _ = prepare(cfg, plan)
-    out.device_name = accel.get_device_name() if plan.accelerator == "cuda" else None
+    out.device_name = device.device_name(plan.accelerator)
     out.memory_capacity_bytes = _memory_capacity(plan.accelerator)
-    accel.synchronize()
+    device.synchronize()
     out.init_s = time.perf_counter() - t_init
 
     _reset_peak_memory(plan.accelerator)
     if cfg.train.profile_comms and hasattr(deepspeed.comm, "comms_logger"):
         deepspeed.comm.comms_logger.comms_dict.clear()  # count the steps, not initialisation
+    sensor = telemetry.start_telemetry(plan.accelerator, torch.cuda.current_device()) \
+        if plan.accelerator == "cuda" else None
     times, step_losses = timed_loop(step_fn, cfg.train.warmup_steps, cfg.train.timed_steps, beat,
-                                    float(os.environ.get(SLOWDOWN_VARIABLE, 0) or 0))
+                                    float(os.environ.get(SLOWDOWN_VARIABLE, 0) or 0),
+                                    on_timed_start=sensor.start if sensor else lambda: None)
+    own_telemetry = sensor.stop() if sensor else None
     total = cfg.train.warmup_steps + cfg.train.timed_steps
 
     # Collectives after timing: a step lasts as long as its slowest rank; losses are averaged.
     peak, reserved = _peak_memory(plan.accelerator)
-    device = engine.device
-    times_t = torch.tensor(times, dtype=torch.float64, device=device)
-    memory_t = torch.tensor([peak, reserved or 0], dtype=torch.float64, device=device)
+    engine_device = engine.device
+    times_t = torch.tensor(times, dtype=torch.float64, device=engine_device)
+    memory_t = torch.tensor([peak, reserved or 0], dtype=torch.float64, device=engine_device)
     losses_t = torch.stack(step_losses).double() / plan.world_size
     deepspeed.comm.all_reduce(times_t, op=deepspeed.comm.ReduceOp.MAX)
     deepspeed.comm.all_reduce(memory_t, op=deepspeed.comm.ReduceOp.MAX)
@@ -272,6 +299,9 @@ def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None) -> Mea
     out.losses = losses_t.tolist()
     out.peak_memory_bytes = int(memory_t[0].item())
     out.peak_memory_reserved_bytes = int(memory_t[1].item()) if reserved is not None else None
+    every_rank: list = [None] * plan.world_size
+    torch.distributed.all_gather_object(every_rank, own_telemetry)
+    out.telemetry = telemetry.combine_ranks(every_rank)
     if cfg.train.profile_comms:
         out.comm_bytes_per_step = _comm_bytes_per_step(total)
     if cfg.train.compile:  # evidence that compilation happened, and how whole the graph is

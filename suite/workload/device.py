@@ -1,0 +1,118 @@
+"""The one place where a rank meets its device: the accelerator DeepSpeed picks, which GPU a
+rank uses, whether the hardware is what the plan said, and the DeepSpeed ops it must compile.
+Every other module asks here, so that every accelerator call the suite makes is in one file
+(tests check each exists on DeepSpeed's CUDA accelerator, which this CPU machine cannot run)."""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Optional, Sequence, Tuple
+
+
+class HardwareMismatch(RuntimeError):
+    """The rank is on other hardware than the plan was made for."""
+
+
+def accelerator_environment(accelerator: str) -> dict:
+    """Variables set before `import deepspeed`, which picks its accelerator on import: the plan's
+    choice, never an inherited DS_ACCELERATOR (a stray `cpu` would train on the CPU while MFU is
+    computed against the GPU's peak)."""
+    return {"DS_ACCELERATOR": accelerator}
+
+
+def threads_per_rank(local_world_size: int, slurm_cpus_per_task: Optional[str],
+                     cpu_count: Optional[int]) -> int:
+    """Intra-op threads of one rank: the cores Slurm gave the task, else this machine's cores
+    shared among its ranks (more threads than cores ran steps 3-4x slower on the CPU)."""
+    if slurm_cpus_per_task:
+        return max(1, int(slurm_cpus_per_task))
+    return max(1, (cpu_count or 1) // max(1, local_world_size))
+
+
+def check_hardware(accelerator: str, deepspeed_accelerator: str, local_rank: int,
+                   visible_gpus: int) -> None:
+    """Refuse to measure anything on other hardware than planned."""
+    if deepspeed_accelerator != accelerator:
+        raise HardwareMismatch(
+            f"DeepSpeed chose the {deepspeed_accelerator!r} accelerator but the run was planned for "
+            f"{accelerator!r} (is DS_ACCELERATOR set, or deepspeed imported before the rank set it?)")
+    if accelerator == "cuda" and local_rank >= visible_gpus:
+        raise HardwareMismatch(
+            f"the run was planned for cuda with a GPU per rank, but local rank {local_rank} sees "
+            f"{visible_gpus} GPU(s) on this node (cluster.gpus_per_node larger than the node's "
+            "GPUs, or CUDA_VISIBLE_DEVICES narrower than the allocation)")
+
+
+def missing_ops(needed: Sequence[Tuple[str, str]], installed: dict, can_compile: bool) -> list:
+    """The ops of `needed` (name, field) that are neither prebuilt nor compilable here."""
+    if can_compile:
+        return []
+    return [(name, field) for name, field in needed if not installed.get(name, False)]
+
+
+def check_compiled_ops(needed: Sequence[Tuple[str, str]], accelerator: str) -> None:
+    """On GPUs, fail before training when an op the run needs can be neither loaded nor built
+    (DeepSpeed would stop half-way through initialisation with 'CUDA_HOME is not set')."""
+    if accelerator != "cuda" or not needed:
+        return
+    from deepspeed.git_version_info import installed_ops
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    can_compile = CUDA_HOME is not None and shutil.which("nvcc", path=os.path.join(CUDA_HOME, "bin")) is not None
+    missing = missing_ops(needed, installed_ops, can_compile)
+    if missing:
+        asked = "; ".join(f"{name} (asked for by {field})" for name, field in missing)
+        raise RuntimeError(
+            f"DeepSpeed ops not prebuilt and not compilable on this node (no nvcc under CUDA_HOME="
+            f"{CUDA_HOME}): {asked}. Install DeepSpeed with those ops prebuilt (DS_BUILD_OPS=1 or "
+            "DS_BUILD_<OP>=1 where the CUDA toolkit is), make nvcc available, or choose another "
+            "optimizer/strategy (optimizer.implementation=auto needs no build)")
+
+
+def select_device(accelerator: str, local_rank: int) -> str:
+    """Bind this rank to its node-local GPU before the process group starts (NCCL binds a
+    communicator to the current device: with every rank on cuda:0, eight local ranks fail or
+    measure one GPU). Returns the device name the rank uses."""
+    from deepspeed.accelerator import get_accelerator
+
+    accel = get_accelerator()
+    if accelerator == "cuda":
+        accel.set_device(local_rank)
+    return accel.current_device_name()
+
+
+def current_device() -> str:
+    """'cuda:<local rank>' once select_device ran, or 'cpu'."""
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().current_device_name()
+
+
+def synchronize() -> None:
+    """Wait for the device's queued work (every timed region is bracketed by this)."""
+    from deepspeed.accelerator import get_accelerator
+
+    get_accelerator().synchronize()
+
+
+def deepspeed_accelerator() -> str:
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name()
+
+
+def device_name(accelerator: str) -> Optional[str]:
+    """The GPU's name as the peak table knows it ('NVIDIA H100 80GB HBM3'). DeepSpeed's CUDA
+    accelerator has no get_device_name(); torch's is the one every GPU build has. None on the
+    CPU (the CPU's name is in the record's environment)."""
+    if accelerator != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(torch.cuda.current_device())
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
