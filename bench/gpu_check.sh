@@ -1,34 +1,196 @@
 #!/usr/bin/env bash
-# One prepared check for a single-GPU machine (written for a lent H200 with torch but without
-# DeepSpeed; fits in 8 minutes): the GEMM ceiling, the all_reduce micro-benchmark (world size 1),
-# and the GPT workload at bf16 for 1.3B and 2.7B with ZeRO-1 and ZeRO-2; prints MFU and tokens/s.
+# One prepared, self-checking run for a lent single-GPU machine (written for an H200 with Python
+# 3.12 and torch but without DeepSpeed, Hydra or network; the whole script stays under 8 minutes):
+#   preflight   python/torch/CUDA versions, nvidia-smi, the device name, `import deepspeed` with
+#               DS_ACCELERATOR=cuda (version and accelerator), NVML's total energy counter;
+#   gemm        the GEMM ceiling: bf16/fp32 at 4096, 8192, 16384 (one run);
+#   gpt         GPT 1.3B and 2.7B, bf16, AdamW, ZeRO-1 and ZeRO-2 (four runs);
+#   nccl        all_reduce/all_gather/reduce_scatter at 1 MiB, 64 MiB, 512 MiB (world size 1:
+#               algbw only);
+# all three steps in ONE sweep folder ($OUT/sweep), each under its own timeout, none stopping
+# the next; then the report (python -m suite.report), bench/gpu_summary.py ($OUT/summary.txt)
+# and one tarball of the sweep folder and this script's log ($OUT/gpu-check.tgz).
 #
-#   bash bench/gpu_check.sh            on any GPU box with the suite installed (make install)
-#   WHEELS=.whl bash bench/gpu_check.sh   installs the suite's dependencies from wheels first
+#   bash bench/gpu_check.sh               on the GPU box; installs .whl/*.whl first if .whl exists
+#   WHEELS=DIR bash bench/gpu_check.sh    the wheels from DIR (bench/gpu_wheels.sh builds them)
+#   bash bench/gpu_check.sh --rehearse    the same script on a CPU machine: tiny model, small sizes,
+#                                         no wheels (tests/test_gpu_check.py runs it)
+# Environment: PYTHON (interpreter, default python3), OUT (default results/gpu-check),
+# BUDGET_S (whole-script deadline in seconds; the steps' timeouts shrink to fit it).
 #
-# Wheels for a Python 3.12 x86-64 box, made where pip works (deepspeed's is built locally):
-#   pip wheel --no-deps -w .whl deepspeed hydra-core omegaconf antlr4-python3-runtime==4.9.3 \
-#       submitit hydra-submitit-launcher tabulate
-set -euo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/results/gpu-check}
-mkdir -p "$OUT"
-if [ -n "${WHEELS:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl
-  export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
+# Exit status: 0 when the script completed, even if runs failed (summary.txt says which);
+# 2 when it could not start (no interpreter, no output folder), 3 when no summary was written.
+set -uo pipefail  # no -e: a failing step or preflight line must not stop the rest
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO" || exit 2
+REHEARSE=0
+for arg in "$@"; do
+  case $arg in
+    --rehearse) REHEARSE=1 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    *) echo "gpu_check.sh: unknown argument $arg (only --rehearse)" >&2; exit 2 ;;
+  esac
+done
 PY=${PYTHON:-python3}
-export SUITE_RESULTS_DIR=$OUT PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-common=(cluster.gpus_per_node=1 cluster.accelerator=cuda report.enabled=true)
-# 1. the ceiling: bf16/fp32 GEMMs of a few large shapes
-timeout 120 $PY -m suite.sweep -m workload=gemm 'workload.gemm_sizes=[4096,8192,16384]' \
-  'workload.gemm_dtypes=[bf16,fp32]' workload.iters=20 "${common[@]}" | tail -n 20
-# 2. collective bandwidth (world size 1: algbw only, busbw is 0 by definition)
-timeout 90 $PY -m suite.sweep -m workload=allreduce 'workload.message_bytes=[1048576,67108864,536870912]' \
-  "${common[@]}" | tail -n 5
-# 3. the GPT workload: bf16, fused AdamW, 1.3B and 2.7B, ZeRO-1 and ZeRO-2
-timeout 300 $PY -m suite.sweep -m model=gpt_1_3b,gpt_2_7b strategy=zero1,zero2 precision=bf16 \
-  optimizer=adamw train.micro_batch_size=8 train.warmup_steps=3 train.timed_steps=10 \
-  "${common[@]}" | tail -n 30
-grep -h -A12 "### gpt" "$OUT"/*/report/report.md | cut -c1-220 || true
+OUT=${OUT:-$REPO/results/gpu-check}
+SWEEP=$OUT/sweep
+mkdir -p "$OUT" || { echo "gpu_check.sh: cannot create $OUT" >&2; exit 2; }
+OUT=$(cd "$OUT" && pwd) && SWEEP=$OUT/sweep
+# A fresh check every time: an earlier sweep folder would be resumed (its ok runs skipped).
+rm -rf "$SWEEP" "$OUT/log.txt" "$OUT/summary.txt" "$OUT/gpu-check.tgz"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+export PYTHONUNBUFFERED=1
+command -v "$PY" >/dev/null && "$PY" -c 'import sys' || { echo "gpu_check.sh: no interpreter $PY"; exit 2; }
+
+# ---- the two modes: everything that differs between the GPU box and the rehearsal ----------
+if [ $REHEARSE = 1 ]; then
+  MODE="rehearsal (CPU)"
+  BUDGET_S=${BUDGET_S:-540}   # tests/test_gpu_check.py waits 600 s
+  DS_ACC=cpu
+  common=(cluster.accelerator=cpu cluster.cpu_ranks=1 report.enabled=false)
+  gemm=('workload.gemm_sizes=[64,128]' 'workload.gemm_dtypes=[bf16,fp32]' workload.iters=20)
+  gpt=(model=tiny strategy=zero1,zero2 precision=bf16 optimizer=adamw train.micro_batch_size=2
+       train.warmup_steps=3 train.timed_steps=3)
+  nccl=('workload.message_bytes=[4096,65536]')
+  GPT_RUNS=2 LIMIT_GEMM=120 LIMIT_GPT=240 LIMIT_NCCL=120
+  WHEELS=${WHEELS:-}          # no wheels unless asked for explicitly
+else
+  MODE="GPU"
+  BUDGET_S=${BUDGET_S:-450}   # 7.5 minutes, install and preflight included
+  DS_ACC=cuda
+  common=(cluster.accelerator=cuda cluster.gpus_per_node=1 report.enabled=false)
+  gemm=('workload.gemm_sizes=[4096,8192,16384]' 'workload.gemm_dtypes=[bf16,fp32]' workload.iters=20)
+  gpt=(model=gpt_1_3b,gpt_2_7b strategy=zero1,zero2 precision=bf16 optimizer=adamw
+       train.micro_batch_size=8 train.warmup_steps=3 train.timed_steps=10)
+  nccl=('workload.message_bytes=[1048576,67108864,536870912]')
+  GPT_RUNS=4 LIMIT_GEMM=60 LIMIT_GPT=300 LIMIT_NCCL=60
+  if [ -z "${WHEELS:-}" ] && [ -d "$REPO/.whl" ]; then WHEELS=$REPO/.whl; fi
+  WHEELS=${WHEELS:-}
+fi
+RESERVE_S=50    # kept back for the report, the summary and the tarball
+KILL_AFTER=10   # timeout -k: SIGKILL this long after SIGTERM
+echo "== gpu_check.sh: $MODE, $(date -u +%FT%TZ), host $(hostname), budget ${BUDGET_S} s"
+echo "   out $OUT, sweep $SWEEP, python $PY"
+
+# ---- 1. wheels --------------------------------------------------------------------------------
+if [ -n "$WHEELS" ]; then
+  echo "== install: $WHEELS/*.whl -> /tmp/site"
+  # --upgrade: a rerun on a warm box replaces what an earlier install left in /tmp/site
+  if timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade \
+       --target /tmp/site "$WHEELS"/*.whl; then echo "   installed $(ls "$WHEELS"/*.whl | wc -l) wheels"
+  else echo "   INSTALL FAILED (exit $?); carrying on: the preflight and the runs will say what is missing"
+  fi
+  export PYTHONPATH=/tmp/site:$REPO
+fi
+
+# ---- 2. preflight: every line may fail without stopping the script ----------------------------
+echo "== preflight"
+timeout 60 "$PY" - <<'EOF' || echo "preflight: python/torch check failed (exit $?)"
+import platform
+print(f"preflight: python {platform.python_version()} ({platform.machine()})")
+try:
+    import torch
+    print(f"preflight: torch {torch.__version__}, CUDA {torch.version.cuda}, "
+          f"cuda available {torch.cuda.is_available()}, devices {torch.cuda.device_count()}")
+except Exception as e:
+    print(f"preflight: torch FAILED: {type(e).__name__}: {e}")
+else:
+    try:
+        print(f"preflight: torch.cuda.get_device_name() = {torch.cuda.get_device_name()}")
+    except Exception as e:
+        print(f"preflight: torch.cuda.get_device_name() FAILED: {type(e).__name__}: {str(e)[:200]}")
+EOF
+if [ $REHEARSE = 1 ]; then
+  echo "preflight: nvidia-smi skipped (rehearsal)"
+else
+  timeout 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader \
+    | sed 's/^/preflight: nvidia-smi: /' || echo "preflight: nvidia-smi FAILED (exit $?)"
+fi
+DS_ACCELERATOR=$DS_ACC timeout 90 "$PY" -c '
+import deepspeed
+from deepspeed.accelerator import get_accelerator
+print(f"preflight: deepspeed {deepspeed.__version__}, accelerator {get_accelerator().device_name()}")
+' || echo "preflight: import deepspeed FAILED (exit $?)"
+timeout 30 "$PY" - <<'EOF' || echo "preflight: pynvml check failed (exit $?)"
+try:
+    import pynvml
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    print(f"preflight: NVML total energy counter readable: {pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)} mJ")
+except Exception as e:
+    print(f"preflight: NVML total energy counter NOT readable: {type(e).__name__}: {e}")
+EOF
+
+# ---- 3. the steps: one sweep folder, each under its own timeout, none stopping the next -------
+STEPS=()   # name=rc:seconds:limit, for the summary
+STEP_PGIDS=()
+cleanup_leftovers() {  # a timed-out step's ranks must not hold the GPU for the next step
+  local pgid
+  for pgid in "${STEP_PGIDS[@]}"; do kill -KILL -- "-$pgid" 2>/dev/null; done
+  # Processes that left the step's process group: theirs is the only command line naming $SWEEP.
+  pkill -KILL -f -- "$(printf '%s' "$SWEEP" | sed 's/[][\.*^$+?(){}|]/\\&/g')" 2>/dev/null
+  return 0
+}
+trap cleanup_leftovers EXIT
+step() {  # step NAME NOMINAL_LIMIT_S WORKLOAD [overrides...]
+  local name=$1 nominal=$2 workload=$3; shift 3
+  local left=$(( BUDGET_S - SECONDS - RESERVE_S - KILL_AFTER ))
+  local limit=$(( nominal < left ? nominal : left ))
+  if [ "$limit" -lt 15 ]; then
+    echo "== step $name: SKIPPED, ${left} s left of the ${BUDGET_S} s budget"
+    STEPS+=("$name=skipped:0:0"); return
+  fi
+  echo "== step $name ($workload, timeout ${limit} s): $*"
+  local started=$SECONDS rc
+  # timeout leads its own process group: on expiry it signals the whole group (the sweep, the
+  # submitit job and its ranks); afterwards whatever is left of the group is killed by its id.
+  timeout -k $KILL_AFTER "$limit" "$PY" -m suite.sweep -m workload="$workload" "$@" "${common[@]}" \
+    "hydra.sweep.dir=$SWEEP" "hydra.sweep.subdir=${name}_\${hydra.job.num}_\${model.name}_\${strategy.name}" \
+    </dev/null &
+  local pid=$!
+  STEP_PGIDS+=("$pid")
+  wait "$pid"; rc=$?
+  cleanup_leftovers
+  local took=$(( SECONDS - started ))
+  case $rc in
+    0) echo "== step $name: exit 0 after ${took} s" ;;
+    124|137) echo "== step $name: TIMED OUT after ${took} s (exit $rc, limit ${limit} s)" ;;
+    *) echo "== step $name: exit $rc after ${took} s" ;;
+  esac
+  if [ $rc != 0 ]; then  # runs it started but that left no record: a record says so, not a gap
+    local status=error; case $rc in 124|137) status=timeout ;; esac
+    "$PY" bench/gpu_summary.py --close "$SWEEP" --status $status \
+      --why "gpu_check.sh step $name ended with exit $rc after ${took} s (timeout ${limit} s) before the run wrote its record"
+  fi
+  if [ $REHEARSE = 0 ]; then
+    timeout 15 nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader \
+      | sed 's/^/   still on the GPU: /'
+  fi
+  STEPS+=("$name=$rc:$took:$limit")
+}
+step gemm $LIMIT_GEMM gemm "${gemm[@]}"
+step gpt $LIMIT_GPT gpt "${gpt[@]}"
+step nccl $LIMIT_NCCL allreduce "${nccl[@]}"
+
+# ---- 4. report, summary, tarball ---------------------------------------------------------------
+echo "== report"
+if [ -d "$SWEEP" ]; then
+  timeout -k 5 40 "$PY" -m suite.report "$SWEEP" | tail -n 25
+  echo "   report exit ${PIPESTATUS[0]} (1 = some run failed)"
+else
+  echo "   no sweep folder: no step started a run"
+fi
+echo "== summary"
+step_args=(); for s in "${STEPS[@]}"; do step_args+=(--step "$s"); done
+timeout -k 5 60 "$PY" bench/gpu_summary.py "$SWEEP" --out "$OUT/summary.txt" \
+  --expect gemm=1 --expect gpt=$GPT_RUNS --expect nccl=1 "${step_args[@]}" --wall $SECONDS \
+  || echo "   gpu_summary.py FAILED (exit $?)"
+echo "== packing $OUT/gpu-check.tgz (wall ${SECONDS} s so far)"
+sleep 1  # let tee catch up, so the log in the tarball is complete
+tar -czf "$OUT/gpu-check.tgz" -C "$OUT" --ignore-failed-read log.txt summary.txt \
+  $( [ -d "$SWEEP" ] && echo sweep ) 2>&1 | grep -v "Cannot stat" || true
+ls -l "$OUT/gpu-check.tgz" 2>/dev/null | awk '{print "   " $5 " bytes"}'
+echo "== done in ${SECONDS} s"
+[ -s "$OUT/summary.txt" ] || exit 3
+exit 0

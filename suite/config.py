@@ -98,7 +98,8 @@ class StrategyConfig:
     zero_quantized_weights: bool = False
     zero_quantized_gradients: bool = False
     zero_hpz_partition_size: int = 1
-    #: MiCS: shard stage-3 states within groups of this many ranks (-1 = off; CUDA only)
+    #: MiCS sharding groups: DeepSpeed 0.19 removed MiCS and rejects the key, so only -1 (off)
+    #: is accepted; the field stays so that an old sweep file gets this reason, not "unknown key"
     mics_shard_size: int = -1
 
     def __post_init__(self) -> None:
@@ -111,8 +112,10 @@ class StrategyConfig:
                 or self.pipeline_partition_method.startswith("type:")):
             raise ConfigError(f"strategy.pipeline_partition_method={self.pipeline_partition_method!r} "
                               "is not allowed; choose parameters, uniform or type:<regex>")
-        if self.mics_shard_size != -1 and self.mics_shard_size < 1:
-            raise ConfigError(f"strategy.mics_shard_size={self.mics_shard_size} must be -1 (off) or >= 1")
+        if self.mics_shard_size != -1:
+            raise ConfigError(f"strategy.mics_shard_size={self.mics_shard_size}: MiCS was removed from "
+                              "DeepSpeed (0.19 rejects zero_optimization.mics_shard_size); leave it -1, "
+                              "or use strategy.zero_hpz_partition_size (ZeRO++ hierarchical partitioning)")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ConfigError("strategy.offload_optimizer=true needs strategy.zero_stage 1, 2 or 3")
         if self.offload_params and self.zero_stage != 3:

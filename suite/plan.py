@@ -158,12 +158,10 @@ def check_layout(cfg: SuiteConfig, world: int) -> None:
         raise ConfigError("ZeRO-Offload (strategy.offload_optimizer/offload_params) is not offered "
                           "with strategy.pipeline_parallel or strategy.tensor_parallel > 1")
     zero_pp = s.zero_quantized_weights or s.zero_quantized_gradients or s.zero_hpz_partition_size > 1
-    if (zero_pp or s.mics_shard_size != -1) and s.zero_stage != 3:
+    if zero_pp and s.zero_stage != 3:
         raise ConfigError("ZeRO++ (strategy.zero_quantized_weights, zero_quantized_gradients, "
-                          "zero_hpz_partition_size) and strategy.mics_shard_size need "
+                          "zero_hpz_partition_size) need "
                           f"strategy.zero_stage=3, not {s.zero_stage}")
-    if s.mics_shard_size != -1 and world % s.mics_shard_size:
-        raise ConfigError(f"strategy.mics_shard_size={s.mics_shard_size} must divide the world size {world}")
     if cfg.train.compile and pp > 1:
         raise ConfigError(f"train.compile=true with strategy.pipeline_parallel={pp}: this suite "
                           "compiles the whole module, and the pipeline engine runs it stage by stage")
@@ -200,10 +198,9 @@ def check_combination(cfg: SuiteConfig, accelerator: str, precision: str) -> Non
     """Refuse what DeepSpeed cannot run on this accelerator, naming the fields."""
     if accelerator == "cpu":
         s = cfg.strategy
-        if (s.zero_quantized_weights or s.zero_quantized_gradients or s.zero_hpz_partition_size > 1
-                or s.mics_shard_size != -1):
+        if s.zero_quantized_weights or s.zero_quantized_gradients or s.zero_hpz_partition_size > 1:
             raise ConfigError("ZeRO++ (strategy.zero_quantized_weights, zero_quantized_gradients, "
-                              "zero_hpz_partition_size) and MiCS (strategy.mics_shard_size) need a "
+                              "zero_hpz_partition_size) need a "
                               "GPU: DeepSpeed implements them with CUDA kernels and NCCL groups")
         if precision == "fp16":
             raise ConfigError("precision=fp16 needs a GPU (DeepSpeed: 'Type fp16 is not supported "
@@ -313,8 +310,6 @@ def _zero_block(cfg: SuiteConfig, accelerator: str) -> Dict[str, Any]:
             block["zero_quantized_gradients"] = True
         if s.zero_hpz_partition_size > 1:
             block["zero_hpz_partition_size"] = s.zero_hpz_partition_size
-        if s.mics_shard_size != -1:
-            block["mics_shard_size"] = s.mics_shard_size
     pin = accelerator == "cuda"  # pinned host memory speeds GPU<->CPU copies; moot on the CPU
     if s.offload_optimizer:
         block["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}

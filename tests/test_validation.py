@@ -40,6 +40,16 @@ CATALOGUE = [  # (overrides, what the message must name)
     (["model.n_heads=5"], "model.d_model=64 must divide by model.n_heads=5"),
     (["submit.repeats=0"], "submit.repeats=0"),
     (["cluster.scheduler=pbs"], "cluster.scheduler='pbs'"),
+    # the GPU path (a login node without GPUs must not decide what the compute nodes run)
+    (["cluster.accelerator=auto"], "cluster.accelerator=auto with cluster.scheduler=slurm"),
+    (["cluster.accelerator=cuda", "cluster.gpus_per_node=null"], "cluster.gpus_per_node must be set"),
+    # micro-benchmarks take no sizes that measure nothing
+    (["workload=gemm", "workload.gemm_sizes=[0]"], "workload.gemm_sizes[0]=0 must be >= 1"),
+    (["workload=gemm", "workload.gemm_dtypes=[]"], "workload.gemm_dtypes is empty"),
+    (["workload=allreduce", "workload.message_bytes=[2]"], "workload.message_bytes[0]=2 must be >= 4"),
+    # what only Slurm can say (sbatch --test-only), before anything is submitted
+    (["cluster.nodes=2"], "Node count specification invalid"),
+    (["cluster.gpus_per_node=8"], "Requested node configuration is not available"),
 ]
 
 

@@ -8,6 +8,8 @@ from typing import Dict, List, Optional
 
 import pandas as pd
 
+from suite.metrics import device_key, implausible
+
 # Axes that tell two runs of one configuration apart without changing what is measured.
 NOT_CONFIGURATION = ("repeat_index",)
 # Environment fields compared when a configuration regressed ("what changed").
@@ -204,3 +206,45 @@ def trends(history: pd.DataFrame, metric: str = "tokens_per_s_per_device") -> Di
                                                       aggfunc="median").sort_index()
         out[model] = table
     return out
+
+
+def measured_ceilings(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the sweep's micro-benchmark runs: one per GEMM shape or collective size."""
+    rows = []
+    for _, r in frame[(frame.workload != "gpt") & (frame.status == "ok")].iterrows():
+        micro = json.loads(r.micro_json) if isinstance(r.micro_json, str) else {}
+        for row in micro.get("gemm", []):
+            rows.append({"kind": "gemm", "device": r.env_device_name, "world_size": r.world_size, **row})
+        for row in micro.get("collectives", []):
+            rows.append({"kind": "collective", "device": r.env_device_name, "world_size": r.world_size, **row})
+    return pd.DataFrame(rows)
+
+
+def of_gemm_ceiling(configs: pd.DataFrame, ceilings: pd.DataFrame) -> pd.Series:
+    """Each configuration's TFLOP/s per device over the sweep's measured GEMM ceiling for its
+    dtype (the largest of the sweep's workload=gemm runs); null without such a run."""
+    best = (ceilings[ceilings.kind == "gemm"].groupby("dtype").tflops.max()
+            if "dtype" in ceilings else pd.Series(dtype=float))
+    return pd.Series([r.tflops_per_device / best[r.precision] if r.precision in best else None
+                      for r in configs.itertuples()], index=configs.index, dtype="float64")
+
+
+# Shares of a ceiling: above 1 they cannot be true (a wrong peak, a clock that missed work).
+CEILING_SHARES = {"mfu": "MFU", "hfu": "HFU", "of_gemm_ceiling": "of GEMM ceiling"}
+
+
+def measurement_errors(configs: pd.DataFrame) -> pd.Series:
+    """Per configuration, the shares of a ceiling above 100% ('MFU, HFU'), else ''. The report
+    shows such a figure as a measurement error, never as a result."""
+    def flagged(row) -> str:
+        return ", ".join(label for column, label in CEILING_SHARES.items()
+                         if column in row and implausible(row[column]))
+    if configs.empty:
+        return pd.Series(dtype="string")
+    return configs.apply(flagged, axis=1).astype("string")
+
+
+def unknown_gpus(frame: pd.DataFrame) -> List[str]:
+    """GPU names of the sweep's runs that the peak table does not know (their MFU is null)."""
+    gpu = frame[(frame.accelerator == "cuda") & frame.env_device_name.notna()]
+    return sorted({name for name in gpu.env_device_name if device_key(name) is None})

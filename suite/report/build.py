@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 
 from suite.collect import reconcile  # noqa: E402
 from suite.config import ReportConfig  # noqa: E402
-from suite.metrics import loss_parity  # noqa: E402
+from suite.metrics import implausible, loss_parity  # noqa: E402
 from suite.report import analysis, history  # noqa: E402
 from suite.report.collate import load_sweep  # noqa: E402
 
@@ -60,6 +60,14 @@ def _pct(value) -> str:
     return "—" if value is None or pd.isna(value) else f"{value * 100:.1f}%"
 
 
+def _share(value) -> str:
+    """A share of a ceiling (MFU, HFU, of GEMM ceiling); above 100% it cannot be true, so it is
+    shown as a measurement error, not as a figure."""
+    if value is None or pd.isna(value):
+        return "—"
+    return "error (>100%)" if implausible(value) else f"{value * 100:.1f}%"
+
+
 def _mib(value) -> str:
     return "—" if value is None or pd.isna(value) else f"{value / MIB:,.1f}"
 
@@ -93,9 +101,13 @@ def throughput_section(configs: pd.DataFrame) -> Section:
     section = Section("Throughput", ["One row per configuration: medians over its repeats. "
                                      "CV = coefficient of variation (step times within a run; "
                                      "tokens/s per device across repeats). MFU/HFU are empty (—) "
-                                     "where no datasheet peak is known (any CPU); 'of GEMM "
-                                     "ceiling' is TFLOP/s per device over the sweep's measured "
-                                     "GEMM ceiling for the dtype (workload=gemm runs)."])
+                                     "where no datasheet peak is known (any CPU, a GPU not in the "
+                                     "peak table); 'of GEMM ceiling' is TFLOP/s per device over the "
+                                     "sweep's measured GEMM ceiling for the dtype (workload=gemm "
+                                     "runs). A share above 100% cannot be true and reads 'error'. "
+                                     "Tokens per joule: tokens trained in the timed steps over the "
+                                     "GPUs' energy (NVML) in them; 'throttled': power or heat held "
+                                     "the clocks down during the timed steps."])
     for model, group in configs.groupby("model"):
         group = group.sort_values(["world_size", "strategy", "optimizer", "precision"])
         table = _show(group.assign(layout=group.apply(_layout, axis=1)), {
@@ -107,8 +119,11 @@ def throughput_section(configs: pd.DataFrame) -> Section:
             "compile": ("compiled", lambda v: "" if pd.isna(v) or not v else "yes"),
             "tokens_per_s_per_device": ("tokens/s/device", _fmt(",.0f")),
             "tflops_per_device": ("TFLOP/s/device", _fmt(".4g")),
-            "mfu": ("MFU", _pct), "hfu": ("HFU", _pct),
-            "of_gemm_ceiling": ("of GEMM ceiling", _pct),
+            "mfu": ("MFU", _share), "hfu": ("HFU", _share),
+            "of_gemm_ceiling": ("of GEMM ceiling", _share),
+            "tokens_per_joule": ("tokens/J", _fmt(",.1f")),
+            "sm_clock_mean_mhz": ("SM clock (MHz)", _fmt(",.0f")),
+            "throttled": ("throttled", lambda v: "" if pd.isna(v) else ("YES" if v else "no")),
             "step_time_median_s": ("step median (s)", _fmt(".4f")),
             "step_time_cv": ("step CV", _pct), "repeats": ("repeats", _fmt(".0f")),
             "repeat_cv": ("repeat CV", _pct), "noisy": ("too noisy", lambda v: "yes" if v else ""),
@@ -255,18 +270,6 @@ def parity_table(frame: pd.DataFrame) -> pd.DataFrame:
                                        LAYOUT, "max |loss - ddp loss|", "tolerance", "matches"])
 
 
-def measured_ceilings(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the sweep's micro-benchmark runs: one per GEMM shape or collective size."""
-    rows = []
-    for _, r in frame[(frame.workload != "gpt") & (frame.status == "ok")].iterrows():
-        micro = json.loads(r.micro_json) if isinstance(r.micro_json, str) else {}
-        for row in micro.get("gemm", []):
-            rows.append({"kind": "gemm", "device": r.env_device_name, "world_size": r.world_size, **row})
-        for row in micro.get("collectives", []):
-            rows.append({"kind": "collective", "device": r.env_device_name, "world_size": r.world_size, **row})
-    return pd.DataFrame(rows)
-
-
 def ceilings_section(ceilings: pd.DataFrame) -> Optional[Section]:
     if ceilings.empty:
         return None
@@ -352,13 +355,11 @@ def build_report(sweep_dir: Path, options: Optional[ReportConfig] = None) -> Rep
     frame.to_parquet(out / "runs.parquet", index=False)
     frame.to_csv(out / "runs.csv", index=False)
 
-    ceilings = measured_ceilings(frame)
+    ceilings = analysis.measured_ceilings(frame)
     gpt = frame[frame.workload == "gpt"]
     configs = analysis.aggregate_repeats(gpt, options.max_cv)
-    best_gemm = (ceilings[ceilings.kind == "gemm"].groupby("dtype").tflops.max()
-                 if "dtype" in ceilings else pd.Series(dtype=float))
-    configs["of_gemm_ceiling"] = [r.tflops_per_device / best_gemm[r.precision] if r.precision in best_gemm else None
-                                  for _, r in configs.iterrows()]
+    configs["of_gemm_ceiling"] = analysis.of_gemm_ceiling(configs, ceilings)
+    configs["measurement_error"] = analysis.measurement_errors(configs)
     scaling = analysis.scaling_table(configs)
     best = analysis.best_configurations(configs)
     parity = parity_table(gpt)
@@ -392,6 +393,19 @@ def build_report(sweep_dir: Path, options: Optional[ReportConfig] = None) -> Rep
                       f"match plain data parallel" + (f"; NOT: {', '.join(mismatched.strategy)}" if len(mismatched) else "")
                       + (f"; not compared (no ddp run or the run failed): {len(parity) - len(compared)}"
                          if len(parity) > len(compared) else ""))
+    errors = configs[configs.measurement_error.fillna("") != ""] if "measurement_error" in configs else configs.iloc[:0]
+    if len(errors):
+        header.append("- measurement error: a share of a ceiling above 100% (shown as 'error', not "
+                      "a result) in " + "; ".join(f"{r.strategy}/{r.optimizer} ({r.measurement_error})"
+                                                  for r in errors.itertuples()))
+    unknown = analysis.unknown_gpus(frame)
+    if unknown:
+        header.append(f"- warning: GPU(s) not in the peak table, MFU left empty: {', '.join(unknown)} "
+                      "(suite/metrics.py DEVICE_NAMES)")
+    throttled = configs[configs.throttled.fillna(False).astype(bool)] if "throttled" in configs else configs.iloc[:0]
+    if len(throttled):
+        header.append(f"- clocks throttled (power or heat) during the timed steps of {len(throttled)} "
+                      "configuration(s): " + ", ".join(f"{r.strategy}/{r.optimizer}" for r in throttled.itertuples()))
     measured = frame.dropna(subset=["env_torch"])
     if len(measured):
         v = measured.iloc[0]

@@ -21,7 +21,9 @@ METRICS = ["tokens_per_s", "tokens_per_s_per_device", "samples_per_s", "step_tim
            "tflops_per_device", "hw_tflops_per_device", "mfu", "hfu", "peak_tflops_per_device",
            "peak_memory_bytes", "peak_memory_reserved_bytes", "loss_first", "loss_last",
            "loss_all_finite", "init_s", "memory_capacity_bytes", "model_state_bytes_predicted",
-           "deepspeed_estimate_bytes", "comm_bytes_per_step_predicted", "compiled_graphs", "graph_breaks"]
+           "deepspeed_estimate_bytes", "comm_bytes_per_step_predicted", "compiled_graphs", "graph_breaks",
+           "energy_j", "tokens_per_joule", "power_mean_w", "sm_clock_mean_mhz", "sm_clock_min_mhz",
+           "temperature_max_c", "throttled"]
 # loss_per_step and comm_bytes_per_step are lists/maps: kept as JSON text columns
 ENV = ["python", "torch", "deepspeed", "cuda", "nccl", "driver", "device_name", "device_count",
        "hostname", "hostnames", "slurm_job_id", "git_revision", "variables"]
@@ -29,7 +31,7 @@ COLUMNS = (["run_id", "sweep_id", "status", "error", "attempts", "config_hash", 
             "schema_version"] + AXES
            + METRICS + [f"env_{k}" for k in ENV]
            + ["started_at", "finished_at", "sweep_date", "config_json", "loss_per_step_json",
-              "comm_bytes_per_step_json", "micro_json"])
+              "comm_bytes_per_step_json", "micro_json", "throttle_reasons"])
 
 
 NUMERIC_AXES = ["zero_stage", "world_size", "data_parallel", "tensor_parallel", "pipeline_parallel",
@@ -38,7 +40,8 @@ NUMERIC_AXES = ["zero_stage", "world_size", "data_parallel", "tensor_parallel", 
                 "global_batch_size", "seq_len", "n_params", "schema_version", "attempts"]
 
 
-BOOL_COLUMNS = ["offload_optimizer", "offload_params", "compile", "check_parity", "loss_all_finite"]
+BOOL_COLUMNS = ["offload_optimizer", "offload_params", "compile", "check_parity", "loss_all_finite",
+                "throttled"]
 
 
 def find_records(sweep_dir: Path) -> List[Path]:
@@ -58,6 +61,8 @@ def flatten(record: Dict[str, Any]) -> Dict[str, Any]:
         if metrics.get("comm_bytes_per_step") else None
     micro = {k: metrics[k] for k in ("gemm", "collectives") if k in metrics}
     row["micro_json"] = json.dumps(micro) if micro else None
+    reasons = metrics.get("throttle_reasons")
+    row["throttle_reasons"] = ", ".join(reasons) if reasons else None
     row["workload"] = record.get("workload") or "gpt"  # records before micro-benchmarks
     row["config_hash"] = record.get("config_hash")
     row["config_json"] = json.dumps(record.get("config"), sort_keys=True)

@@ -149,19 +149,10 @@ def _build(cfg: SuiteConfig, plan: RunPlan, poison: _Poison, sp_state):
                    sequence_group=group)
 
 
-def zero_init_kind(strategy) -> Optional[str]:
-    """Which DeepSpeed context builds the model already partitioned: MiCS's own (its shard
-    groups; zero.Init would shard over every rank) for mics_shard_size, zero.Init for stage 3."""
-    if strategy.zero_stage != 3:
-        return None
-    return "MiCS_Init" if strategy.mics_shard_size != -1 else "Init"
-
-
 def _build_context(plan: RunPlan, strategy, sp_state, shard_group):
-    kind = zero_init_kind(strategy)
-    if kind is not None:
-        init = getattr(deepspeed.zero, kind)
-        return init(config_dict_or_path=plan.ds_config, mpu=sp_state, data_parallel_group=shard_group)
+    if strategy.zero_stage == 3:  # built already partitioned
+        return deepspeed.zero.Init(config_dict_or_path=plan.ds_config, mpu=sp_state,
+                                   data_parallel_group=shard_group)
     if plan.accelerator == "cuda":
         # straight onto the GPU: no full fp32 copy per rank in host memory, and a 2.7B model is
         # built in seconds instead of a minute of CPU initialisation

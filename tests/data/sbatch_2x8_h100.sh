@@ -26,4 +26,4 @@ source $HOME/venvs/suite/bin/activate
 
 # command
 export SUBMITIT_EXECUTOR=slurm
-srun --unbuffered --output /shared/sweeps/nightly/.submitit/%A_%a/%A_%a_%t_log.out python3 -u -m submitit.core._submit /shared/sweeps/nightly/.submitit/%j
+srun --unbuffered --output /shared/sweeps/nightly/.submitit/%A_%a/%A_%a_%t_log.out --cpus-per-task 12 python3 -u -m submitit.core._submit /shared/sweeps/nightly/.submitit/%j

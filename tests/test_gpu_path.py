@@ -1,0 +1,340 @@
+"""The GPU path, checked on a machine without a GPU: each test names the defect it guards
+(a reading of the CUDA path against DeepSpeed 0.19.8 found twelve). Where a GPU itself would be
+needed, the test checks what leads up to it (DeepSpeed's CUDA accelerator class by
+introspection, a stand-in accelerator that records calls) and says so; the rest runs for real
+in bench/gpu_check.sh on a GPU machine."""
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from suite import metrics, results
+from suite.config import ConfigError
+from suite.plan import RunPlan, collective_timeout_s, plan_run, slurm_parameters, to_object
+from suite.report import analysis
+from suite.workload import device
+
+from conftest import REPO
+
+SUITE = REPO / "suite"
+
+
+# ---- 1. every accelerator method the suite calls exists on DeepSpeed's CUDA accelerator ----
+
+def _accelerator_calls(tree: ast.AST) -> set:
+    """Attribute names used on get_accelerator()'s result, directly or through a variable."""
+    bound, used = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) \
+                and getattr(node.value.func, "id", None) == "get_accelerator":
+            bound |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            if isinstance(node.value, ast.Call) and getattr(node.value.func, "id", None) == "get_accelerator":
+                used.add(node.attr)
+            elif isinstance(node.value, ast.Name) and node.value.id in bound:
+                used.add(node.attr)
+    return used
+
+
+def test_every_accelerator_method_the_suite_calls_exists_on_the_cuda_accelerator():
+    from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator
+
+    called = set()
+    for path in SUITE.rglob("*.py"):
+        called |= _accelerator_calls(ast.parse(path.read_text()))
+    assert {"synchronize", "set_device", "current_device_name", "device_name"} <= called
+    missing = sorted(name for name in called if not hasattr(CUDA_Accelerator, name))
+    assert not missing, f"not on DeepSpeed's CUDA accelerator: {missing}"
+    # the defect itself: this name is on no accelerator of DeepSpeed's
+    assert "get_device_name" not in called and not hasattr(CUDA_Accelerator, "get_device_name")
+
+
+def test_the_scan_finds_a_call_through_a_variable():
+    tree = ast.parse("accel = get_accelerator()\naccel.get_device_name()\nget_accelerator().synchronize()")
+    assert _accelerator_calls(tree) == {"get_device_name", "synchronize"}
+
+
+# ---- 2. on GPUs Adam/AdamW compile nothing; ops that must compile are checked first ----
+
+def test_adam_on_gpus_is_torchs_fused_kernel_and_compiles_nothing(compose_cfg):
+    plan = plan_run(compose_cfg("optimizer=adamw", "cluster.accelerator=cuda", "cluster.gpus_per_node=8"))
+    assert plan.ds_config["optimizer"]["params"]["torch_adam"] is True
+    assert plan.ds_config["optimizer"]["params"]["fused"] is True
+    assert plan.compiled_ops == ()
+
+
+def test_an_op_that_can_be_neither_loaded_nor_built_is_named():
+    needed = [("fused_lamb", "optimizer=lamb"), ("cpu_adam", "strategy=zero2_offload")]
+    assert device.missing_ops(needed, {"cpu_adam": True}, can_compile=False) == [("fused_lamb", "optimizer=lamb")]
+    assert device.missing_ops(needed, {}, can_compile=True) == []
+    device.check_compiled_ops(needed, "cpu")  # the CPU builds with a C++ compiler: not checked
+
+
+# ---- 3. each rank binds its own GPU before the process group, for every workload ----
+
+class _RecordingAccelerator:
+    """A stand-in for DeepSpeed's CUDA accelerator (no GPU here): records what it is asked."""
+
+    def __init__(self):
+        self.calls = []
+
+    def set_device(self, index):
+        self.calls.append(("set_device", index))
+
+    def current_device_name(self):
+        index = [a for c, a in self.calls if c == "set_device"]
+        return f"cuda:{index[-1]}" if index else "cuda:0"
+
+
+def test_select_device_binds_the_local_rank(monkeypatch):
+    import deepspeed.accelerator
+
+    fake = _RecordingAccelerator()
+    monkeypatch.setattr(deepspeed.accelerator, "get_accelerator", lambda: fake)
+    assert device.select_device("cuda", 5) == "cuda:5"
+    assert fake.calls == [("set_device", 5)]
+
+
+def test_the_rank_selects_its_device_before_the_process_group_starts():
+    source = (SUITE / "launch.py").read_text()
+    body = source[source.index("def run_rank"):]
+    assert body.index("device.select_device(") < body.index("deepspeed.init_distributed(")
+    assert body.index("device.select_device(") < body.index("run_micro_benchmark(")
+
+
+# ---- 4. no silent CPU fallback; one plan, shipped ----
+
+def test_slurm_sweeps_say_what_their_nodes_have(compose_cfg):
+    with pytest.raises(ConfigError, match="cluster.accelerator=auto with cluster.scheduler=slurm"):
+        plan_run(compose_cfg("cluster=slurm", "cluster.accelerator=auto"))
+    with pytest.raises(ConfigError, match="cluster.gpus_per_node must be set for a Slurm GPU sweep"):
+        plan_run(compose_cfg("cluster=slurm", "cluster.gpus_per_node=null"))
+    # the template plans for GPUs whatever the submitting machine has
+    assert plan_run(compose_cfg("cluster=slurm"), local_gpus=0).accelerator == "cuda"
+
+
+def test_the_plans_accelerator_wins_over_an_inherited_ds_accelerator(monkeypatch, compose_cfg):
+    from suite.launch import _prepare_process
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # left over in a login shell
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    plan = plan_run(compose_cfg("cluster.accelerator=cuda", "cluster.gpus_per_node=2"))
+    _prepare_process(plan, 2, {})
+    import os
+
+    assert os.environ["DS_ACCELERATOR"] == "cuda"
+
+
+def test_a_rank_on_other_hardware_than_planned_refuses():
+    with pytest.raises(device.HardwareMismatch, match="DeepSpeed chose the 'cpu' accelerator but the run was planned for 'cuda'"):
+        device.check_hardware("cuda", "cpu", local_rank=0, visible_gpus=8)
+    with pytest.raises(device.HardwareMismatch, match="local rank 3 sees 2 GPU"):
+        device.check_hardware("cuda", "cuda", local_rank=3, visible_gpus=2)
+    device.check_hardware("cuda", "cuda", local_rank=1, visible_gpus=2)
+    device.check_hardware("cpu", "cpu", local_rank=1, visible_gpus=0)
+
+
+def _submit(run_dir: Path, typed, plan) -> None:
+    config = results.run_config(typed, plan)
+    results.write_submission(run_dir, run_id="s/r", sweep_id="s", config=config,
+                             axes=results.record_axes(typed, plan), plan=plan.to_dict(),
+                             scheduler="local", job_id=None)
+
+
+def test_the_rank_uses_the_shipped_plan_and_never_plans_again(tmp_path, monkeypatch, compose_cfg):
+    from suite import launch, plan as planning
+
+    typed = to_object(compose_cfg("cluster.accelerator=cuda", "cluster.gpus_per_node=4", "strategy=zero2"))
+    shipped = plan_run(typed)
+    _submit(tmp_path, typed, shipped)
+    monkeypatch.setattr(planning, "plan_run", lambda *a, **k: pytest.fail("the rank planned again"))
+    assert launch._shipped_plan(tmp_path, typed) == shipped
+    assert RunPlan.from_dict(json.loads(json.dumps(shipped.to_dict()))) == shipped
+
+
+def test_a_rank_that_composed_another_config_refuses(tmp_path, compose_cfg):
+    from suite import launch
+
+    typed = to_object(compose_cfg("strategy=zero2"))
+    _submit(tmp_path, typed, plan_run(typed))
+    with pytest.raises(RuntimeError, match="composed another configuration than the launcher planned"):
+        launch._shipped_plan(tmp_path, to_object(compose_cfg("strategy=zero2", "train.seed=7")))
+    with pytest.raises(RuntimeError, match="submission.json is missing"):
+        launch._shipped_plan(tmp_path / "elsewhere", typed)
+
+
+# ---- 5. Slurm: CPUs and memory per task, and srun told the CPUs too ----
+
+def test_slurm_defaults_for_cpus_and_memory(compose_cfg):
+    typed = to_object(compose_cfg("cluster=slurm"))
+    params = slurm_parameters(typed, plan_run(typed))
+    assert params["cpus_per_task"] == 8
+    assert params["srun_args"] == ["--cpus-per-task", "8"]  # Slurm 22.05+ does not pass it on
+    assert params["mem"] == "0"  # all of the node's memory
+    typed = to_object(compose_cfg("cluster=slurm", "cluster.mem_gb=512", "cluster.cpus_per_task=12"))
+    params = slurm_parameters(typed, plan_run(typed))
+    assert (params["mem"], params["srun_args"]) == ("512GB", ["--cpus-per-task", "12"])
+
+
+def test_threads_per_rank_follow_the_cores_slurm_gave():
+    assert device.threads_per_rank(8, "12", cpu_count=96) == 12
+    assert device.threads_per_rank(8, None, cpu_count=96) == 12
+    assert device.threads_per_rank(2, None, cpu_count=2) == 1
+    assert device.threads_per_rank(4, None, cpu_count=2) == 1
+
+
+# ---- 6. time-outs: the suite's watchdog fires first; a peer's error is the run's status ----
+
+def test_collectives_wait_longer_than_the_suites_own_limits():
+    assert collective_timeout_s(300, 900) == 960
+    assert collective_timeout_s(600, 30) == 660
+
+
+def test_the_earliest_real_error_across_ranks_is_the_runs_status():
+    peer_lost = {"status": "error", "message": "RuntimeError: Connection closed by peer", "time": 10.0}
+    oom = {"status": "oom", "message": "OutOfMemoryError: CUDA out of memory", "time": 12.0}
+    later = {"status": "error", "message": "RuntimeError: boom", "time": 13.0}
+    # rank 0 saw its peer vanish first, but rank 3's OOM is what happened
+    assert results.root_cause({0: peer_lost, 3: oom, 5: later}) == (3, oom)
+    assert results.root_cause({0: peer_lost}) == (0, peer_lost)
+    assert results.root_cause({}) is None
+    tie = {"status": "error", "message": "x", "time": 1.0}
+    assert results.root_cause({4: tie, 2: tie})[0] == 2
+
+
+def test_a_record_written_for_a_dead_run_takes_the_ranks_own_error(tmp_path, compose_cfg):
+    """The fallback record (the run's rank 0 died) used to ignore the ranks' error files."""
+    typed = to_object(compose_cfg())
+    _submit(tmp_path, typed, plan_run(typed))
+    (tmp_path / ".rank3.error").write_text(json.dumps(
+        {"status": "oom", "message": "OutOfMemoryError: CUDA out of memory", "time": 1.0}))
+    (tmp_path / ".rank1.error").write_text(json.dumps(
+        {"status": "error", "message": "DistBackendError: NCCL communicator was aborted", "time": 2.0}))
+    results.write_record_from_submission(tmp_path, status="error", error="the run ended without a record")
+    record = results.read_record(tmp_path / results.RESULT_FILE)
+    assert record["status"] == "oom" and record["error"] == "rank 3: OutOfMemoryError: CUDA out of memory"
+
+
+def test_the_watchdog_ends_a_rendezvous_that_never_completes():
+    script = ("import sys, time\nsys.path.insert(0, %r)\nfrom suite.launch import Watchdog\n"
+              "w = Watchdog(lambda phase, step: print('ended:', phase, step, flush=True))\n"
+              "w.expect('rendezvous', 0.3)\nw.start()\ntime.sleep(30)\n" % str(REPO))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stdout.strip() == "ended: rendezvous -1"
+
+
+# ---- 7. DeepSpeed's throughput timer does not synchronise every step ----
+
+def test_deepspeeds_throughput_timer_is_off(compose_cfg):
+    timers = plan_run(compose_cfg()).ds_config["timers"]
+    assert timers == {"throughput": {"enabled": False, "synchronized": False}}
+    from deepspeed.utils.config import get_timers_config
+
+    assert get_timers_config({"timers": timers}).synchronized is False
+
+
+# ---- 8. exact device names; MFU above 100% is a measurement error ----
+
+@pytest.mark.parametrize("name,key,bf16", [
+    ("NVIDIA A100-SXM4-40GB", "A100", 312.0), ("NVIDIA A100-SXM4-80GB", "A100", 312.0),
+    ("NVIDIA A100-PCIE-40GB", "A100", 312.0), ("NVIDIA A100 80GB PCIe", "A100", 312.0),
+    ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.4), ("NVIDIA H100 PCIe", "H100 PCIe", 756.5),
+    ("NVIDIA H100 NVL", "H100 NVL", 835.5), ("NVIDIA H200", "H200", 989.4),
+    ("NVIDIA H200 NVL", "H200 NVL", 835.5),  # a substring test gave it the SXM part's 989.4
+    ("NVIDIA GH200 480GB", "GH200", 989.4), ("NVIDIA GH200 144G HBM3e", "GH200", 989.4),
+    ("NVIDIA B200", "B200", 2250.0), ("NVIDIA GB200", "GB200", 2500.0),
+    ("NVIDIA B300 SXM6 AC", "B300", 2250.0), ("NVIDIA L40S", "L40S", 362.05),
+    ("AMD Instinct MI300X", "MI300X", 1307.4), ("AMD Instinct MI325X", "MI325X", 1307.4),
+])
+def test_the_names_torch_reports_map_to_their_own_peak(name, key, bf16):
+    assert metrics.device_key(name) == key
+    assert metrics.peak_tflops(name, "bf16") == bf16
+
+
+def test_unknown_or_partial_names_have_no_peak():
+    for name in ("NVIDIA L40", "NVIDIA H100", "H200", "NVIDIA GeForce RTX 4090", "AMD EPYC 9654", "", None):
+        assert metrics.peak_tflops(name, "bf16") is None, name
+    assert metrics.device_key("nvidia  h200   nvl") == "H200 NVL"  # case and spacing aside
+
+
+def test_a_share_above_100_percent_is_flagged_not_shown(tmp_path):
+    import pandas as pd
+
+    configs = pd.DataFrame({"mfu": [0.5, 1.3, None], "hfu": [0.6, 1.4, None],
+                            "of_gemm_ceiling": [0.7, 0.9, 1.01]})
+    assert analysis.measurement_errors(configs).tolist() == ["", "MFU, HFU", "of GEMM ceiling"]
+    from suite.report.build import _share
+
+    assert [_share(v) for v in (0.5, 1.3, None)] == ["50.0%", "error (>100%)", "—"]
+
+
+def test_a_gpu_without_a_peak_is_named_in_the_report():
+    import pandas as pd
+
+    frame = pd.DataFrame({"accelerator": ["cuda", "cuda", "cpu"],
+                          "env_device_name": ["NVIDIA H200", "NVIDIA RTX PRO 6000", "AMD EPYC"]})
+    assert analysis.unknown_gpus(frame) == ["NVIDIA RTX PRO 6000"]
+
+
+# ---- 9. Lamb under ZeRO (tests/test_plan.py); MiCS: DeepSpeed 0.19 removed it ----
+
+def test_mics_is_refused_with_the_reason(compose_cfg):
+    with pytest.raises(ConfigError, match="MiCS was removed from DeepSpeed"):
+        plan_run(compose_cfg("strategy=zero3", "strategy.mics_shard_size=8", "cluster.accelerator=cuda",
+                             "cluster.gpus_per_node=8"))
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload",
+                                      "pp2_zero1", "tp2_zero2", "sp2_zero3"])
+def test_no_plan_carries_a_key_deepspeed_has_removed(compose_cfg, strategy):
+    # DeepSpeed's own list of removed keys (a private function: there is no public validator
+    # that runs without a process group); a removed key fails the run at deepspeed.initialize
+    from deepspeed.runtime.config import _reject_removed_config_keys
+
+    plan = plan_run(compose_cfg(f"strategy={strategy}", "strategy.zero_quantized_weights="
+                                f"{str(strategy.startswith(('zero3', 'sp2_zero3'))).lower()}",
+                                "cluster.accelerator=cuda", "cluster.gpus_per_node=4"))
+    _reject_removed_config_keys(plan.ds_config)
+
+
+# ---- 12. micro-benchmarks: sizes checked, one run per distinct measurement ----
+
+def test_a_micro_benchmark_runs_once_whatever_the_training_axes(tmp_path):
+    from conftest import run_sweep
+
+    done = run_sweep(tmp_path, "workload=gemm", "strategy=ddp,zero1,zero2", "optimizer=adamw,sgd_momentum",
+                     "submit.dry_run=true")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Dry run: 1 runs would start" in done.stdout
+    done = run_sweep(tmp_path, "workload=allreduce", "strategy=ddp,zero1", "workload.include_bucket_sizes=true",
+                     "submit.dry_run=true")  # the buckets are part of what it measures: equal here
+    assert "Dry run: 1 runs would start" in done.stdout
+    done = run_sweep(tmp_path, "workload=gemm", "submit.repeats=2", "submit.dry_run=true")
+    assert "Dry run: 2 runs would start" in done.stdout  # repeats are distinct measurements
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["workload=gemm", "workload.gemm_sizes=[0]"], "workload.gemm_sizes[0]=0 must be >= 1"),
+    (["workload=gemm", "workload.gemm_sizes=[]"], "workload.gemm_sizes is empty"),
+    (["workload=allreduce", "workload.message_bytes=[1]"], "workload.message_bytes[0]=1 must be >= 4"),
+    (["workload=allreduce", "workload.collectives=[]"], "workload.collectives is empty"),
+])
+def test_micro_benchmark_sizes_are_checked_before_submission(compose_cfg, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        plan_run(compose_cfg(*overrides))
+    assert message in str(err.value)
+
+
+# ---- telemetry: null on the CPU, never guessed ----
+
+def test_energy_figures_are_null_without_telemetry_and_derived_with_it():
+    none = metrics.energy_metrics(None, tokens=1e6)
+    assert none["energy_j"] is None and none["tokens_per_joule"] is None and none["throttled"] is None
+    run = metrics.energy_metrics({"energy_j": 2000.0, "power_mean_w": 650.0, "sm_clock_mean_mhz": 1980.0,
+                                  "sm_clock_min_mhz": 1755.0, "temperature_max_c": 63,
+                                  "throttle_reasons": ["SwPowerCap"], "throttled": True}, tokens=1.5e6)
+    assert run["tokens_per_joule"] == 750.0 and run["throttled"] is True
