@@ -16,19 +16,21 @@
 #   bash bench/gpu_check.sh --rehearse    the same script on a CPU machine: tiny model, small sizes,
 #                                         no wheels (tests/test_gpu_check.py runs it)
 # Environment: PYTHON (interpreter, default python3), OUT (default results/gpu-check),
-# BUDGET_S (whole-script deadline in seconds; the steps' timeouts shrink to fit it).
+# BUDGET_S (whole-script deadline in seconds; the steps' timeouts shrink to fit it), LIMIT_GEMM,
+# LIMIT_GPT, LIMIT_NCCL (each step's timeout in seconds before that; GPU: 60, 300, 60).
 #
 # Exit status: 0 when the script completed, even if runs failed (summary.txt says which);
 # 2 when it could not start (no interpreter, no output folder), 3 when no summary was written.
 set -uo pipefail  # no -e: a failing step or preflight line must not stop the rest
 
+CALLER=$PWD
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO" || exit 2
 REHEARSE=0
 for arg in "$@"; do
   case $arg in
     --rehearse) REHEARSE=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $arg (only --rehearse)" >&2; exit 2 ;;
   esac
 done
@@ -53,7 +55,7 @@ if [ $REHEARSE = 1 ]; then
   gpt=(model=tiny strategy=zero1,zero2 precision=bf16 optimizer=adamw train.micro_batch_size=2
        train.warmup_steps=3 train.timed_steps=3)
   nccl=('workload.message_bytes=[4096,65536]')
-  GPT_RUNS=2 LIMIT_GEMM=120 LIMIT_GPT=240 LIMIT_NCCL=120
+  GPT_RUNS=2 LIMITS=(120 240 120) KEEP_NCCL=30
   WHEELS=${WHEELS:-}          # no wheels unless asked for explicitly
 else
   MODE="GPU"
@@ -64,11 +66,13 @@ else
   gpt=(model=gpt_1_3b,gpt_2_7b strategy=zero1,zero2 precision=bf16 optimizer=adamw
        train.micro_batch_size=8 train.warmup_steps=3 train.timed_steps=10)
   nccl=('workload.message_bytes=[1048576,67108864,536870912]')
-  GPT_RUNS=4 LIMIT_GEMM=60 LIMIT_GPT=300 LIMIT_NCCL=60
+  GPT_RUNS=4 LIMITS=(60 300 60) KEEP_NCCL=45
   if [ -z "${WHEELS:-}" ] && [ -d "$REPO/.whl" ]; then WHEELS=$REPO/.whl; fi
   WHEELS=${WHEELS:-}
 fi
-RESERVE_S=50    # kept back for the report, the summary and the tarball
+case $WHEELS in ''|/*) ;; *) WHEELS=$CALLER/$WHEELS ;; esac  # relative to where it was started
+LIMIT_GEMM=${LIMIT_GEMM:-${LIMITS[0]}} LIMIT_GPT=${LIMIT_GPT:-${LIMITS[1]}} LIMIT_NCCL=${LIMIT_NCCL:-${LIMITS[2]}}
+RESERVE_S=45    # kept back for the report (30 s at most), the summary (20 s) and the tarball
 KILL_AFTER=10   # timeout -k: SIGKILL this long after SIGTERM
 echo "== gpu_check.sh: $MODE, $(date -u +%FT%TZ), host $(hostname), budget ${BUDGET_S} s"
 echo "   out $OUT, sweep $SWEEP, python $PY"
@@ -124,21 +128,22 @@ EOF
 
 # ---- 3. the steps: one sweep folder, each under its own timeout, none stopping the next -------
 STEPS=()   # name=rc:seconds:limit, for the summary
-STEP_PGIDS=()
+STEP_PGID=
 cleanup_leftovers() {  # a timed-out step's ranks must not hold the GPU for the next step
-  local pgid
-  for pgid in "${STEP_PGIDS[@]}"; do kill -KILL -- "-$pgid" 2>/dev/null; done
+  [ -n "$STEP_PGID" ] && kill -KILL -- "-$STEP_PGID" 2>/dev/null
+  STEP_PGID=
   # Processes that left the step's process group: theirs is the only command line naming $SWEEP.
   pkill -KILL -f -- "$(printf '%s' "$SWEEP" | sed 's/[][\.*^$+?(){}|]/\\&/g')" 2>/dev/null
   return 0
 }
 trap cleanup_leftovers EXIT
-step() {  # step NAME NOMINAL_LIMIT_S WORKLOAD [overrides...]
-  local name=$1 nominal=$2 workload=$3; shift 3
-  local left=$(( BUDGET_S - SECONDS - RESERVE_S - KILL_AFTER ))
+trap 'exit 143' TERM INT HUP  # killed from outside: the EXIT trap still cleans up
+step() {  # step NAME NOMINAL_LIMIT_S KEEP_S WORKLOAD [overrides...]; KEEP_S: kept for later steps
+  local name=$1 nominal=$2 keep=$3 workload=$4; shift 4
+  local left=$(( BUDGET_S - SECONDS - RESERVE_S - KILL_AFTER - keep ))
   local limit=$(( nominal < left ? nominal : left ))
   if [ "$limit" -lt 15 ]; then
-    echo "== step $name: SKIPPED, ${left} s left of the ${BUDGET_S} s budget"
+    echo "== step $name: SKIPPED, $(( BUDGET_S - SECONDS )) s left of the ${BUDGET_S} s budget"
     STEPS+=("$name=skipped:0:0"); return
   fi
   echo "== step $name ($workload, timeout ${limit} s): $*"
@@ -148,9 +153,8 @@ step() {  # step NAME NOMINAL_LIMIT_S WORKLOAD [overrides...]
   timeout -k $KILL_AFTER "$limit" "$PY" -m suite.sweep -m workload="$workload" "$@" "${common[@]}" \
     "hydra.sweep.dir=$SWEEP" "hydra.sweep.subdir=${name}_\${hydra.job.num}_\${model.name}_\${strategy.name}" \
     </dev/null &
-  local pid=$!
-  STEP_PGIDS+=("$pid")
-  wait "$pid"; rc=$?
+  STEP_PGID=$!
+  wait "$STEP_PGID"; rc=$?
   cleanup_leftovers
   local took=$(( SECONDS - started ))
   case $rc in
@@ -169,21 +173,21 @@ step() {  # step NAME NOMINAL_LIMIT_S WORKLOAD [overrides...]
   fi
   STEPS+=("$name=$rc:$took:$limit")
 }
-step gemm $LIMIT_GEMM gemm "${gemm[@]}"
-step gpt $LIMIT_GPT gpt "${gpt[@]}"
-step nccl $LIMIT_NCCL allreduce "${nccl[@]}"
+step gemm $LIMIT_GEMM $KEEP_NCCL gemm "${gemm[@]}"
+step gpt $LIMIT_GPT $KEEP_NCCL gpt "${gpt[@]}"
+step nccl $LIMIT_NCCL 0 allreduce "${nccl[@]}"
 
 # ---- 4. report, summary, tarball ---------------------------------------------------------------
 echo "== report"
 if [ -d "$SWEEP" ]; then
-  timeout -k 5 40 "$PY" -m suite.report "$SWEEP" | tail -n 25
+  timeout -k 5 30 "$PY" -m suite.report "$SWEEP"
   echo "   report exit ${PIPESTATUS[0]} (1 = some run failed)"
 else
   echo "   no sweep folder: no step started a run"
 fi
 echo "== summary"
 step_args=(); for s in "${STEPS[@]}"; do step_args+=(--step "$s"); done
-timeout -k 5 60 "$PY" bench/gpu_summary.py "$SWEEP" --out "$OUT/summary.txt" \
+timeout -k 5 20 "$PY" bench/gpu_summary.py "$SWEEP" --out "$OUT/summary.txt" \
   --expect gemm=1 --expect gpt=$GPT_RUNS --expect nccl=1 "${step_args[@]}" --wall $SECONDS \
   || echo "   gpu_summary.py FAILED (exit $?)"
 echo "== packing $OUT/gpu-check.tgz (wall ${SECONDS} s so far)"

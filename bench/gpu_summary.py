@@ -58,8 +58,21 @@ def fmt(value, spec: str = "") -> str:
     return format(value, spec)
 
 
-def pct(value) -> str:
-    return NULL if is_null(value) else f"{100 * value:.1f}%"
+def pct(value, decimals: int = 1) -> str:
+    return NULL if is_null(value) else f"{100 * value:.{decimals}f}%"
+
+
+def num(x: float) -> str:
+    """One decimal for hardware-sized figures, three significant digits for a CPU's small ones."""
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
+
+
+def share(value) -> str:
+    """A share of a ceiling (MFU, of GEMM ceiling); above 100% it is a measurement error (a
+    wrong peak, a ceiling measured on shapes too small), marked with `!` as the report does."""
+    from suite.metrics import implausible
+
+    return pct(value) + ("!" if not is_null(value) and implausible(float(value)) else "")
 
 
 def human_bytes(n: float) -> str:
@@ -107,7 +120,7 @@ def summarize(sweep: Path, expect: Dict[str, int], steps: List[str], wall: Optio
         rows.append([
             f"{r.step}/{r.workload}", NULL if micro else fmt(r.model), NULL if micro else fmt(r.strategy),
             NULL if micro else fmt(r.precision), fmt(r.status), fmt(r.tokens_per_s_per_device, ".0f"),
-            pct(r.mfu), pct(of_ceiling.get(i)), fmt(r.step_time_cv, ".3f"),
+            share(r.mfu), share(of_ceiling.get(i)), pct(r.step_time_cv, 2),
             NULL if is_null(r.peak_memory_bytes) else f"{r.peak_memory_bytes / GIB:.2f}",
             fmt(r.energy_j, ".0f"), fmt(r.tokens_per_joule, ".1f"), fmt(r.sm_clock_mean_mhz, ".0f"),
             throttled, error])
@@ -124,6 +137,9 @@ def summarize(sweep: Path, expect: Dict[str, int], steps: List[str], wall: Optio
             lines.append(f"{step}: {wanted - found} of its {wanted} planned runs never started "
                          "(no folder: the step ended first)")
             n_runs += wanted - found
+    if any(cell.endswith("%!") for row in rows for cell in row):
+        lines.append("!: above 100% of a ceiling, a measurement error rather than a result "
+                     "(a wrong peak, or a GEMM ceiling measured on shapes too small)")
     if steps:
         lines.append("steps: " + "; ".join(describe_step(s) for s in steps))
     if wall is not None:
@@ -142,11 +158,11 @@ def micro_lines(run) -> List[str]:
     if "dtype" in mine and (mine.kind == "gemm").any():
         best = mine[mine.kind == "gemm"].sort_values("tflops").groupby("dtype").tail(1)
         return ["    GEMM ceiling: " + ", ".join(
-            f"{b.dtype} {b.tflops:.1f} TFLOP/s (n={b.n:.0f})" for b in best.sort_values("dtype").itertuples())]
+            f"{b.dtype} {num(b.tflops)} TFLOP/s (n={b.n:.0f})" for b in best.sort_values("dtype").itertuples())]
     if "algbw_gbps" in mine and (mine.kind == "collective").any():
         best = mine[mine.kind == "collective"].sort_values("algbw_gbps").groupby("op").tail(1)
         return ["    largest algbw: " + ", ".join(
-            f"{b.op} {b.algbw_gbps:.1f} GB/s ({human_bytes(b.bytes)})" for b in best.sort_values("op").itertuples())]
+            f"{b.op} {num(b.algbw_gbps)} GB/s ({human_bytes(b.bytes)})" for b in best.sort_values("op").itertuples())]
     return []
 
 

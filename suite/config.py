@@ -216,8 +216,8 @@ class ClusterConfig:
     request_gpus: Optional[bool] = None
     #: wall-clock limit of one run, minutes (Slurm's --time)
     timeout_min: int = 20
-    #: seconds the ranks wait for each other at start-up; a rank missing then ends the run as
-    #: an error (the suite's watchdog; collectives get a longer timeout, see docs)
+    #: seconds for the start-up: all ranks arrive, then the model and the DeepSpeed engine are
+    #: built; beyond it the suite's watchdog ends the run (torch's own timeout is set longer)
     init_timeout_s: int = 300
     #: environment variables set in every rank before torch.distributed starts (NCCL_*, ...)
     env: Dict[str, str] = field(default_factory=dict)

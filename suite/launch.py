@@ -71,8 +71,9 @@ def _write_rank_error(run_dir: Path, rank: int, status: str, message: str) -> No
 
 
 class Watchdog:
-    """Ends a run that stops making progress: no rendezvous within `cluster.init_timeout_s`, or
-    no training step within `train.step_timeout_s` (a rank stuck in a collective or a kernel).
+    """Ends a run that stops making progress: no rendezvous, or no model and engine, within
+    `cluster.init_timeout_s`; no training step within `train.step_timeout_s` (a rank stuck in a
+    collective or a kernel).
     `on_hang(phase, step)` runs first, so rank 0 writes the record. It is the suite's only
     time-out: the process group's own is set longer (plan.collective_timeout_s), so NCCL's
     watchdog cannot kill a stuck rank before the record says what happened."""
@@ -140,6 +141,10 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
             write("error", f"not every rank arrived within cluster.init_timeout_s="
                            f"{typed.cluster.init_timeout_s} s (rendezvous at "
                            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')})", {}, {})
+        elif phase == "setup":
+            write("hang", f"building the model and the DeepSpeed engine did "
+                          f"not finish within cluster.init_timeout_s={typed.cluster.init_timeout_s} s; "
+                          "the watchdog ended the run", {}, {})
         else:
             write("hang", f"no training step completed within train.step_timeout_s="
                           f"{typed.train.step_timeout_s:g} s (last completed step: {step}); "
@@ -158,15 +163,17 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
         watchdog.start()
         deepspeed.init_distributed(auto_mpi_discovery=False, timeout=datetime.timedelta(
             seconds=planning.collective_timeout_s(typed.cluster.init_timeout_s, typed.train.step_timeout_s)))
-        watchdog.expect("steps", typed.train.step_timeout_s)
-        if typed.workload.name != "gpt":
+        if typed.workload.name != "gpt":  # no steps to beat: the whole benchmark is one
+            watchdog.expect("steps", typed.train.step_timeout_s)
             from suite.workload.micro import run_micro_benchmark
 
             ceilings = run_micro_benchmark(typed, plan)
             return write("ok", None, ceilings, {}) if rank == 0 else None
         from suite.workload.train import run_training
 
-        measured = run_training(typed, plan, beat=watchdog.beat)
+        watchdog.expect("setup", typed.cluster.init_timeout_s)
+        measured = run_training(typed, plan, beat=watchdog.beat,
+                                ready=lambda: watchdog.expect("steps", typed.train.step_timeout_s))
         status, error = results.status_of_losses(measured.losses)
         run_metrics = _training_metrics(typed, plan, measured)
     except Exception as exc:  # every failure becomes a record

@@ -275,8 +275,9 @@ def test_a_share_above_100_percent_is_flagged_not_shown(tmp_path):
 def test_a_gpu_without_a_peak_is_named_in_the_report():
     import pandas as pd
 
-    frame = pd.DataFrame({"accelerator": ["cuda", "cuda", "cpu"],
-                          "env_device_name": ["NVIDIA H200", "NVIDIA RTX PRO 6000", "AMD EPYC"]})
+    frame = pd.DataFrame({"accelerator": ["cuda", "cuda", "cpu", "cuda"],
+                          "status": ["ok", "ok", "ok", "error"],  # failed before it saw a GPU
+                          "env_device_name": ["NVIDIA H200", "NVIDIA RTX PRO 6000", "AMD EPYC", "AMD EPYC"]})
     assert analysis.unknown_gpus(frame) == ["NVIDIA RTX PRO 6000"]
 
 

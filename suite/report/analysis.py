@@ -246,5 +246,6 @@ def measurement_errors(configs: pd.DataFrame) -> pd.Series:
 
 def unknown_gpus(frame: pd.DataFrame) -> List[str]:
     """GPU names of the sweep's runs that the peak table does not know (their MFU is null)."""
-    gpu = frame[(frame.accelerator == "cuda") & frame.env_device_name.notna()]
+    # ok runs only: a run that failed before it saw a GPU records the host's CPU name
+    gpu = frame[(frame.accelerator == "cuda") & (frame.status == "ok") & frame.env_device_name.notna()]
     return sorted({name for name in gpu.env_device_name if device_key(name) is None})

@@ -256,8 +256,10 @@ def timed_loop(step_fn, warmup: int, timed: int, beat=lambda step: None, slowdow
     return times, losses
 
 
-def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None) -> Measurements:
-    """Train and time; `beat(step)` is called as each step completes (the hang watchdog)."""
+def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None,
+                 ready=lambda: None) -> Measurements:
+    """Train and time; `ready()` is called once the engine is built and `beat(step)` as each
+    step completes (the hang watchdog)."""
     out = Measurements()
     t_init = time.perf_counter()
     engine, step_fn, _ = prepare(cfg, plan)
@@ -266,6 +268,7 @@ def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None) -> Mea
     device.synchronize()
     out.init_s = time.perf_counter() - t_init
 
+    ready()
     _reset_peak_memory(plan.accelerator)
     if cfg.train.profile_comms and hasattr(deepspeed.comm, "comms_logger"):
         deepspeed.comm.comms_logger.comms_dict.clear()  # count the steps, not initialisation
