@@ -81,7 +81,7 @@ def main() -> None:
                           "step_median_s": median_bare, "harness_per_step_s": harness_s,
                           "harness_fraction": harness_s / median_bare}), flush=True)
     deepspeed.comm.barrier()
-    os._exit(0)  # skip gloo's racy teardown at interpreter exit (FACTS.md)
+    os._exit(0)  # skip gloo's racy teardown at interpreter exit (docs/behaviour.md)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def main() -> None:
         for row in rows:
             print(json.dumps(row), flush=True)
     dist.barrier()
-    os._exit(0)  # skip gloo's racy teardown at interpreter exit (FACTS.md)
+    os._exit(0)  # skip gloo's racy teardown at interpreter exit (docs/behaviour.md)
 
 
 if __name__ == "__main__":

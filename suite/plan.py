@@ -15,7 +15,7 @@ from suite.config import ConfigError, SuiteConfig, from_dict
 # Optimizers DeepSpeed can run on the CPU side under ZeRO-Offload (DeepSpeedCPUAdam/Adagrad).
 OFFLOADABLE_OPTIMIZERS = ("adam", "adamw", "adagrad")
 
-# AutoTP cannot find a policy for a custom model (FACTS.md): this says which of our GPT's
+# AutoTP cannot find a policy for a custom model (docs/behaviour.md): this says which of our GPT's
 # weights split by output (column) and which by input (row). The fused QKV splits as three
 # equal parts, so each rank keeps whole heads; the embeddings and the output head replicate.
 GPT_TP_PARTITION = {

@@ -153,7 +153,7 @@ def test_records_of_an_earlier_schema_are_still_reported(tmp_path):
 
 
 def test_a_finished_task_leaves_before_the_teardown_that_can_abort_it(tmp_path):
-    # Gloo's threads abort ~1 in 30 finished ranks at interpreter teardown (FACTS.md); Slurm then
+    # Gloo's threads abort ~1 in 30 finished ranks at interpreter teardown (docs/behaviour.md); Slurm then
     # says FAILED. Once submitit has saved the task's success, the task leaves with status 0
     # before that teardown; without a saved success, the normal exit (here the abort) stands.
     script = ("import atexit, os\n"

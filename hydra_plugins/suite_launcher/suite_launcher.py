@@ -125,7 +125,7 @@ class SharedLauncher:
 def _leave_without_teardown() -> None:
     """At exit of a task that finished: once submitit has saved its success, leave with
     os._exit(0). Gloo's worker threads can abort the interpreter's teardown after a correct run
-    ("terminate called without an active exception", about 1 run in 30, FACTS.md), and Slurm
+    ("terminate called without an active exception", about 1 run in 30: docs/behaviour.md), and Slurm
     then calls the job FAILED. Without a saved success the normal exit (and status) stands."""
     import submitit
 

@@ -62,7 +62,7 @@ def _memory_capacity(accelerator: str) -> int:
 
 def _comm_bytes_per_step(steps: int) -> dict:
     """Bytes each collective moved per step by DeepSpeed's comms logger (message sizes and
-    counts only: its latencies are cumulative, see FACTS.md)."""
+    counts only: its latencies are cumulative, docs/behaviour.md)."""
     raw = deepspeed.comm.comms_logger.get_raw_data() if hasattr(deepspeed.comm, "comms_logger") else {}
     return {op: sum(size * entry[0] for size, entry in sizes.items()) / steps
             for op, sizes in raw.items()}
