@@ -164,7 +164,7 @@ def run_metrics(*, n_layers: int, d_model: int, n_heads: int, seq_len: int, voca
                 losses: Sequence[float], peak_memory_bytes: Optional[int],
                 peak_memory_reserved_bytes: Optional[int], device_name: Optional[str],
                 dtype: str, recompute: bool = False) -> Dict[str, Optional[float]]:
-    """Every metric of one run from its raw measurements (see README 'Metrics')."""
+    """Every metric of one run from its raw measurements (docs/runs-and-metrics.md)."""
     params = gpt_param_count(n_layers, d_model, seq_len, vocab_size)
     head_dim = d_model // n_heads
     model_flops = flops_per_token(params["non_embedding"], n_layers, n_heads, head_dim, seq_len)

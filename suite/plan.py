@@ -399,48 +399,6 @@ def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0) -> RunPlan:
     )
 
 
-def asks_for_gpus(cfg: SuiteConfig, plan: RunPlan) -> bool:
-    if cfg.cluster.request_gpus is not None:
-        return cfg.cluster.request_gpus
-    return plan.accelerator == "cuda"
-
-
-def slurm_parameters(cfg: SuiteConfig, plan: RunPlan) -> Dict[str, Any]:
-    """submitit SlurmExecutor parameters of one run: its own nodes, tasks and GPUs (one Slurm
-    task per rank) and the site's sbatch knobs. Runs with equal parameters share an array."""
-    c = cfg.cluster
-    params: Dict[str, Any] = {
-        "job_name": "suite",  # not per model: runs of equal resources share one array
-        "time": c.timeout_min,
-        "nodes": plan.nodes,
-        "ntasks_per_node": plan.ranks_per_node,
-        "gpus_per_node": plan.ranks_per_node if asks_for_gpus(cfg, plan) else None,
-        "cpus_per_task": c.cpus_per_task,
-        # Slurm 22.05+ does not pass sbatch's --cpus-per-task on to srun: say it again there
-        "srun_args": ["--cpus-per-task", str(c.cpus_per_task)],
-        "mem": f"{c.mem_gb}GB" if c.mem_gb else "0",  # 0: all of the node's memory
-        "partition": c.partition,
-        "account": c.account,
-        "qos": c.qos,
-        "constraint": c.constraint,
-        "exclusive": True if c.exclusive else None,
-        "setup": list(c.setup) or None,
-        "additional_parameters": dict(c.sbatch_extra) or None,
-        "array_parallelism": c.array_parallelism,
-        "signal_delay_s": c.signal_delay_s,
-        "stderr_to_stdout": True,
-    }
-    return {k: v for k, v in params.items() if v is not None}
-
-
-def sbatch_script(params: Dict[str, Any], folder: str, array_size: int, python: str) -> str:
-    """The exact batch script submitit submits for an array of `array_size` runs."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    command = f"{python} -u -m submitit.core._submit {folder}"
-    return _make_sbatch_string(command=command, folder=folder, map_count=array_size, **params)
-
-
 def collective_timeout_s(init_timeout_s: float, step_timeout_s: float) -> float:
     """torch.distributed's timeout, which bounds every collective as well as the rendezvous:
     longer than both of the suite's own limits, so the suite's watchdog ends a stuck run first
@@ -459,13 +417,3 @@ def estimated_cost(cfg: SuiteConfig, plan: RunPlan) -> float:
     flops_per_device = 6.0 * params * plan.global_batch_size * m.seq_len * steps / plan.world_size
     zero3_penalty = 2.0 if cfg.strategy.zero_stage == 3 else 1.0
     return 1e9 + flops_per_device * zero3_penalty
-
-
-def group_into_arrays(keys_and_costs: list[tuple[Any, float]]) -> list[list[int]]:
-    """Indices grouped by equal resource key, shortest expected job first within an array and
-    the array holding the shortest job first."""
-    groups: Dict[Any, list[int]] = {}
-    order = sorted(range(len(keys_and_costs)), key=lambda i: (keys_and_costs[i][1], i))
-    for i in order:
-        groups.setdefault(keys_and_costs[i][0], []).append(i)
-    return list(groups.values())

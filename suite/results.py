@@ -189,7 +189,7 @@ def _finite_or_none(value: Any) -> Any:
 def make_record(*, run_id: str, sweep_id: str, status: str, error: Optional[str],
                 config: Dict[str, Any], axes: Dict[str, Any], metrics: Dict[str, Any],
                 env: Dict[str, Any], started_at: str, finished_at: str) -> Dict[str, Any]:
-    """The record as written to result.json (see README 'Result schema')."""
+    """The record as written to result.json (docs/runs-and-metrics.md)."""
     if status not in STATUSES:
         raise ValueError(f"status={status!r} is not one of {STATUSES}")
     safe_config = redact("config", config)

@@ -13,7 +13,8 @@ import pytest
 
 from suite import metrics, results
 from suite.config import ConfigError
-from suite.plan import RunPlan, collective_timeout_s, plan_run, slurm_parameters, to_object
+from suite.plan import RunPlan, collective_timeout_s, plan_run, to_object
+from suite.schedulers.slurm import slurm_parameters
 from suite.report import analysis
 from suite.workload import device
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from suite.plan import plan_run, sbatch_script, slurm_parameters, to_object
+from suite.plan import plan_run, to_object
+from suite.schedulers.slurm import sbatch_script, slurm_parameters
 
 from conftest import REPO, run_sweep, sweep_dirs
 

@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from suite.collect import reconcile  # noqa: E402
+from suite.schedulers import unfinished as reconcile_with_schedulers  # noqa: E402
 from suite.config import ReportConfig  # noqa: E402
 from suite.metrics import implausible, loss_parity  # noqa: E402
 from suite.report import analysis, history  # noqa: E402
@@ -350,7 +350,7 @@ def build_report(sweep_dir: Path, options: Optional[ReportConfig] = None) -> Rep
     sweep_dir = Path(sweep_dir)
     out = sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    pending = reconcile(sweep_dir).unfinished  # Slurm runs that ended without a record
+    pending = reconcile_with_schedulers(sweep_dir)  # runs that ended without a record get one
     frame = load_sweep(sweep_dir)
     frame.to_parquet(out / "runs.parquet", index=False)
     frame.to_csv(out / "runs.csv", index=False)

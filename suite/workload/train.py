@@ -196,7 +196,7 @@ def prepare(cfg: SuiteConfig, plan: RunPlan):
 
     # DeepSpeed 0.19.8 with Ulysses sums the gradients over a replica's sequence-parallel ranks
     # under ZeRO 0-2 (sp times the gradient of the mean loss) and averages them under ZeRO-3
-    # (measured: README, "Parallel layouts"); scaling the loss given to backward by 1/sp under
+    # (measured: docs/layouts.md); scaling the loss given to backward by 1/sp under
     # stages 0-2 makes every stage train the data-parallel model. Reported losses are unscaled.
     backward_scale = 1.0 / sp if sp > 1 and cfg.strategy.zero_stage < 3 else 1.0
 

@@ -1,0 +1,74 @@
+"""Slurm accounting -> record status, on sacct output as Slurm prints it."""
+from suite.schedulers.slurm import expand_job_id, parse_sacct, status_from_slurm
+
+
+def test_sacct_lines_including_never_started_array_tasks():
+    text = "33_0|CANCELLED by 0|00:00:01|0:0\n33_[0-3,7%1]|CANCELLED by 0|00:00:00|0:0\n" \
+           "34|TIMEOUT|00:01:00|0:15\n35_2|RUNNING|00:00:09|0:0\n"
+    states = parse_sacct(text)
+    assert sorted(states) == ["33_0", "33_1", "33_2", "33_3", "33_7", "34", "35_2"]
+    assert states["33_0"].elapsed == "00:00:01"  # the task's own line, not the summary
+    assert states["33_7"].state == "CANCELLED" and states["34"].exit_code == "0:15"
+    assert expand_job_id("12") == ["12"] and expand_job_id("9_[4]") == ["9_4"]
+
+
+def test_slurm_states_map_to_statuses():
+    assert {s: status_from_slurm(s) for s in ("TIMEOUT", "CANCELLED", "OUT_OF_MEMORY",
+                                              "NODE_FAIL", "PREEMPTED", "FAILED")} == {
+        "TIMEOUT": "timeout", "CANCELLED": "cancelled", "OUT_OF_MEMORY": "oom",
+        "NODE_FAIL": "node_fail", "PREEMPTED": "preempted", "FAILED": "error"}
+    assert status_from_slurm("PENDING") is None and status_from_slurm("RUNNING") is None
+    assert status_from_slurm("COMPLETED") == "error"  # completed, yet no record: not ok
+
+
+# ---- the scheduler interface: both backends through one contract ----
+
+import pytest  # noqa: E402
+
+from suite import schedulers  # noqa: E402
+from suite.plan import plan_run, to_object  # noqa: E402
+from suite.results import STATUSES, config_hash, run_config  # noqa: E402
+from suite.schedulers.base import PlannedRun, group_by_key  # noqa: E402
+
+
+def _planned(compose_cfg, tmp_path, idx, *overrides):
+    typed = to_object(compose_cfg(*overrides, "cluster.cpu_ranks=1", "cluster.gpus_per_node=1"))
+    plan = plan_run(typed)
+    config = run_config(typed, plan)
+    return PlannedRun(idx, list(overrides), typed, plan, tmp_path / str(idx), config, config_hash(config), float(idx))
+
+
+@pytest.mark.parametrize("name,overrides", [("local", []), ("slurm", ["cluster=slurm_local"])])
+def test_every_scheduler_keeps_the_contract(compose_cfg, tmp_path, name, overrides):
+    from test_slurm import cluster_up
+
+    if name == "slurm" and not cluster_up():
+        pytest.skip("no Slurm cluster (slurm/local-cluster.sh up)")
+    scheduler = schedulers.get(name, str(tmp_path / "submitit" / "%j"))
+    runs = [_planned(compose_cfg, tmp_path, i, *overrides, f"train.seed={i}") for i in range(2)]
+    assert all(isinstance(scheduler.resources(r), dict) for r in runs)
+    groups = schedulers.group_runs(scheduler, runs)
+    assert sorted(r.idx for g in groups for r in g) == [0, 1]
+    assert isinstance(scheduler.describe(groups[0]), str)
+    scheduler.check(groups)  # a request the cluster can meet: no refusal
+    jobs = [job for group in groups
+            # int: a task pickled by reference that any Python can run; int("fail") raises
+            for job in scheduler.submit(group, int, lambda r: ("fail" if r.idx else "7",))]
+    assert len(jobs) == 2
+    for job in jobs:
+        schedulers.base.wait_until_done(job)
+    assert jobs[0].results()[0] == 7
+    status, details = scheduler.account(jobs[1])  # a job that left no record: its account
+    assert status in STATUSES and status != "ok" and isinstance(details, dict)
+    assert scheduler.unfinished([]) == []
+
+
+def test_the_config_schema_offers_exactly_the_registered_schedulers():
+    from suite.config import BACKENDS
+
+    assert set(BACKENDS) == set(schedulers.SCHEDULERS)
+
+
+def test_groups_are_ordered_shortest_first_within_and_across():
+    # keys a, b; costs: a 5, b 1, a 2, b 9 -> b's group first (its shortest job is the shortest)
+    assert group_by_key([("a", 5.0), ("b", 1.0), ("a", 2.0), ("b", 9.0)]) == [[1, 3], [2, 0]]
