@@ -25,8 +25,11 @@ class FastComposer:
     def _parse(self, line: str) -> Tuple[Any, bool]:
         if line not in self.parsed:
             o = self.parser.parse_overrides([line])[0]
+            # group choices, Hydra's own settings, and mapping values (OmegaConf merges those
+            # into the node under struct rules, which plain assignment would not reproduce)
             by_hydra = (o.package is not None or o.key_or_group.startswith("hydra")
-                        or self.loader.repository.group_exists(o.key_or_group))
+                        or self.loader.repository.group_exists(o.key_or_group)
+                        or isinstance(o.value(), dict))
             self.parsed[line] = (o, by_hydra)
         return self.parsed[line]
 
@@ -61,7 +64,11 @@ def apply_override(config: dict, override: Any) -> None:
         node[name] = dict(node[name])  # copy on write: the composed body is shared by runs
         node = node[name]
     if override.is_delete():
-        node.pop(leaf, None)
+        # as Hydra: a missing or null key does not exist; the schema's nodes allow no deletion
+        if node.get(leaf) is None:
+            raise ConfigError(f"Could not delete from config. '{override.key_or_group}' does not exist.")
+        raise ConfigError(f"Error merging override {override.input_line}: the config's schema "
+                          "(suite/config.py) does not support deletion")
     elif leaf in node or override.is_add() or override.is_force_add():
         node[leaf] = override.value()
     else:
