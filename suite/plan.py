@@ -10,7 +10,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from suite.config import ConfigError, SuiteConfig, from_dict
+from suite.config import ConfigError, SuiteConfig
+from suite.plain_config import from_dict
 
 # Optimizers DeepSpeed can run on the CPU side under ZeRO-Offload (DeepSpeedCPUAdam/Adagrad).
 OFFLOADABLE_OPTIMIZERS = ("adam", "adamw", "adagrad")

@@ -304,7 +304,8 @@ def _micro_benchmark_config(config: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _plain_redacted(value: Any, name: str) -> Any:
-    """to_plain and redact in one pass (planning calls this for every sweep point)."""
+    """A typed config as plain values, redacted, in one pass (planning calls this for every
+    sweep point)."""
     if hasattr(value, "__dataclass_fields__"):
         return {field: _plain_redacted(getattr(value, field), field) for field in value.__dataclass_fields__}
     if isinstance(value, dict):

@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> Optional[str]:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode is None or hydra_cfg.mode.name != "MULTIRUN":
         raise SystemExit("run the suite as a multirun: python -m suite.sweep -m [overrides]")
-    from suite.launch import run_rank
+    from suite.rank import run_rank
 
     run_dir = Path(hydra_cfg.runtime.output_dir)
     record = run_rank(cfg, run_dir, sweep_id=Path(hydra_cfg.sweep.dir).name)

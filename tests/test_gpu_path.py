@@ -101,7 +101,7 @@ def test_select_device_binds_the_local_rank(monkeypatch):
 
 
 def test_the_rank_selects_its_device_before_the_process_group_starts():
-    source = (SUITE / "launch.py").read_text()
+    source = (SUITE / "rank.py").read_text()
     body = source[source.index("def run_rank"):]
     assert body.index("device.select_device(") < body.index("deepspeed.init_distributed(")
     assert body.index("device.select_device(") < body.index("run_micro_benchmark(")
@@ -119,7 +119,7 @@ def test_slurm_sweeps_say_what_their_nodes_have(compose_cfg):
 
 
 def test_the_plans_accelerator_wins_over_an_inherited_ds_accelerator(monkeypatch, compose_cfg):
-    from suite.launch import _prepare_process
+    from suite.rank import _prepare_process
 
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # left over in a login shell
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
@@ -147,25 +147,25 @@ def _submit(run_dir: Path, typed, plan) -> None:
 
 
 def test_the_rank_uses_the_shipped_plan_and_never_plans_again(tmp_path, monkeypatch, compose_cfg):
-    from suite import launch, plan as planning
+    from suite import plan as planning, rank
 
     typed = to_object(compose_cfg("cluster.accelerator=cuda", "cluster.gpus_per_node=4", "strategy=zero2"))
     shipped = plan_run(typed)
     _submit(tmp_path, typed, shipped)
     monkeypatch.setattr(planning, "plan_run", lambda *a, **k: pytest.fail("the rank planned again"))
-    assert launch._shipped_plan(tmp_path, typed) == shipped
+    assert rank._shipped_plan(tmp_path, typed) == shipped
     assert RunPlan.from_dict(json.loads(json.dumps(shipped.to_dict()))) == shipped
 
 
 def test_a_rank_that_composed_another_config_refuses(tmp_path, compose_cfg):
-    from suite import launch
+    from suite import rank
 
     typed = to_object(compose_cfg("strategy=zero2"))
     _submit(tmp_path, typed, plan_run(typed))
     with pytest.raises(RuntimeError, match="composed another configuration than the launcher planned"):
-        launch._shipped_plan(tmp_path, to_object(compose_cfg("strategy=zero2", "train.seed=7")))
+        rank._shipped_plan(tmp_path, to_object(compose_cfg("strategy=zero2", "train.seed=7")))
     with pytest.raises(RuntimeError, match="submission.json is missing"):
-        launch._shipped_plan(tmp_path / "elsewhere", typed)
+        rank._shipped_plan(tmp_path / "elsewhere", typed)
 
 
 # ---- 5. Slurm: CPUs and memory per task, and srun told the CPUs too ----
@@ -221,7 +221,7 @@ def test_a_record_written_for_a_dead_run_takes_the_ranks_own_error(tmp_path, com
 
 
 def test_the_watchdog_ends_a_rendezvous_that_never_completes():
-    script = ("import sys, time\nsys.path.insert(0, %r)\nfrom suite.launch import Watchdog\n"
+    script = ("import sys, time\nsys.path.insert(0, %r)\nfrom suite.rank import Watchdog\n"
               "w = Watchdog(lambda phase, step: print('ended:', phase, step, flush=True))\n"
               "w.expect('rendezvous', 0.3)\nw.start()\ntime.sleep(30)\n" % str(REPO))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
