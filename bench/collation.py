@@ -14,7 +14,8 @@ import pandas as pd
 
 from suite import results
 from suite.config import ReportConfig
-from suite.report.build import build_report, history
+from suite.report import history
+from suite.report.build import report_sweep
 from suite.report.collate import load_sweep
 
 STRATEGIES = ["ddp", "zero1", "zero2", "zero3", "tp2", "pp2"]
@@ -67,13 +68,13 @@ def main(argv=None) -> dict:
         sweep = Path(tmp) / "2026-11-29_01-00-00"
         make_sweep(sweep, args.runs, sweep.name)
         start = time.perf_counter()
-        build_report(sweep)
+        report_sweep(sweep)
         report_s = time.perf_counter() - start
         root = Path(tmp) / "history"
         make_history(root, args.history_rows, load_sweep(sweep))
         rows = len(history.load(root))
         start = time.perf_counter()
-        report = build_report(sweep, ReportConfig(history_dir=str(root)))
+        report = report_sweep(sweep, ReportConfig(history_dir=str(root)))
         history_s = time.perf_counter() - start
     figures = {"runs": args.runs, "report_s": report_s, "history_rows": rows,
                "report_with_history_s": history_s, "regressions_compared": len(report.regressions),

@@ -37,10 +37,10 @@ class ReportCallback(Callback):
         if submit.get("dry_run") or not submit.get("wait", True) or not options.get("enabled", True):
             return
         from suite.plan import to_object
-        from suite.report.build import build_report
+        from suite.report.build import report_sweep
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        report = build_report(sweep_dir, to_object(config).report)
+        report = report_sweep(sweep_dir, to_object(config).report)
         print(report.summary_text)
         print(f"\nReport: {report.markdown_path}\n        {report.html_path}")
         if not report.all_ok:

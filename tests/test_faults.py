@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from suite import results
-from suite.report.build import build_report
+from suite.report.build import report_sweep
 
 from conftest import REPO, run_sweep, sweep_dirs
 from test_slurm import cluster_up, job_ids, records as slurm_records
@@ -146,7 +146,7 @@ def test_records_of_an_earlier_schema_are_still_reported(tmp_path):
     old = json.loads((REPO / "tests" / "data" / "record_schema1_early.json").read_text())
     (tmp_path / "0_old").mkdir()
     (tmp_path / "0_old" / "result.json").write_text(json.dumps(old))
-    report = build_report(tmp_path)
+    report = report_sweep(tmp_path)
     row = report.frame.iloc[0]
     assert (row.schema_version, row.strategy, row.tokens_per_s_per_device) == (1, "zero2", 1234.5)
     assert "1,234" in report.markdown_path.read_text() or "1,235" in report.markdown_path.read_text()

@@ -268,7 +268,7 @@ def test_a_share_above_100_percent_is_flagged_not_shown(tmp_path):
     configs = pd.DataFrame({"mfu": [0.5, 1.3, None], "hfu": [0.6, 1.4, None],
                             "of_gemm_ceiling": [0.7, 0.9, 1.01]})
     assert analysis.measurement_errors(configs).tolist() == ["", "MFU, HFU", "of GEMM ceiling"]
-    from suite.report.build import _share
+    from suite.report.render import share as _share
 
     assert [_share(v) for v in (0.5, 1.3, None)] == ["50.0%", "error (>100%)", "—"]
 

@@ -15,6 +15,9 @@ def test_gemm_and_collective_ceilings_become_records_and_a_report_section(tmp_pa
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [sweep] = sweep_dirs(tmp_path)
     runs = {json.loads(p.read_text())["workload"]: json.loads(p.read_text()) for p in sweep.glob("*/result.json")}
+    from suite import metric_registry
+
+    assert all(metric_registry.unregistered(r["metrics"]) == [] for r in runs.values())
     gemm = runs["gemm"]["metrics"]
     assert [(r["dtype"], r["n"]) for r in gemm["gemm"]] == [("fp32", 64), ("fp32", 128)]
     for r in gemm["gemm"]:

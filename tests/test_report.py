@@ -2,7 +2,7 @@
 import pandas as pd
 
 from suite import results
-from suite.report.build import build_report
+from suite.report.build import report_sweep
 from suite.report.collate import COLUMNS, load_sweep
 
 
@@ -23,7 +23,7 @@ def write(sweep, name, status="ok", strategy="ddp", tokens=None, world=2, error=
 def test_empty_sweep_still_has_the_schema(tmp_path):
     frame = load_sweep(tmp_path)
     assert list(frame.columns) == COLUMNS and len(frame) == 0
-    report = build_report(tmp_path)
+    report = report_sweep(tmp_path)
     assert report.markdown_path.exists() and "runs: 0" in report.markdown_path.read_text()
 
 
@@ -33,7 +33,7 @@ def test_report_holds_every_run_and_lists_failures(tmp_path):
     write(sweep, "1_zero1", strategy="zero1", tokens=1500.0)
     write(sweep, "2_zero3", strategy="zero3", status="error", error="RuntimeError: boom")
     write(sweep, "3_zero2", strategy="zero2", tokens=900.0, model="gpt_125m", world=1)
-    report = build_report(sweep)
+    report = report_sweep(sweep)
     assert not report.all_ok
     frame = pd.read_parquet(sweep / "report" / "runs.parquet")
     assert len(frame) == 4 and (sweep / "report" / "runs.csv").exists()

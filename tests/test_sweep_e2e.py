@@ -6,6 +6,8 @@ import json
 import pandas as pd
 import pytest
 
+from suite import metric_registry
+
 from conftest import run_sweep, sweep_dirs
 
 
@@ -29,10 +31,13 @@ def test_default_sweep_trains_every_zero_stage_and_reports_every_run(tmp_path):
         assert m["tokens_per_s"] > 0 and m["timed_steps"] == 10
         assert m["tokens_per_s_per_device"] == pytest.approx(m["tokens_per_s"] / 2)
         assert m["mfu"] is None  # no datasheet peak for a CPU
+        assert m["energy_j"] is None and m["tokens_per_joule"] is None  # no NVML: null, not a guess
+        assert metric_registry.unregistered(m) == []  # every metric it records is registered
         assert m["loss_all_finite"] and m["peak_memory_bytes"] > 0
         assert r["env"]["deepspeed"] and r["config"]["strategy"]["name"] == r["strategy"]
     frame = pd.read_parquet(sweep / "report" / "runs.parquet")
     assert sorted(frame.run_id) == sorted(r["run_id"] for r in runs.values())
+    assert set(metric_registry.scalar_columns()) <= set(frame.columns)
     md = (sweep / "report" / "report.md").read_text()
     assert "runs: 8, ok: 8, failed: 0" in md
     throughput = md.split("### tiny")[1].split("\n## ")[0]

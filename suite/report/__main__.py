@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from suite.config import ReportConfig
-from suite.report.build import build_report
+from suite.report.build import report_sweep
 
 
 def main(argv=None) -> int:
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
                            fail_on_regression=args.fail_on_regression, window=args.window,
                            min_drop=args.min_drop, noise_sigmas=args.noise_sigmas,
                            max_allowed_drop=args.max_allowed_drop)
-    report = build_report(args.sweep_dir, options)
+    report = report_sweep(args.sweep_dir, options)
     print(report.summary_text)
     print(f"\nReport: {report.markdown_path}\n        {report.html_path}")
     return 0 if report.all_ok else 1

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 import pandas as pd
 
-from suite.metrics import device_key, implausible
+from suite.metrics import device_key, implausible, loss_parity
 
 # Axes that tell two runs of one configuration apart without changing what is measured.
 NOT_CONFIGURATION = ("repeat_index",)
@@ -249,3 +249,35 @@ def unknown_gpus(frame: pd.DataFrame) -> List[str]:
     # ok runs only: a run that failed before it saw a GPU records the host's CPU name
     gpu = frame[(frame.accelerator == "cuda") & (frame.status == "ok") & frame.env_device_name.notna()]
     return sorted({name for name in gpu.env_device_name if device_key(name) is None})
+
+
+def parity_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Runs in parity mode against the plain data-parallel run (ZeRO 0, no TP/PP/SP/offload) of
+    the same model, optimizer, precision, global batch and world size: the largest per-step loss
+    difference, the precision's tolerance, and the verdict (yes, NO, run failed, no ddp run)."""
+    columns = ["model", "strategy", "optimizer", "precision", "activation_checkpointing",
+               "data_parallel", "tensor_parallel", "pipeline_parallel", "sequence_parallel",
+               "max_abs_diff", "tolerance", "matches"]
+    runs = frame[frame.check_parity.fillna(False).astype(bool)]
+    rows = []
+    keys = ["model", "optimizer", "precision", "global_batch_size", "world_size"]
+    for _, group in runs.groupby(keys, dropna=False):
+        plain = group[(group.zero_stage == 0) & (group.tensor_parallel == 1)
+                      & (group.pipeline_parallel == 1) & (group.sequence_parallel.fillna(1) == 1)
+                      & ~group.offload_optimizer.fillna(False).astype(bool)
+                      & (group.status == "ok")]
+        # recomputation does not change the maths: prefer the run without it, take any
+        plain = plain.sort_values("activation_checkpointing", key=lambda c: c != "none", kind="stable")
+        reference = json.loads(plain.iloc[0].loss_per_step_json) if len(plain) else None
+        for _, r in group.iterrows():
+            losses = json.loads(r.loss_per_step_json) if r.status == "ok" else None
+            diff = tol = None
+            if reference is None or losses is None:
+                verdict = "run failed" if losses is None else "no ddp run"
+            else:
+                result = loss_parity(losses, reference, r.precision)
+                verdict = "yes" if result["matches"] else "NO"
+                diff, tol = result["max_abs_diff"], result["tolerance"]
+            rows.append({**{c: r[c] for c in columns[:9]}, "max_abs_diff": diff, "tolerance": tol,
+                         "matches": verdict})
+    return pd.DataFrame(rows, columns=columns)

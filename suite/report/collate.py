@@ -8,6 +8,7 @@ from typing import Any, Dict, Iterable, List
 
 import pandas as pd
 
+from suite import metric_registry
 from suite.report.analysis import configuration_key
 from suite.results import RESULT_FILE, read_record
 
@@ -15,15 +16,7 @@ AXES = ["workload", "data", "model", "strategy", "zero_stage", "offload_optimize
         "precision", "accelerator", "world_size", "data_parallel", "tensor_parallel",
         "pipeline_parallel", "sequence_parallel", "activation_checkpointing", "compile", "check_parity", "scaling", "repeat_index", "nodes", "ranks_per_node", "micro_batch_size",
         "grad_accum_steps", "global_batch_size", "seq_len", "n_params"]
-METRICS = ["tokens_per_s", "tokens_per_s_per_device", "samples_per_s", "step_time_mean_s",
-           "step_time_median_s", "step_time_p90_s", "step_time_std_s", "step_time_cv",
-           "step_time_min_s", "step_time_max_s", "timed_steps", "flops_per_token",
-           "tflops_per_device", "hw_tflops_per_device", "mfu", "hfu", "peak_tflops_per_device",
-           "peak_memory_bytes", "peak_memory_reserved_bytes", "loss_first", "loss_last",
-           "loss_all_finite", "init_s", "memory_capacity_bytes", "model_state_bytes_predicted",
-           "deepspeed_estimate_bytes", "comm_bytes_per_step_predicted", "compiled_graphs", "graph_breaks",
-           "energy_j", "tokens_per_joule", "power_mean_w", "sm_clock_mean_mhz", "sm_clock_min_mhz",
-           "temperature_max_c", "throttled"]
+METRICS = metric_registry.scalar_columns()  # one column each; lists and maps as JSON text below
 # loss_per_step and comm_bytes_per_step are lists/maps: kept as JSON text columns
 ENV = ["python", "torch", "deepspeed", "cuda", "nccl", "driver", "device_name", "device_count",
        "hostname", "hostnames", "slurm_job_id", "git_revision", "variables"]
@@ -40,8 +33,7 @@ NUMERIC_AXES = ["zero_stage", "world_size", "data_parallel", "tensor_parallel", 
                 "global_batch_size", "seq_len", "n_params", "schema_version", "attempts"]
 
 
-BOOL_COLUMNS = ["offload_optimizer", "offload_params", "compile", "check_parity", "loss_all_finite",
-                "throttled"]
+BOOL_COLUMNS = ["offload_optimizer", "offload_params", "compile", "check_parity"] + metric_registry.bool_columns()
 
 
 def find_records(sweep_dir: Path) -> List[Path]:

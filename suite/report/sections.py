@@ -1,0 +1,263 @@
+"""The report's sections: the analysis results (suite/report/analysis.py) as display tables
+and plots, and the header lines that summarise a sweep."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from suite.report.render import Section, fmt, metric, mib, pct, png, share, show
+
+PLOTTED = 30  # most configurations in one throughput or trend plot
+
+
+LAYOUT = "dp x tp x pp x sp"
+# The registered metrics the throughput table shows, in order (headings and formats: the registry)
+THROUGHPUT_METRICS = ("tokens_per_s_per_device", "tflops_per_device", "mfu", "hfu",
+                      "tokens_per_joule", "sm_clock_mean_mhz", "throttled", "step_time_median_s",
+                      "step_time_cv", "peak_memory_bytes")
+
+
+def _layout(r) -> str:
+    """Data x tensor x pipeline x sequence-parallel degrees (records before Ulysses: sp 1)."""
+    sp = 1 if pd.isna(r.sequence_parallel) else r.sequence_parallel
+    return " x ".join(fmt(".0f")(d) for d in (r.data_parallel, r.tensor_parallel, r.pipeline_parallel, sp))
+
+
+def throughput_section(configs: pd.DataFrame) -> Section:
+    section = Section("Throughput", ["One row per configuration: medians over its repeats. "
+                                     "CV = coefficient of variation (step times within a run; "
+                                     "tokens/s per device across repeats). MFU/HFU are empty (—) "
+                                     "where no datasheet peak is known (any CPU, a GPU not in the "
+                                     "peak table); 'of GEMM ceiling' is TFLOP/s per device over the "
+                                     "sweep's measured GEMM ceiling for the dtype (workload=gemm "
+                                     "runs). A share above 100% cannot be true and reads 'error'. "
+                                     "Tokens per joule: tokens trained in the timed steps over the "
+                                     "GPUs' energy (NVML) in them; 'throttled': power or heat held "
+                                     "the clocks down during the timed steps."])
+    for model, group in configs.groupby("model"):
+        group = group.sort_values(["world_size", "strategy", "optimizer", "precision"])
+        table = show(group.assign(layout=group.apply(_layout, axis=1)), {
+            "strategy": ("strategy", None), "optimizer": ("optimizer", None),
+            "precision": ("precision", None), "world_size": ("ranks", fmt(".0f")),
+            "layout": (LAYOUT, None), "micro_batch_size": ("micro", fmt(".0f")),
+            "grad_accum_steps": ("accum", fmt(".0f")),
+            "activation_checkpointing": ("recompute", None),
+            "compile": ("compiled", lambda v: "" if pd.isna(v) or not v else "yes"),
+            **{name: metric(name) for name in THROUGHPUT_METRICS[:4]},
+            "of_gemm_ceiling": ("of GEMM ceiling", share),
+            **{name: metric(name) for name in THROUGHPUT_METRICS[4:8]},
+            "repeats": ("repeats", fmt(".0f")), "repeat_cv": ("repeat CV", pct),
+            "noisy": ("too noisy", lambda v: "yes" if v else ""),
+            **{name: metric(name) for name in THROUGHPUT_METRICS[8:]}})
+        section.tables.append((str(model), table))
+        group = group.nlargest(PLOTTED, "tokens_per_s_per_device").sort_values(
+            ["world_size", "strategy", "optimizer", "precision"])
+        fig, ax = plt.subplots(figsize=(8, 0.4 * max(len(group), 2) + 1.2))
+        labels = (group.strategy + " / " + group.optimizer + " / " + group.precision + " / "
+                  + group.world_size.astype(int).astype(str) + " ranks").tolist()
+        ax.barh(labels, group.tokens_per_s_per_device.tolist(), color="#3b75af")
+        ax.invert_yaxis()
+        ax.set_xlabel("tokens/s per device")
+        ax.set_title(f"{model}: throughput per device" + (f" (fastest {PLOTTED})" if len(group) == PLOTTED else ""))
+        ax.grid(axis="x", alpha=0.3)
+        section.images.append((f"throughput_{model}", png(fig)))
+    return section
+
+
+def scaling_section(scaling: pd.DataFrame) -> Optional[Section]:
+    if scaling.empty:
+        return None
+    section = Section("Scaling", [
+        "Against the smallest measured world size N0 of each (model, strategy, mode). "
+        "Weak scaling (per-device micro-batch fixed): speed-up = T(N)/T(N0), efficiency = "
+        "(T(N)/N) / (T(N0)/N0), T = tokens/s. Strong scaling (global batch fixed): speed-up = "
+        "t(N0)/t(N), efficiency = t(N0)·N0 / (t(N)·N), t = median step time. 100% is ideal."])
+    table = show(scaling, {
+        "model": ("model", None), "strategy": ("strategy", None), "mode": ("mode", None),
+        "world_size": ("ranks", fmt(".0f")), "global_batch_size": ("global batch", fmt(".0f")),
+        "tokens_per_s": ("tokens/s", fmt(",.0f")), "tokens_per_s_per_device": ("tokens/s/device", fmt(",.0f")),
+        "speedup": ("speed-up", fmt(".2f")), "efficiency": ("efficiency", pct),
+        "noisy": ("too noisy", lambda v: "yes" if v else "")})
+    section.tables.append(("", table))
+    for (model, mode), group in scaling.groupby(["model", "mode"]):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+        for strategy, lines in group.groupby("strategy"):
+            lines = lines.sort_values("world_size")
+            left.plot(lines.world_size, lines.tokens_per_s, marker="o", label=strategy)
+            base = lines.iloc[0]
+            # ideal in both modes: throughput proportional to the world size
+            ideal = base.tokens_per_s * lines.world_size / base.world_size
+            left.plot(lines.world_size, ideal, linestyle="--", color="grey", alpha=0.6)
+            right.plot(lines.world_size, lines.efficiency * 100, marker="o", label=strategy)
+        left.set(xlabel="world size", ylabel="tokens/s", title=f"{model}, {mode}: throughput (dashed: ideal)")
+        right.axhline(100, linestyle="--", color="grey", alpha=0.6)
+        right.set(xlabel="world size", ylabel="efficiency (%)", title=f"{model}, {mode}: efficiency")
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        section.images.append((f"scaling_{model}_{mode}", png(fig)))
+    return section
+
+
+def best_section(best: pd.DataFrame) -> Section:
+    table = show(best, {"model": ("model", None), "world_size": ("ranks", fmt(".0f")),
+                         "configuration": ("best configuration", None),
+                         "tokens_per_s_per_device": ("tokens/s/device", fmt(",.0f")),
+                         "memory_headroom_bytes": ("memory headroom (MiB)", mib),
+                         "runner_up": ("runner-up", None), "margin": ("ahead by", pct)})
+    return Section("Best configuration per model and world size",
+                   ["Ranked by tokens/s per device; headroom = device memory (CPU: RAM / local "
+                    "ranks) - peak memory."], [("", table)])
+
+
+def model_section(model: pd.DataFrame) -> Section:
+    table = show(model, {
+        "model": ("model", None), "strategy": ("strategy", None), "world_size": ("ranks", fmt(".0f")),
+        "model_state_bytes_predicted": ("model states, ZeRO paper (MiB)", mib),
+        "deepspeed_estimate_bytes": ("DeepSpeed estimate (MiB)", mib),
+        "peak_memory_bytes": ("measured peak (MiB)", mib), "memory_ratio": ("measured/model", fmt(".2f")),
+        "comm_bytes_per_step_predicted": ("comm/step, model (MiB)", mib),
+        "comm_bytes_per_step_counted": ("comm/step, comms logger (MiB)", mib),
+        "comm_ratio": ("logged/model", fmt(".2f")), "flag": ("flag", None)})
+    return Section("Memory and communication: model vs measured", [
+        "Model states per device (ZeRO paper): stage 0 (P+G+O)Ψ, 1 (P+G)Ψ+OΨ/N, 2 PΨ+(G+O)Ψ/N, "
+        "3 (P+G+O)Ψ/N bytes, with P, G the parameter and gradient bytes, O the optimizer's "
+        "(fp32 master copy included in mixed precision), N the ranks sharing the parameters "
+        "(data parallel, times the sequence-parallel degree under Ulysses), Ψ the "
+        "parameters per rank. DeepSpeed's estimator (stages 2-3) assumes mixed-precision Adam. "
+        "Communication per step and rank: 2Ψ(N-1)/N gradient bytes for stages 0-2, 3Ψ(N-1)/N for "
+        "stage 3, against the bytes DeepSpeed's comms logger counted (runs with "
+        "train.profile_comms=true; its latencies are not used). On the CPU the measured peak is "
+        "the resident set of the whole process, so memory is not compared there."], [("", table)])
+
+
+def history_sections(regress: pd.DataFrame, trend: Dict[str, pd.DataFrame]) -> List[Section]:
+    sections = []
+    table = show(regress, {
+        "model": ("model", None), "strategy": ("strategy", None), "optimizer": ("optimizer", None),
+        "precision": ("precision", None), "world_size": ("ranks", fmt(".0f")),
+        "value": ("tokens/s/device", fmt(",.0f")), "baseline": ("baseline", fmt(",.0f")),
+        "change": ("change", pct), "allowed_drop": ("allowed drop", fmt(",.0f")),
+        "nights": ("nights", fmt(".0f")), "verdict": ("verdict", None),
+        "what_changed": ("what changed", None)})
+    sections.append(Section("Regressions against history", [
+        "Baseline: median of the configuration's last nights; noise: 1.4826 x their median "
+        "absolute deviation. A regression is a drop below baseline - max(min_drop x baseline, "
+        "noise_sigmas x noise), the allowed drop capped at max_allowed_drop x baseline; an "
+        "improvement likewise upwards."], [("", table)]))
+    trends = Section("History trends", ["Median tokens/s per device per sweep, one line per configuration."])
+    for model, table in trend.items():
+        # the configurations fastest in the latest sweep: a plot of hundreds of lines says nothing
+        table = table[table.iloc[-1].sort_values(ascending=False).index[:PLOTTED]]
+        fig, ax = plt.subplots(figsize=(9, 3.8))
+        for label in table.columns:
+            ax.plot(table.index, table[label], marker="o", label=label)
+        ax.set(xlabel="sweep date", ylabel="tokens/s per device", title=f"{model}: history")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        trends.images.append((f"history_{model}", png(fig)))
+    sections.append(trends)
+    return sections
+
+
+def ceilings_section(ceilings: pd.DataFrame) -> Optional[Section]:
+    if ceilings.empty:
+        return None
+    section = Section("Ceilings: matrix multiply and collectives", [
+        "GEMM: 2mnk FLOPs / time for n x n @ n x n, every rank at once; the largest per dtype is "
+        "the measured ceiling the GPT runs' MFU is also given against. Collectives (nccl-tests' "
+        "definitions): algbw = message bytes / time (the full buffer), busbw = algbw x 2(n-1)/n "
+        "for all_reduce and x (n-1)/n for all_gather and reduce_scatter, n ranks."])
+    if "dtype" in ceilings:
+        gemm = ceilings[ceilings.kind == "gemm"]
+        if len(gemm):
+            section.tables.append(("GEMM", show(gemm, {
+                "device": ("device", None), "dtype": ("dtype", None), "n": ("n", fmt(".0f")),
+                "time_s": ("time (s)", fmt(".3g")), "tflops": ("TFLOP/s per device", fmt(".4g"))})))
+    if "op" in ceilings:
+        coll = ceilings[ceilings.kind == "collective"]
+        if len(coll):
+            section.tables.append(("Collectives", show(coll, {
+                "op": ("op", None), "world_size": ("ranks", fmt(".0f")), "bytes": ("bytes", fmt(",.0f")),
+                "time_s": ("time (s)", fmt(".3g")), "algbw_gbps": ("algbw (GB/s)", fmt(".3g")),
+                "busbw_gbps": ("busbw (GB/s)", fmt(".3g"))})))
+    return section
+
+
+def failures_section(frame: pd.DataFrame) -> Section:
+    failed = frame[frame.status != "ok"]
+    table = pd.DataFrame({"run": failed.run_id, "status": failed.status,
+                          "error": failed.error.fillna("").str.slice(0, 400)})
+    return Section("Failed runs", [] if len(failed) else ["None."], [("", table)] if len(failed) else [])
+
+
+def environment_section(frame: pd.DataFrame) -> Section:
+    columns = ["env_python", "env_torch", "env_deepspeed", "env_cuda", "env_nccl", "env_driver",
+               "env_device_name", "env_hostname", "env_git_revision"]
+    env = frame.dropna(subset=["env_torch"])[columns].drop_duplicates()
+    env.columns = [c.removeprefix("env_") for c in columns]
+    return Section("Environment", ["Every distinct environment the runs saw."], [("", env.fillna("—"))])
+
+
+
+
+def parity_section(parity: pd.DataFrame) -> Optional[Section]:
+    if parity.empty:
+        return None
+    table = show(parity.assign(layout=parity.apply(_layout, axis=1)), {
+        "model": ("model", None), "strategy": ("strategy", None), "optimizer": ("optimizer", None),
+        "precision": ("precision", None), "activation_checkpointing": ("recompute", None),
+        "layout": (LAYOUT, None), "max_abs_diff": ("max |loss - ddp loss|", fmt(".2e")),
+        "tolerance": ("tolerance", fmt(".0e")), "matches": ("matches", None)})
+    return Section("Loss parity against plain data parallel", [
+        "Per-step losses (warm-up included) against the plain data-parallel run of the same "
+        "model, optimizer, precision, global batch and world size; tolerance per precision."],
+        [("", table)])
+
+
+def header_lines(sweep_name: str, frame: pd.DataFrame, configs: pd.DataFrame, parity: pd.DataFrame,
+                 regress: pd.DataFrame, unfinished: List[str], options) -> List[str]:
+    """The sweep in a few lines: counts, what is not finished, history verdicts, noise, parity,
+    measurement errors, unknown GPUs, throttling, versions."""
+    from suite.report import analysis
+
+    n_ok = int((frame.status == "ok").sum())
+    lines = [f"- sweep: {sweep_name}", f"- runs: {len(frame)}, ok: {n_ok}, failed: {len(frame) - n_ok}"]
+    if unfinished:
+        shown = ", ".join(unfinished[:5]) + (", ..." if len(unfinished) > 5 else "")
+        lines.append(f"- not finished yet (pending or running in Slurm): {len(unfinished)} ({shown})")
+    if options.history_dir:
+        n_reg = int((regress.verdict == "regression").sum())
+        n_imp = int((regress.verdict == "improvement").sum())
+        lines.append(f"- against history ({options.history_dir}): {n_reg} regressions, "
+                     f"{n_imp} improvements, {len(regress)} configurations compared")
+    if configs.noisy.any():
+        lines.append(f"- too noisy to compare (repeat CV > {options.max_cv:.0%}): "
+                     f"{int(configs.noisy.sum())} configurations")
+    if not parity.empty:
+        compared = parity[parity.matches.isin(["yes", "NO"])]
+        mismatched = compared[compared.matches == "NO"]
+        lines.append(f"- loss parity: {len(compared) - len(mismatched)} of {len(compared)} compared runs "
+                     f"match plain data parallel" + (f"; NOT: {', '.join(mismatched.strategy)}" if len(mismatched) else "")
+                     + (f"; not compared (no ddp run or the run failed): {len(parity) - len(compared)}"
+                        if len(parity) > len(compared) else ""))
+    errors = configs[configs.measurement_error.fillna("") != ""] if "measurement_error" in configs else configs.iloc[:0]
+    if len(errors):
+        lines.append("- measurement error: a share of a ceiling above 100% (shown as 'error', not "
+                     "a result) in " + "; ".join(f"{r.strategy}/{r.optimizer} ({r.measurement_error})"
+                                                 for r in errors.itertuples()))
+    unknown = analysis.unknown_gpus(frame)
+    if unknown:
+        lines.append(f"- warning: GPU(s) not in the peak table, MFU left empty: {', '.join(unknown)} "
+                     "(suite/metrics.py DEVICE_NAMES)")
+    throttled = configs[configs.throttled.fillna(False).astype(bool)] if "throttled" in configs else configs.iloc[:0]
+    if len(throttled):
+        lines.append(f"- clocks throttled (power or heat) during the timed steps of {len(throttled)} "
+                     "configuration(s): " + ", ".join(f"{r.strategy}/{r.optimizer}" for r in throttled.itertuples()))
+    measured = frame.dropna(subset=["env_torch"])
+    if len(measured):
+        v = measured.iloc[0]
+        lines.append(f"- torch {v.env_torch}, DeepSpeed {v.env_deepspeed}, device {v.env_device_name}")
+    return lines
