@@ -105,99 +105,116 @@ class Watchdog:
         return self
 
 
+class _Recorder:
+    """Rank 0's writer of the run's one record (also from the watchdog's thread)."""
+
+    def __init__(self, run_dir: Path, sweep_id: str, typed: Any, plan: planning.RunPlan,
+                 dist: Dict[str, Any]) -> None:
+        self.run_dir, self.sweep_id, self.typed, self.plan, self.dist = run_dir, sweep_id, typed, plan, dist
+        self.started_at = results.now_iso()
+
+    def write(self, status: str, error: Optional[str], run_metrics: Dict[str, Any],
+              rank_errors: Dict[int, dict]) -> Dict[str, Any]:
+        env = results.capture_environment(self.dist["hostnames"])
+        record = results.make_record(
+            run_id=f"{self.sweep_id}/{self.run_dir.name}", sweep_id=self.sweep_id, status=status,
+            error=error, config=results.run_config(self.typed, self.plan),
+            axes=results.record_axes(self.typed, self.plan), metrics=run_metrics,
+            env={**env, "rank_errors": {str(k): v["message"] for k, v in rank_errors.items()} or None},
+            started_at=self.started_at, finished_at=results.now_iso())
+        record["attempts"] = env["slurm_restart_count"] + 1  # a requeued (preempted) run counts up
+        results.write_record(self.run_dir, record)
+        return record
+
+    def on_hang(self, phase: str, step: int) -> None:
+        """The watchdog ended the run: say why (a failed peer's error first)."""
+        if self.dist["rank"] != 0:
+            return
+        c, t = self.typed.cluster, self.typed.train
+        others = results.read_rank_errors(self.run_dir)
+        cause = results.root_cause(others)
+        if cause is not None:  # a rank failed and rank 0 waits for it in a collective
+            self.write(cause[1]["status"], f"rank {cause[0]}: {cause[1]['message']}", {}, others)
+        elif phase == "rendezvous":
+            self.write("error", f"not every rank arrived within cluster.init_timeout_s={c.init_timeout_s} s "
+                                f"(rendezvous at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')})",
+                       {}, {})
+        elif phase == "setup":
+            self.write("hang", f"building the model and the DeepSpeed engine did not finish within "
+                               f"cluster.init_timeout_s={c.init_timeout_s} s; the watchdog ended the run", {}, {})
+        else:
+            self.write("hang", f"no training step completed within train.step_timeout_s={t.step_timeout_s:g} s "
+                               f"(last completed step: {step}); the watchdog ended the run", {}, {})
+
+
 def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str, Any]]:
     """Run this rank's share of one benchmark run. Rank 0 returns the record it wrote."""
-    started_at = results.now_iso()
     dist = distributed_env()
     rank, world = dist["rank"], dist["world_size"]
     typed = planning.to_object(cfg)
     plan = _shipped_plan(run_dir, typed)
-    resolved = results.run_config(typed, plan)
     if plan.world_size != world:
         raise RuntimeError(f"the job has {world} tasks but the plan wants world size "
                            f"{plan.world_size}: the launcher and the plan disagree")
     _prepare_process(plan, dist["local_world_size"], typed.cluster.env)
-
-    def write(status: str, error: Optional[str], run_metrics: Dict[str, Any],
-              rank_errors: Dict[int, dict]) -> Dict[str, Any]:
-        env = results.capture_environment(dist["hostnames"])
-        record = results.make_record(
-            run_id=f"{sweep_id}/{run_dir.name}", sweep_id=sweep_id, status=status, error=error,
-            config=resolved, axes=results.record_axes(typed, plan), metrics=run_metrics,
-            env={**env, "rank_errors": {str(k): v["message"] for k, v in rank_errors.items()} or None},
-            started_at=started_at, finished_at=results.now_iso())
-        record["attempts"] = env["slurm_restart_count"] + 1  # a requeued (preempted) run counts up
-        results.write_record(run_dir, record)
-        return record
-
-    def on_hang(phase: str, step: int) -> None:
-        if rank != 0:
-            return
-        others = results.read_rank_errors(run_dir)
-        cause = results.root_cause(others)
-        if cause is not None:  # a rank failed and rank 0 waits for it in a collective
-            write(cause[1]["status"], f"rank {cause[0]}: {cause[1]['message']}", {}, others)
-        elif phase == "rendezvous":
-            write("error", f"not every rank arrived within cluster.init_timeout_s="
-                           f"{typed.cluster.init_timeout_s} s (rendezvous at "
-                           f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')})", {}, {})
-        elif phase == "setup":
-            write("hang", f"building the model and the DeepSpeed engine did "
-                          f"not finish within cluster.init_timeout_s={typed.cluster.init_timeout_s} s; "
-                          "the watchdog ended the run", {}, {})
-        else:
-            write("hang", f"no training step completed within train.step_timeout_s="
-                          f"{typed.train.step_timeout_s:g} s (last completed step: {step}); "
-                          "the watchdog ended the run", {}, {})
-
-    status, error, run_metrics, rank_errors = "ok", None, {}, {}
-    watchdog = Watchdog(on_hang)
+    recorder = _Recorder(run_dir, sweep_id, typed, plan, dist)
+    rank_errors: Dict[int, dict] = {}
     try:
-        import deepspeed
-
-        device.check_hardware(plan.accelerator, device.deepspeed_accelerator(), dist["local_rank"],
-                              device.visible_gpus())
-        device.check_compiled_ops(plan.compiled_ops, plan.accelerator)
-        device.select_device(plan.accelerator, dist["local_rank"])  # before NCCL starts
-        watchdog.expect("rendezvous", typed.cluster.init_timeout_s)
-        watchdog.start()
-        deepspeed.init_distributed(auto_mpi_discovery=False, timeout=datetime.timedelta(
-            seconds=planning.collective_timeout_s(typed.cluster.init_timeout_s, typed.train.step_timeout_s)))
-        if typed.workload.name != "gpt":  # no steps to beat: the whole benchmark is one
-            watchdog.expect("steps", typed.train.step_timeout_s)
-            from suite.workload.micro import run_micro_benchmark
-
-            ceilings = run_micro_benchmark(typed, plan)
-            return write("ok", None, ceilings, {}) if rank == 0 else None
-        from suite.workload.train import run_training
-
-        watchdog.expect("setup", typed.cluster.init_timeout_s)
-        measured = run_training(typed, plan, beat=watchdog.beat,
-                                ready=lambda: watchdog.expect("steps", typed.train.step_timeout_s))
-        status, error = results.status_of_losses(measured.losses)
-        run_metrics = _training_metrics(typed, plan, measured)
+        status, error, run_metrics = _run_workload(typed, plan, dist, Watchdog(recorder.on_hang))
     except Exception as exc:  # every failure becomes a record
-        status = results.classify_exception(exc)
-        message = f"{type(exc).__name__}: {exc}"
-        if status == "timeout":
-            message = (f"reached the time limit (cluster.timeout_min={typed.cluster.timeout_min}): "
-                       f"Slurm signalled {typed.cluster.signal_delay_s} s before it ({message})")
-        if rank != 0:
-            _write_rank_error(run_dir, rank, status, message)
-            traceback.print_exc()
-            os._exit(1)  # leave now, so rank 0 (maybe blocked in a collective) is released
-        traceback.print_exc()
-        own = {"status": status, "message": message, "time": time.time()}
-        rank_errors = _wait_for_rank_errors(run_dir, world)
-        cause_rank, cause = results.root_cause({**rank_errors, 0: own})
-        status, error = cause["status"], f"rank {cause_rank}: {cause['message']}"
-        if not rank_errors and results.is_peer_failure(message):
-            # a peer vanished without a word: killed by a signal (or the OOM killer)
-            status = "killed"
-            error = f"a rank ended without an error message (killed by a signal?); rank 0 saw: {message}"
+        run_metrics = {}
+        status, error, rank_errors = _failure(exc, typed, run_dir, rank, world)
+    return recorder.write(status, error, run_metrics, rank_errors) if rank == 0 else None
+
+
+def _run_workload(typed: Any, plan: planning.RunPlan, dist: Dict[str, Any], watchdog: Watchdog
+                  ) -> tuple[str, Optional[str], Dict[str, Any]]:
+    """Device, process group, then the workload: (status, error, metrics)."""
+    import deepspeed
+
+    device.check_hardware(plan.accelerator, device.deepspeed_accelerator(), dist["local_rank"],
+                          device.visible_gpus())
+    device.check_compiled_ops(plan.compiled_ops, plan.accelerator)
+    device.select_device(plan.accelerator, dist["local_rank"])  # before NCCL starts
+    watchdog.expect("rendezvous", typed.cluster.init_timeout_s)
+    watchdog.start()
+    deepspeed.init_distributed(auto_mpi_discovery=False, timeout=datetime.timedelta(
+        seconds=planning.collective_timeout_s(typed.cluster.init_timeout_s, typed.train.step_timeout_s)))
+    if typed.workload.name != "gpt":  # no steps to beat: the whole benchmark is one
+        watchdog.expect("steps", typed.train.step_timeout_s)
+        from suite.workload.micro import run_micro_benchmark
+
+        return "ok", None, run_micro_benchmark(typed, plan)
+    from suite.workload.train import run_training
+
+    watchdog.expect("setup", typed.cluster.init_timeout_s)
+    measured = run_training(typed, plan, beat=watchdog.beat,
+                            ready=lambda: watchdog.expect("steps", typed.train.step_timeout_s))
+    status, error = results.status_of_losses(measured.losses)
+    return status, error, _training_metrics(typed, plan, measured)
+
+
+def _failure(exc: Exception, typed: Any, run_dir: Path, rank: int, world: int
+             ) -> tuple[str, str, Dict[int, dict]]:
+    """A rank other than 0 leaves its error and exits; rank 0 returns the run's (status, error,
+    every rank's errors), the root cause across ranks."""
+    status = results.classify_exception(exc)
+    message = f"{type(exc).__name__}: {exc}"
+    if status == "timeout":
+        message = (f"reached the time limit (cluster.timeout_min={typed.cluster.timeout_min}): "
+                   f"Slurm signalled {typed.cluster.signal_delay_s} s before it ({message})")
+    traceback.print_exc()
     if rank != 0:
-        return None
-    return write(status, error, run_metrics, rank_errors)
+        _write_rank_error(run_dir, rank, status, message)
+        os._exit(1)  # leave now, so rank 0 (maybe blocked in a collective) is released
+    own = {"status": status, "message": message, "time": time.time()}
+    rank_errors = _wait_for_rank_errors(run_dir, world)
+    if not rank_errors and results.is_peer_failure(message):
+        # a peer vanished without a word: killed by a signal (or the OOM killer)
+        return ("killed", f"a rank ended without an error message (killed by a signal?); rank 0 saw: "
+                f"{message}", rank_errors)
+    cause_rank, cause = results.root_cause({**rank_errors, 0: own})
+    return cause["status"], f"rank {cause_rank}: {cause['message']}", rank_errors
 
 
 def _wait_for_rank_errors(run_dir: Path, world_size: int, wait_s: float = 3.0) -> Dict[int, dict]:
