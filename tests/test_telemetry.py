@@ -168,3 +168,28 @@ def test_sampling_thread_with_a_stand_in_nvml(monkeypatch):
     assert out["energy_j"] == 4.0 and out["power_mean_w"] == 300.0
     assert out["sm_clock_min_mhz"] == 1500 and out["temperature_max_c"] is None
     assert out["throttle_reasons"] == ["SwThermalSlowdown"] and out["throttled"] is True
+
+
+def test_telemetry_covers_the_timed_steps_only(monkeypatch):
+    """start_telemetry hands back a sensor not yet started; the timed loop starts it once, just
+    before the first timed step (warm-up steps, compilation among them, are not measured)."""
+    import sys
+
+    import torch
+
+    from suite.workload.train import timed_loop
+
+    nvml = SimpleNamespace(
+        NVMLError=_Refused, NVML_CLOCK_SM=1, NVML_TEMPERATURE_GPU=0, nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByUUID=lambda u: "h", nvmlDeviceGetHandleByPciBusId=lambda b: "h",
+        nvmlDeviceGetHandleByIndex=lambda i: "h", nvmlDeviceGetTotalEnergyConsumption=lambda h: 0,
+        nvmlDeviceGetPowerUsage=lambda h: 1, nvmlDeviceGetClockInfo=lambda h, c: 1,
+        nvmlDeviceGetTemperature=lambda h, t: 1, nvmlDeviceGetCurrentClocksEventReasons=lambda h: 0,
+        nvmlShutdown=lambda: None)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    sensor = start_telemetry("cuda", 0)
+    assert sensor is not None and sensor._thread is None  # not started: warm-up is not measured
+    steps_run, started_after = [], []
+    times, losses = timed_loop(lambda step: steps_run.append(step) or torch.tensor(float(step)),
+                               warmup=3, timed=2, on_timed_start=lambda: started_after.append(len(steps_run)))
+    assert started_after == [3] and len(times) == 2 and len(losses) == 5

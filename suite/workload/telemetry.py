@@ -178,8 +178,9 @@ class GpuTelemetry:
 
 def start_telemetry(accelerator: str, device_index: int,
                     interval_s: float = 0.1) -> Optional[GpuTelemetry]:
-    """A started GpuTelemetry for the device, or None where there is no NVML to read (CPU,
-    ROCm, no driver): then the run simply has no telemetry."""
+    """A GpuTelemetry for the device, not started yet (the caller starts it where the timed
+    steps begin), or None where there is no NVML to read (CPU, ROCm, no driver): then the run
+    simply has no telemetry."""
     if accelerator != "cuda":
         return None
     try:
@@ -189,7 +190,7 @@ def start_telemetry(accelerator: str, device_index: int,
         log.warning("GPU telemetry off: NVML cannot initialise (%s)", e)
         return None
     try:
-        return GpuTelemetry(device_index, interval_s, nvml=pynvml).start()
+        return GpuTelemetry(device_index, interval_s, nvml=pynvml)
     except pynvml.NVMLError as e:  # no handle for the device
         log.warning("GPU telemetry off: no NVML handle for device %d (%s)", device_index, e)
         with contextlib.suppress(pynvml.NVMLError):
