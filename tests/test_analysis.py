@@ -88,6 +88,19 @@ def test_a_real_drop_is_a_regression_and_noise_is_not():
     assert verdicts.loc["zero1", "verdict"] == "unchanged"
 
 
+def test_the_registrys_direction_decides_what_a_regression_is():
+    """Step time: less is better, so a rise beyond the allowance is the regression."""
+    past = pd.DataFrame([run(sweep_id=f"night{i}", step_time_median_s=v, tokens_per_s_per_device=100.0,
+                             finished_at=f"2026-11-{i:02d}T00:00:00") for i, v in enumerate([1.0, 1.0, 1.0], 1)])
+    past["config_key"] = past.config_json.map(configuration_key)
+    for tonight, verdict in ((1.2, "regression"), (0.8, "improvement"), (1.02, "unchanged")):
+        now = aggregate_repeats(pd.DataFrame([run(sweep_id="tonight", step_time_median_s=tonight,
+                                                  tokens_per_s_per_device=100.0)]), 0.05)
+        # baseline 1.0, noise 0: allowed = 5% of 1.0
+        got = regressions(now, past, metric="step_time_median_s", min_drop=0.05, noise_sigmas=3.0)
+        assert got.verdict.tolist() == [verdict], tonight
+
+
 def test_a_noisy_history_cannot_hide_a_halving():
     # two nights 60 and 140: baseline 100, |dev| 40, 40 -> noise 59.30, 3 sigmas 177.9 > baseline;
     # capped at 0.5 x 100 = 50, so 45 is a regression and 55 is not

@@ -8,6 +8,7 @@ from typing import Dict, List, Optional
 
 import pandas as pd
 
+from suite.metric_registry import BY_NAME
 from suite.metrics import device_key, implausible, loss_parity
 
 # Axes that tell two runs of one configuration apart without changing what is measured.
@@ -139,7 +140,8 @@ def regressions(current: pd.DataFrame, history: pd.DataFrame, *, metric: str = "
     Regression: value < baseline - allowed, allowed = max(min_drop x baseline, noise_sigmas x
     noise) capped at max(max_allowed_drop, min_drop) x baseline (a few noisy nights cannot
     hide a halving);
-    improvement symmetrically. Regressions and improvements carry the environment differences against the
+    improvement symmetrically; for a metric where less is better (the registry's direction, e.g.
+    step time) the other way round. Regressions and improvements carry the environment differences against the
     configuration's latest baseline sweep."""
     past = history[~history.sweep_id.isin(current.sweep_id.unique())]
     if past.empty or current.empty:
@@ -159,8 +161,10 @@ def regressions(current: pd.DataFrame, history: pd.DataFrame, *, metric: str = "
     rows["allowed_drop"] = rows.allowed_drop.clip(upper=max(max_allowed_drop, min_drop) * rows.baseline)
     rows["change"] = (rows.value - rows.baseline) / rows.baseline
     rows["verdict"] = "unchanged"
-    rows.loc[rows.value < rows.baseline - rows.allowed_drop, "verdict"] = "regression"
-    rows.loc[rows.value > rows.baseline + rows.allowed_drop, "verdict"] = "improvement"
+    below, above = rows.value < rows.baseline - rows.allowed_drop, rows.value > rows.baseline + rows.allowed_drop
+    higher_is_better = BY_NAME[metric].higher_is_better is not False  # the registry says which way
+    rows.loc[below if higher_is_better else above, "verdict"] = "regression"
+    rows.loc[above if higher_is_better else below, "verdict"] = "improvement"
     latest = past.drop_duplicates(["config_key", "sweep_id"], keep="last").set_index(["config_key", "sweep_id"])
     rows["what_changed"] = [
         environment_diff(latest.loc[(r.config_key, r.latest_sweep)], r) if r.verdict != "unchanged" else ""
