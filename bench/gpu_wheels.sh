@@ -4,7 +4,8 @@
 #   bash bench/gpu_wheels.sh [DEST]      (DEST defaults to .whl in the repository root; reruns skip
 #                                         wheels already there; CHECK_ONLY=1 only runs the final check)
 # bench/gpu_check.sh then uses the folder (WHEELS=DEST) with
-#   python3 -m pip install -q --no-index --no-deps --target /tmp/site DEST/*.whl; PYTHONPATH=/tmp/site
+#   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site DEST/*.whl
+# and PYTHONPATH=/tmp/site:<repository> (the device tool: name .whl in `carry`).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEST=${1:-$ROOT/.whl}
