@@ -257,7 +257,7 @@ def adam_implementation(requested: str, accelerator: str, offload: bool) -> str:
 def compiled_ops(cfg: SuiteConfig, accelerator: str) -> Tuple[Tuple[str, str], ...]:
     """DeepSpeed's C++/CUDA ops the run needs (DeepSpeed's op-builder names), each with the
     field that asks for it. On GPUs they compile with nvcc on first use, so a node without the
-    CUDA toolkit fails there; the rank checks before it starts (suite.workload.ops)."""
+    CUDA toolkit fails there; the rank checks before it starts (suite/workload/device.py)."""
     s, opt = cfg.strategy, cfg.optimizer
     offload = _offloads(cfg)
     ops: List[Tuple[str, str]] = []

@@ -63,10 +63,10 @@ def _shipped_plan(run_dir: Path, typed: Any) -> planning.RunPlan:
     return plan
 
 
-def _write_rank_error(run_dir: Path, rank: int, status: str, message: str) -> None:
+def _write_rank_error(run_dir: Path, rank: int, status: str, message: str, failed_at: float) -> None:
     path = results.rank_error_file(run_dir, rank)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"status": status, "message": message, "time": time.time()}))
+    tmp.write_text(json.dumps({"status": status, "message": message, "time": failed_at}))
     os.replace(tmp, path)
 
 
@@ -198,16 +198,18 @@ def _failure(exc: Exception, typed: Any, run_dir: Path, rank: int, world: int
              ) -> tuple[str, str, Dict[int, dict]]:
     """A rank other than 0 leaves its error and exits; rank 0 returns the run's (status, error,
     every rank's errors), the root cause across ranks."""
+    failed_at = time.time()  # when it failed, not when it got round to saying so
     status = results.classify_exception(exc)
     message = f"{type(exc).__name__}: {exc}"
     if status == "timeout":
         message = (f"reached the time limit (cluster.timeout_min={typed.cluster.timeout_min}): "
                    f"Slurm signalled {typed.cluster.signal_delay_s} s before it ({message})")
-    traceback.print_exc()
-    if rank != 0:
-        _write_rank_error(run_dir, rank, status, message)
+    if rank != 0:  # the error file first: rank 0 may be waiting for it
+        _write_rank_error(run_dir, rank, status, message, failed_at)
+        traceback.print_exc()
         os._exit(1)  # leave now, so rank 0 (maybe blocked in a collective) is released
-    own = {"status": status, "message": message, "time": time.time()}
+    traceback.print_exc()
+    own = {"status": status, "message": message, "time": failed_at}
     rank_errors = _wait_for_rank_errors(run_dir, world)
     if not rank_errors and results.is_peer_failure(message):
         # a peer vanished without a word: killed by a signal (or the OOM killer)

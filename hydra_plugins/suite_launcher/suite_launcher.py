@@ -132,7 +132,9 @@ class SuiteLauncher(BaseSubmititLauncher):
         from hydra_plugins.suite_launcher.compose import FastComposer
 
         started = time.perf_counter()
-        submit = self._typed_sweep_config().submit
+        from suite import plan as planning
+
+        submit = planning.to_object(self.config).submit
         if submit.repeats > 1:  # each configuration k times, as separate jobs
             job_overrides = [list(o) + [f"train.repeat_index={i}"]
                              for o in job_overrides for i in range(submit.repeats)]
@@ -159,11 +161,6 @@ class SuiteLauncher(BaseSubmititLauncher):
                      "benchmark does not depend on the model, strategy or optimizer): run once")
         _refuse_mixed_sweeps(runs)
         return runs, duplicates
-
-    def _typed_sweep_config(self):
-        from suite import plan as planning
-
-        return planning.to_object(self.config)
 
     def _plan_one(self, composer, overrides: List[str], idx: int, submit, problems: List[str]):
         """One point as a PlannedRun, or None with its refusal appended to `problems` (and an
