@@ -174,7 +174,7 @@ step() {  # step NAME NOMINAL_LIMIT_S KEEP_S WORKLOAD [overrides...]; KEEP_S: ke
   STEPS+=("$name=$rc:$took:$limit")
 }
 step gemm $LIMIT_GEMM $KEEP_NCCL gemm "${gemm[@]}"
-step gpt $LIMIT_GPT $KEEP_NCCL gpt "${gpt[@]}"
+step gpt $LIMIT_GPT $KEEP_NCCL train "${gpt[@]}"
 step nccl $LIMIT_NCCL 0 allreduce "${nccl[@]}"
 
 # ---- 4. report, summary, tarball ---------------------------------------------------------------

@@ -108,13 +108,13 @@ def summarize(sweep: Path, expect: Dict[str, int], steps: List[str], wall: Optio
         frame = load_sweep(Path("/nonexistent-empty-sweep"))  # the schema, no rows
     frame = frame.assign(step=[step_of(r) for r in frame.run_id])
     ceilings = measured_ceilings(frame)
-    gpt = frame[frame.workload == "gpt"]
-    of_ceiling = of_gemm_ceiling(gpt, ceilings) if not gpt.empty else pd.Series(dtype="float64")
+    training = frame[frame.workload == "train"]
+    of_ceiling = of_gemm_ceiling(training, ceilings) if not training.empty else pd.Series(dtype="float64")
 
     rows = [HEADER]
     extra: Dict[int, List[str]] = {}
     for i, r in frame.iterrows():
-        micro = r.workload != "gpt"  # a micro-benchmark measures no model, strategy or precision
+        micro = r.workload != "train"  # a micro-benchmark measures no model, strategy or precision
         error = NULL if is_null(r.error) else " ".join(str(r.error).split())[:120]
         throttled = NULL if is_null(r.throttled) else ("yes" if r.throttled else "no")
         rows.append([

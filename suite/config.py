@@ -29,29 +29,43 @@ def _positive(field_name: str, value: Optional[float], allow_zero: bool = False)
 
 @dataclass
 class ModelConfig:
-    """A GPT decoder's shape (pre-LayerNorm blocks, causal attention, GELU MLP)."""
+    """A decoder's family and shape (suite/models: one package per family)."""
 
     name: str = "tiny"
+    #: model family: gpt (GPT-3 style) or llama (RMSNorm, SwiGLU, RoPE, grouped-query attention)
+    family: str = "gpt"
     #: transformer blocks
     n_layers: int = 2
     #: hidden size
     d_model: int = 64
-    #: attention heads; d_model must divide by it
+    #: attention (query) heads; d_model must divide by it
     n_heads: int = 4
+    #: key/value heads (grouped-query attention, llama); null = n_heads
+    n_kv_heads: Optional[int] = None
+    #: MLP hidden size; null = the family's rule (gpt: 4 d_model; llama: 8/3 d_model rounded up to 256)
+    ffn_dim: Optional[int] = None
     #: tokens per sample
     seq_len: int = 64
     #: vocabulary size as trained (already padded to a multiple of 64 for the GPT shapes)
     vocab_size: int = 512
+    #: the output head shares the token embedding's weights (llama; Llama 3.2 1B and 3B do)
+    tie_embeddings: bool = False
+    #: rotary position base (llama; Llama 3 uses 500000)
+    rope_theta: float = 10000.0
+    #: epsilon of the LayerNorms (gpt) or RMSNorms (llama)
+    norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        for name in ("n_layers", "d_model", "n_heads", "seq_len", "vocab_size"):
+        from suite.models import family
+
+        for name in ("n_layers", "d_model", "n_heads", "n_kv_heads", "ffn_dim", "seq_len",
+                     "vocab_size", "rope_theta", "norm_eps"):
             _positive(f"model.{name}", getattr(self, name))
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"model.d_model={self.d_model} must divide by model.n_heads={self.n_heads}"
             )
-
-
+        family(self.family).check(self)
 
 
 @dataclass
@@ -341,17 +355,17 @@ class TrainConfig:
                               "train.global_batch_size null")
 
 
-WORKLOADS = ("gpt", "gemm", "allreduce")
+WORKLOADS = ("train", "gemm", "allreduce")
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter")
 
 
 @dataclass
 class WorkloadConfig:
-    """What a run measures: GPT training, or a micro-benchmark of a ceiling."""
+    """What a run measures: training the model, or a micro-benchmark of a ceiling."""
 
-    #: gpt (training steps), gemm (matrix-multiply TFLOP/s: the ceiling for MFU), allreduce
+    #: train (training steps of the model; called gpt before model families), gemm (matrix-multiply TFLOP/s: the ceiling for MFU), allreduce
     #: (collective bandwidth: all_reduce, all_gather, reduce_scatter)
-    name: str = "gpt"
+    name: str = "train"
     #: gemm: square sizes n (n x n @ n x n) and dtypes
     gemm_sizes: List[int] = field(default_factory=lambda: [256, 512, 1024])
     gemm_dtypes: List[str] = field(default_factory=lambda: ["fp32"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-GPT = ("gpt",)
+TRAIN = ("train",)
 MICRO = ("gemm", "allreduce")
 
 
@@ -22,7 +22,7 @@ class Metric:
     fmt: str = ".4g"
     #: True: more is better; False: less is better; None: not a figure of merit
     higher_is_better: Optional[bool] = None
-    workloads: Tuple[str, ...] = GPT
+    workloads: Tuple[str, ...] = TRAIN
     #: number, bool, or json (a list or a mapping, kept as JSON text in the runs table)
     kind: str = "number"
 
@@ -43,6 +43,7 @@ METRICS: Tuple[Metric, ...] = (
     Metric("timed_steps", "steps", "timed steps", ".0f"),
     # FLOPs and utilisation
     Metric("flops_per_token", "FLOP", "FLOPs/token", ".4g"),
+    Metric("flops_per_token_causal", "FLOP", "FLOPs/token (causal)", ".4g"),
     Metric("tflops_per_device", "TFLOP/s", "TFLOP/s/device", ".4g", True),
     Metric("hw_tflops_per_device", "TFLOP/s", "hardware TFLOP/s/device", ".4g", True),
     Metric("mfu", "1", "MFU", "share", True),

@@ -1,11 +1,13 @@
-"""Pure metric formulas: parameter count, FLOPs per token, step-time statistics, throughput,
+"""Pure metric formulas: step-time statistics, throughput,
 TFLOP/s, MFU/HFU against a datasheet peak table. Plain numbers in, plain numbers out.
 """
 from __future__ import annotations
 
 import math
 import statistics
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
+
+from suite import models
 
 # Dense (non-sparse) datasheet peaks in TFLOP/s per device; vendors print tensor rates "with
 # sparsity", twice these. fp32 is the plain (non-tensor-core) rate: PyTorch does not use TF32 for
@@ -84,37 +86,6 @@ def energy_metrics(telemetry: Optional[Dict], tokens: float) -> Dict[str, Option
     return figures
 
 
-def gpt_param_count(n_layers: int, d_model: int, seq_len: int, vocab_size: int) -> Dict[str, int]:
-    """Parameters of our GPT (untied output head, biases in every Linear and LayerNorm)."""
-    d = d_model
-    per_block = (
-        2 * 2 * d            # two LayerNorms (weight, bias)
-        + d * 3 * d + 3 * d  # qkv projection
-        + d * d + d          # attention output projection
-        + d * 4 * d + 4 * d  # MLP up
-        + 4 * d * d + d      # MLP down
-    )
-    embedding = vocab_size * d + seq_len * d  # token and position tables (lookups, no matmul)
-    head = 2 * d + d * vocab_size             # final LayerNorm + output projection (no bias)
-    total = embedding + n_layers * per_block + head
-    return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
-
-
-def flops_per_token(non_embedding_params: int, n_layers: int, n_heads: int, head_dim: int,
-                    seq_len: int) -> float:
-    """Training FLOPs per token, PaLM appendix B: 6N + 12 L H Q T.
-
-    N counts every parameter that takes part in a matmul (all but the token and position
-    embedding tables; the output projection is counted), as torchtitan does."""
-    return 6.0 * non_embedding_params + 12.0 * n_layers * n_heads * head_dim * seq_len
-
-
-def recompute_flops_per_token(non_embedding_params: int, n_layers: int, n_heads: int,
-                              head_dim: int, seq_len: int) -> float:
-    """Extra FLOPs per token of full activation checkpointing: one more forward, 2N + 4 L H Q T."""
-    return 2.0 * non_embedding_params + 4.0 * n_layers * n_heads * head_dim * seq_len
-
-
 def step_time_stats(times_s: Sequence[float]) -> Dict[str, float]:
     """mean, median, p90 (nearest rank), population std and coefficient of variation."""
     if not times_s:
@@ -159,24 +130,23 @@ def utilisation(flops_per_token_model: float, flops_per_token_hw: float,
     }
 
 
-def run_metrics(*, n_layers: int, d_model: int, n_heads: int, seq_len: int, vocab_size: int,
-                world_size: int, global_batch_size: int, step_times_s: Sequence[float],
-                losses: Sequence[float], peak_memory_bytes: Optional[int],
-                peak_memory_reserved_bytes: Optional[int], device_name: Optional[str],
-                dtype: str, recompute: bool = False) -> Dict[str, Optional[float]]:
-    """Every metric of one run from its raw measurements (docs/runs-and-metrics.md)."""
-    params = gpt_param_count(n_layers, d_model, seq_len, vocab_size)
-    head_dim = d_model // n_heads
-    model_flops = flops_per_token(params["non_embedding"], n_layers, n_heads, head_dim, seq_len)
-    hw_flops = model_flops + (recompute_flops_per_token(params["non_embedding"], n_layers,
-                                                        n_heads, head_dim, seq_len) if recompute else 0.0)
-    rates = throughput(step_times_s, global_batch_size * seq_len, global_batch_size, world_size)
+def run_metrics(*, model: Any, world_size: int, global_batch_size: int,
+                step_times_s: Sequence[float], losses: Sequence[float],
+                peak_memory_bytes: Optional[int], peak_memory_reserved_bytes: Optional[int],
+                device_name: Optional[str], dtype: str, recompute: bool = False
+                ) -> Dict[str, Optional[float]]:
+    """Every metric of one run from its raw measurements (docs/runs-and-metrics.md); `model`
+    is the run's model config (its family gives the parameter count)."""
+    model_flops = models.flops_per_token(model)
+    hw_flops = model_flops + (models.recompute_flops_per_token(model) if recompute else 0.0)
+    rates = throughput(step_times_s, global_batch_size * model.seq_len, global_batch_size, world_size)
     finite = [x for x in losses if math.isfinite(x)]
     return {
         **rates,
         **step_time_stats(step_times_s),
         "timed_steps": len(step_times_s),
         "flops_per_token": model_flops,
+        "flops_per_token_causal": models.flops_per_token(model, causal=True),
         **utilisation(model_flops, hw_flops, rates["tokens_per_s_per_device"],
                       peak_tflops(device_name, dtype)),
         "peak_tflops_per_device": peak_tflops(device_name, dtype),
@@ -262,7 +232,7 @@ def deepspeed_estimate(cfg, plan) -> Optional[int]:
     m, s = cfg.model, cfg.strategy
     if s.zero_stage not in (2, 3) or plan.tensor_parallel * plan.pipeline_parallel > 1:
         return None
-    total = gpt_param_count(m.n_layers, m.d_model, m.seq_len, m.vocab_size)["total"]
+    total = models.param_count(m)["total"]
     if s.zero_stage == 2:
         from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
@@ -271,7 +241,7 @@ def deepspeed_estimate(cfg, plan) -> Optional[int]:
             additional_buffer_factor=1.0)[1])
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
-    largest = max(m.vocab_size * m.d_model, 12 * m.d_model ** 2)
+    largest = models.family(m.family).largest_layer_params(m)
     return int(estimate_zero3_model_states_mem_needs(
         total, largest, plan.ranks_per_node, plan.nodes, cpu_offload=s.offload_optimizer,
         cpu_offload_params=s.offload_params, zero_init=True, additional_buffer_factor=1.0)[1])

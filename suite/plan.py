@@ -10,24 +10,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from suite import models
 from suite.config import ConfigError, SuiteConfig
 from suite.plain_config import from_dict
 
 # Optimizers DeepSpeed can run on the CPU side under ZeRO-Offload (DeepSpeedCPUAdam/Adagrad).
 OFFLOADABLE_OPTIMIZERS = ("adam", "adamw", "adagrad")
-
-# AutoTP cannot find a policy for a custom model (docs/behaviour.md): this says which of our GPT's
-# weights split by output (column) and which by input (row). The fused QKV splits as three
-# equal parts, so each rank keeps whole heads; the embeddings and the output head replicate.
-GPT_TP_PARTITION = {
-    "use_default_specs": False,
-    "layer_specs": [
-        {"patterns": [r".*\.qkv\.weight$"], "partition_type": "column", "shape": [3, -1],
-         "partition_dim": 0},
-        {"patterns": [r".*\.mlp_up\.weight$"], "partition_type": "column"},
-        {"patterns": [r".*\.proj\.weight$", r".*\.mlp_down\.weight$"], "partition_type": "row"},
-    ],
-}
 
 
 @dataclass(frozen=True)
@@ -135,12 +123,7 @@ def check_layout(cfg: SuiteConfig, world: int) -> None:
         raise ConfigError(f"world size {world} (cluster.nodes x ranks per node) is not divisible by "
                           f"strategy.tensor_parallel={tp} x strategy.pipeline_parallel={pp} x "
                           f"strategy.sequence_parallel={sp}")
-    if m.n_heads % tp:
-        raise ConfigError(f"model.n_heads={m.n_heads} is not divisible by strategy.tensor_parallel={tp}")
-    if m.n_heads % sp or m.seq_len % sp:
-        raise ConfigError(f"model.n_heads={m.n_heads} and model.seq_len={m.seq_len} must both be "
-                          f"divisible by strategy.sequence_parallel={sp} (Ulysses gives each rank "
-                          "whole heads and an equal slice of the sequence)")
+    models.family(m.family).check_layout(m, tp, sp, pp)
     if sp > 1 and (tp > 1 or pp > 1):
         raise ConfigError(f"strategy.sequence_parallel={sp} with strategy.tensor_parallel={tp} / "
                           f"strategy.pipeline_parallel={pp}: this suite runs DeepSpeed-Ulysses with "
@@ -179,11 +162,11 @@ def check_site(cfg: SuiteConfig, precision: str, per_node: int, shards: int) -> 
                           f"node of this site (cluster.max_gpus_per_node)")
     if c.gpu_memory_gb is None or cfg.submit.try_anyway:
         return
-    from suite.metrics import gpt_param_count, model_state_memory
+    from suite.metrics import model_state_memory
 
     m, s = cfg.model, cfg.strategy
     needed = model_state_memory(
-        n_params=gpt_param_count(m.n_layers, m.d_model, m.seq_len, m.vocab_size)["total"],
+        n_params=models.param_count(m)["total"],
         precision=precision, optimizer=cfg.optimizer.name, zero_stage=s.zero_stage, dp=shards,
         model_parallel=s.tensor_parallel * s.pipeline_parallel, offload_optimizer=s.offload_optimizer,
         offload_params=s.offload_params)["model_state_bytes_predicted"]
@@ -348,7 +331,7 @@ def deepspeed_config(cfg: SuiteConfig, accelerator: str, precision: str, micro: 
                       "initial_scale_power": cfg.precision.initial_scale_power}
     if cfg.strategy.tensor_parallel > 1:
         ds["tensor_parallel"] = {"autotp_size": cfg.strategy.tensor_parallel,
-                                 "partition_config": GPT_TP_PARTITION}
+                                 "partition_config": models.family(cfg.model.family).TP_PARTITION}
     if cfg.train.activation_checkpointing in ("partitioned", "cpu"):
         ds["activation_checkpointing"] = {
             "partition_activations": True,
@@ -410,10 +393,8 @@ def collective_timeout_s(init_timeout_s: float, step_timeout_s: float) -> float:
 def estimated_cost(cfg: SuiteConfig, plan: RunPlan) -> float:
     """A job's expected length in arbitrary units, only for ordering: training FLOPs per
     device (6 x parameters x tokens) over every step, plus a fixed start-up cost."""
-    from suite.metrics import gpt_param_count
-
     m = cfg.model
-    params = gpt_param_count(m.n_layers, m.d_model, m.seq_len, m.vocab_size)["total"]
+    params = models.param_count(m)["total"]
     steps = cfg.train.warmup_steps + cfg.train.timed_steps
     flops_per_device = 6.0 * params * plan.global_batch_size * m.seq_len * steps / plan.world_size
     zero3_penalty = 2.0 if cfg.strategy.zero_stage == 3 else 1.0

@@ -180,7 +180,7 @@ def _run_workload(typed: Any, plan: planning.RunPlan, dist: Dict[str, Any], watc
     watchdog.start()
     deepspeed.init_distributed(auto_mpi_discovery=False, timeout=datetime.timedelta(
         seconds=planning.collective_timeout_s(typed.cluster.init_timeout_s, typed.train.step_timeout_s)))
-    if typed.workload.name != "gpt":  # no steps to beat: the whole benchmark is one
+    if typed.workload.name != "train":  # no steps to beat: the whole benchmark is one
         watchdog.expect("steps", typed.train.step_timeout_s)
         from suite.workload.micro import run_micro_benchmark
 
@@ -234,8 +234,7 @@ def _training_metrics(typed: Any, plan: planning.RunPlan, measured: Any) -> Dict
     """Every metric of a training run from its raw measurements (formulas in suite.metrics)."""
     m, s = typed.model, typed.strategy
     run_metrics = metrics.run_metrics(
-        n_layers=m.n_layers, d_model=m.d_model, n_heads=m.n_heads, seq_len=m.seq_len,
-        vocab_size=m.vocab_size, world_size=plan.world_size,
+        model=m, world_size=plan.world_size,
         global_batch_size=plan.global_batch_size, step_times_s=measured.step_times_s,
         losses=measured.losses, peak_memory_bytes=measured.peak_memory_bytes,
         peak_memory_reserved_bytes=measured.peak_memory_reserved_bytes,

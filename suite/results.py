@@ -235,13 +235,14 @@ def read_record(path: Path) -> Dict[str, Any]:
 def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
     """The sweep axes as plain fields of the record (cfg: SuiteConfig, plan: RunPlan).
     (Invalid points have no plan: write_invalid_record picks their axes from the config.)"""
-    from suite.metrics import gpt_param_count
+    from suite import models
 
     m = cfg.model
     axes = {
         "workload": cfg.workload.name,
         "data": cfg.data.name,
         "model": m.name,
+        "model_family": m.family,
         "strategy": cfg.strategy.name,
         "zero_stage": cfg.strategy.zero_stage,
         "offload_optimizer": cfg.strategy.offload_optimizer,
@@ -265,15 +266,15 @@ def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
         "grad_accum_steps": plan.grad_accum_steps,
         "global_batch_size": plan.global_batch_size,
         "seq_len": m.seq_len,
-        "n_params": gpt_param_count(m.n_layers, m.d_model, m.seq_len, m.vocab_size)["total"],
+        "n_params": models.param_count(m)["total"],
     }
-    if cfg.workload.name != "gpt":  # a micro-benchmark trains nothing: these do not apply
+    if cfg.workload.name != "train":  # a micro-benchmark trains nothing: these do not apply
         for key in _TRAINING_AXES:
             axes[key] = None
     return axes
 
 
-_TRAINING_AXES = ("data", "model", "data_parallel", "strategy", "zero_stage", "offload_optimizer", "offload_params",
+_TRAINING_AXES = ("data", "model", "model_family", "data_parallel", "strategy", "zero_stage", "offload_optimizer", "offload_params",
                   "optimizer", "tensor_parallel", "pipeline_parallel", "sequence_parallel",
                   "activation_checkpointing", "compile", "check_parity", "scaling",
                   "micro_batch_size", "grad_accum_steps", "global_batch_size", "seq_len", "n_params")
@@ -287,7 +288,7 @@ def run_config(typed: Any, plan: Any) -> Dict[str, Any]:
     config = {name: _plain_redacted(getattr(typed, name), name)
               for name in typed.__dataclass_fields__ if name not in ("submit", "report")}
     config["precision"]["name"] = plan.precision
-    return config if typed.workload.name == "gpt" else _micro_benchmark_config(config)
+    return config if typed.workload.name == "train" else _micro_benchmark_config(config)
 
 
 def _micro_benchmark_config(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -357,7 +358,7 @@ def write_invalid_record(run_dir: Path, config: Dict[str, Any], error: str) -> P
     def pick(group: str, key: str) -> Any:
         return (config.get(group) or {}).get(key)
 
-    axes = {"model": pick("model", "name"), "strategy": pick("strategy", "name"),
+    axes = {"model": pick("model", "name"), "model_family": pick("model", "family"), "strategy": pick("strategy", "name"),
             "zero_stage": pick("strategy", "zero_stage"), "optimizer": pick("optimizer", "name"),
             "precision": pick("precision", "name"), "nodes": pick("cluster", "nodes"),
             "micro_batch_size": pick("train", "micro_batch_size"),

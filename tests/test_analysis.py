@@ -148,3 +148,21 @@ def test_history_loads_sweeps_of_other_suite_versions_as_one_frame(tmp_path):
     assert rows.config_key.nunique() == 1  # the same configuration, whichever way its key came
     assert rows.env_nccl.isna().tolist() == [False, True]
     assert len(history.load(tmp_path)) == 3
+
+
+def test_a_record_from_before_model_families_is_the_same_configuration():
+    from dataclasses import asdict
+
+    from suite.config import SuiteConfig
+
+    new = asdict(SuiteConfig())
+    new.pop("submit"), new.pop("report")
+    old = json.loads(json.dumps(new))
+    for field in ("family", "n_kv_heads", "ffn_dim", "tie_embeddings", "rope_theta", "norm_eps"):
+        del old["model"][field]  # the schema had none of these
+    old["workload"]["name"] = "gpt"  # the training workload's name then
+    assert configuration_key(json.dumps(old)) == configuration_key(json.dumps(new))
+    # a field that differs from its default still makes another configuration
+    llama = json.loads(json.dumps(new))
+    llama["model"]["family"] = "llama"
+    assert configuration_key(json.dumps(llama)) != configuration_key(json.dumps(new))

@@ -38,10 +38,10 @@ def test_gpu_check_rehearsal(tmp_path):
     assert lines[-1] == "GPU CHECK: 4/4 runs ok", summary
     header = next(line for line in lines if line.startswith("step/workload")).split()
     runs = [line.split(None, len(header) - 1) for line in lines
-            if line.split(" ", 1)[0] in ("gemm/gemm", "gpt/gpt", "nccl/allreduce")]
-    assert sorted(r[0] for r in runs) == ["gemm/gemm", "gpt/gpt", "gpt/gpt", "nccl/allreduce"], summary
+            if line.split(" ", 1)[0] in ("gemm/gemm", "gpt/train", "nccl/allreduce")]
+    assert sorted(r[0] for r in runs) == ["gemm/gemm", "gpt/train", "gpt/train", "nccl/allreduce"], summary
     column = {name: i for i, name in enumerate(header)}
-    gpt = [r for r in runs if r[0] == "gpt/gpt"]
+    gpt = [r for r in runs if r[0] == "gpt/train"]
     assert sorted(r[column["strategy"]] for r in gpt) == ["zero1", "zero2"], summary
     for run in runs:
         assert run[column["status"]] == "ok" and run[column["error"]] == NULL, summary

@@ -3,41 +3,9 @@ import math
 
 import pytest
 
-from suite.metrics import (PARITY_TOLERANCE, device_key, loss_parity, flops_per_token, gpt_param_count, peak_tflops,
-                           recompute_flops_per_token, run_metrics, step_time_stats, throughput,
-                           utilisation)
-from suite.workload.model import GPT
-
-
-def test_param_count_of_the_tiny_gpt():
-    # per block 12*64^2 + 13*64 = 49,984; embeddings 512*64 + 64*64 = 36,864;
-    # head 2*64 + 64*512 = 32,896; total 36,864 + 2*49,984 + 32,896 = 169,728
-    assert gpt_param_count(2, 64, 64, 512) == {"total": 169_728, "embedding": 36_864,
-                                               "non_embedding": 132_864}
-
-
-def test_param_count_of_gpt3_125m():
-    # per block 12*768^2 + 13*768 = 7,087,872; embeddings (50,304 + 2,048)*768 = 40,206,336;
-    # head 2*768 + 768*50,304 = 38,635,008; total 40,206,336 + 12*7,087,872 + 38,635,008
-    assert gpt_param_count(12, 768, 2048, 50304) == {
-        "total": 163_895_808, "embedding": 40_206_336, "non_embedding": 123_689_472}
-
-
-@pytest.mark.parametrize("shape", [(2, 64, 4, 64, 512), (3, 96, 6, 32, 256)])
-def test_param_count_matches_the_real_model(shape):
-    n_layers, d_model, n_heads, seq_len, vocab = shape
-    model = GPT(n_layers, d_model, n_heads, seq_len, vocab)
-    assert sum(p.numel() for p in model.parameters()) == gpt_param_count(
-        n_layers, d_model, seq_len, vocab)["total"]
-
-
-def test_flops_per_token_palm_formula():
-    # tiny: 6*132,864 + 12*2 layers*4 heads*16 head dim*64 tokens = 797,184 + 98,304
-    assert flops_per_token(132_864, 2, 4, 16, 64) == 895_488
-    # 125M: 6*123,689,472 + 12*12*12*64*2048 = 742,136,832 + 226,492,416
-    assert flops_per_token(123_689_472, 12, 12, 64, 2048) == 968_629_248
-    # one more forward when every block is recomputed: 2*132,864 + 4*2*4*16*64 = 265,728 + 32,768
-    assert recompute_flops_per_token(132_864, 2, 4, 16, 64) == 298_496
+from suite.config import ModelConfig
+from suite.metrics import (PARITY_TOLERANCE, device_key, loss_parity, peak_tflops, run_metrics,
+                           step_time_stats, throughput, utilisation)
 
 
 def test_step_time_statistics():
@@ -77,7 +45,7 @@ def test_mfu_on_known_devices_and_null_elsewhere():
 
 
 def test_run_metrics_of_a_cpu_run_has_null_mfu_and_model_tflops():
-    m = run_metrics(n_layers=2, d_model=64, n_heads=4, seq_len=64, vocab_size=512,
+    m = run_metrics(model=ModelConfig(),  # the tiny GPT: 2 layers, d 64, 4 heads, 64 tokens, vocab 512
                     world_size=2, global_batch_size=4, step_times_s=[0.02, 0.02],
                     losses=[6.2, 6.1, float("nan")], peak_memory_bytes=100,
                     peak_memory_reserved_bytes=None, device_name=None, dtype="fp32")
@@ -90,7 +58,7 @@ def test_run_metrics_of_a_cpu_run_has_null_mfu_and_model_tflops():
 
 
 def test_hfu_counts_the_recomputed_forward():
-    m = run_metrics(n_layers=2, d_model=64, n_heads=4, seq_len=64, vocab_size=512,
+    m = run_metrics(model=ModelConfig(),  # the tiny GPT: 2 layers, d 64, 4 heads, 64 tokens, vocab 512
                     world_size=2, global_batch_size=4, step_times_s=[0.02, 0.02], losses=[6.0],
                     peak_memory_bytes=1, peak_memory_reserved_bytes=None,
                     device_name="NVIDIA H100 80GB HBM3", dtype="bf16", recompute=True)

@@ -10,7 +10,7 @@ from conftest import REPO, run_sweep, sweep_dirs
 
 
 def test_gemm_and_collective_ceilings_become_records_and_a_report_section(tmp_path):
-    done = run_sweep(tmp_path, "workload=gpt,gemm,allreduce", "strategy=ddp", "optimizer=sgd_momentum",
+    done = run_sweep(tmp_path, "workload=train,gemm,allreduce", "strategy=ddp", "optimizer=sgd_momentum",
                      "train.timed_steps=3", "workload.gemm_sizes=[64,128]", "workload.message_bytes=[4096,65536]")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [sweep] = sweep_dirs(tmp_path)
@@ -47,7 +47,8 @@ def test_token_file_data_through_a_dataloader_keeps_every_layout_on_the_same_sam
     from suite.workload.data import write_token_file
 
     tokens = write_token_file(tmp_path / "tokens.bin", 100_000, vocab_size=512)
-    done = run_sweep(tmp_path / "runs", "data=tokens", f"data.path={tokens}", "data.workers=1",
+    # a file:// URL: read through fsspec's local filesystem, memory-mapped
+    done = run_sweep(tmp_path / "runs", "data=tokens", f"data.path=file://{tokens}", "data.workers=1",
                      "strategy=ddp,pp2", "optimizer=sgd_momentum", "train.check_parity=true",
                      "train.global_batch_size=8", "optimizer.scheduler=none", "train.timed_steps=3")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

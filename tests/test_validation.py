@@ -24,7 +24,7 @@ CATALOGUE = [  # (overrides, what the message must name)
     (["train.global_batch_size=6", "train.grad_accum_steps=1"], "train.global_batch_size=6 must equal"),
     (["train.micro_batch_size=0"], "train.micro_batch_size=0 must be > 0"),
     (["strategy=tp2", "cluster.gpus_per_node=3"], "is not divisible by strategy.tensor_parallel=2"),
-    (["strategy=tp2", "model.n_heads=1"], "model.n_heads=1 is not divisible by strategy.tensor_parallel=2"),
+    (["strategy=tp2", "model.n_heads=1"], "model.n_heads=1 must be divisible by strategy.tensor_parallel=2"),
     (["strategy=pp2", "model.n_layers=1"], "strategy.pipeline_parallel=2 exceeds model.n_layers=1"),
     (["strategy=pp2", "strategy.zero_stage=3"], "strategy.pipeline_parallel=2 cannot run with strategy.zero_stage=3"),
     (["strategy=tp2_pp2", "cluster.gpus_per_node=8"], "strategy.pipeline_parallel=2 with strategy.tensor_parallel=2"),
@@ -43,6 +43,14 @@ CATALOGUE = [  # (overrides, what the message must name)
     # the GPU path (a login node without GPUs must not decide what the compute nodes run)
     (["cluster.accelerator=auto"], "cluster.accelerator=auto with cluster.scheduler=slurm"),
     (["cluster.accelerator=cuda", "cluster.gpus_per_node=null"], "cluster.gpus_per_node must be set"),
+    # model families: heads that cannot split, a head that cannot be tied under TP
+    (["model=llama_tiny", "strategy=tp2", "model.n_kv_heads=1"],
+     "model.n_heads=4 and model.n_kv_heads=1 must be divisible by strategy.tensor_parallel=2"),
+    (["model=llama_tiny", "strategy=tp2", "model.tie_embeddings=true"], "model.tie_embeddings=true"),
+    (["model.family=mamba"], "model.family='mamba' is not allowed"),
+    # token files that are not there, or behind a scheme fsspec does not know
+    (["data=tokens", "data.path=/nonexistent/tokens.bin"], "data.path=/nonexistent/tokens.bin: no such file"),
+    (["data=tokens", "data.path=nosuch://bucket/tokens.bin"], "data.path=nosuch://bucket/tokens.bin: Protocol not known"),
     # micro-benchmarks take no sizes that measure nothing
     (["workload=gemm", "workload.gemm_sizes=[0]"], "workload.gemm_sizes[0]=0 must be >= 1"),
     (["workload=gemm", "workload.gemm_dtypes=[]"], "workload.gemm_dtypes is empty"),

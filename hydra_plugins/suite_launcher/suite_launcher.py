@@ -19,6 +19,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
+from suite import models
 from suite.schedulers.base import PlannedRun
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,11 @@ class SuiteLauncher(BaseSubmititLauncher):
         try:
             typed = planning.to_object(cfg)
             plan = planning.plan_run(typed, self._local_gpus(typed))
+            if typed.data.name == "tokens":  # the one check that reads: is the file there?
+                from suite.workload.tokens import source_problem
+
+                if source_problem(typed.data.path):
+                    raise ConfigError(source_problem(typed.data.path))
         except (ConfigError, ValueError) as exc:
             problems.append(f"{label}: {exc}")
             if submit.skip_invalid and not submit.dry_run:
@@ -284,6 +290,8 @@ class SuiteLauncher(BaseSubmititLauncher):
                       f"precision={p.precision} nodes={p.nodes} "
                       f"ranks_per_node={p.ranks_per_node} world_size={p.world_size} "
                       f"global_batch={p.global_batch_size} ({run.label})")
+                if run.typed.workload.name == "train":
+                    print(f"      {models.describe(run.typed.model)}")
                 if p.compiled_ops:
                     print(f"      compiles DeepSpeed ops unless prebuilt: "
                           f"{', '.join(name for name, _ in p.compiled_ops)}")

@@ -2,6 +2,7 @@
 model vs measurement, regressions against a history. Frames in, frames out."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Dict, List, Optional
@@ -19,13 +20,30 @@ ENV_FIELDS = ["env_torch", "env_deepspeed", "env_cuda", "env_nccl", "env_driver"
 
 
 def configuration_key(config_json: str) -> str:
-    """A configuration's identity across repeats and nights: its config without the repeat index."""
+    """A configuration's identity across repeats and nights: its config without the repeat
+    index, with every schema field the record lacks filled with its default (a field added to
+    the schema later, such as model.family, does not make last night's runs another
+    configuration) and the training workload under its current name."""
     config = json.loads(config_json) if config_json else {}
+    defaults = _schema_defaults()
+    config = {group: {**defaults[group], **values} if isinstance(values, dict) and group in defaults
+              else values for group, values in config.items()}
+    if (config.get("workload") or {}).get("name") == "gpt":  # its name before model families
+        config["workload"]["name"] = "train"
     train = dict(config.get("train") or {})
     for key in NOT_CONFIGURATION:
         train.pop(key, None)
     text = json.dumps({**config, "train": train}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _schema_defaults() -> Dict[str, dict]:
+    from dataclasses import asdict
+
+    from suite.config import SuiteConfig
+
+    return {group: values for group, values in asdict(SuiteConfig()).items() if isinstance(values, dict)}
 
 
 def aggregate_repeats(frame: pd.DataFrame, max_cv: float) -> pd.DataFrame:
@@ -215,7 +233,7 @@ def trends(history: pd.DataFrame, metric: str = "tokens_per_s_per_device") -> Di
 def measured_ceilings(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows of the sweep's micro-benchmark runs: one per GEMM shape or collective size."""
     rows = []
-    for _, r in frame[(frame.workload != "gpt") & (frame.status == "ok")].iterrows():
+    for _, r in frame[(frame.workload != "train") & (frame.status == "ok")].iterrows():
         micro = json.loads(r.micro_json) if isinstance(r.micro_json, str) else {}
         for row in micro.get("gemm", []):
             rows.append({"kind": "gemm", "device": r.env_device_name, "world_size": r.world_size, **row})

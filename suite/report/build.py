@@ -46,11 +46,11 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
     frame.to_csv(out / "runs.csv", index=False)
 
     ceilings = analysis.measured_ceilings(frame)
-    gpt = frame[frame.workload == "gpt"]
-    configs = analysis.aggregate_repeats(gpt, options.max_cv)
+    training = frame[frame.workload == "train"]
+    configs = analysis.aggregate_repeats(training, options.max_cv)
     configs["of_gemm_ceiling"] = analysis.of_gemm_ceiling(configs, ceilings)
     configs["measurement_error"] = analysis.measurement_errors(configs)
-    parity = analysis.parity_table(gpt)
+    parity = analysis.parity_table(training)
     regress, trend = pd.DataFrame(columns=analysis.REGRESSION_COLUMNS), {}
     if options.history_dir:  # the sweep's own rows are skipped by regressions()
         ok = history.load(Path(options.history_dir), history.COLUMNS, ok_only=True)

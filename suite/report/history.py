@@ -43,16 +43,20 @@ def load(history_dir: Path, columns: Optional[List[str]] = None, ok_only: bool =
     schema = pa.unify_schemas(schemas, promote_options="default")
     if "sweep_date" not in schema.names:  # the partition folder's value
         schema = schema.append(pa.field("sweep_date", pa.string()))
-    legacy = any("config_key" not in s.names for s in schemas)  # rows from before the key was kept
+    # Rows from before the key was kept, or from before model families (their keys were made
+    # from configs without the family's fields): the key is recomputed from the config.
+    legacy = any(not {"config_key", "model_family"} <= set(s.names) for s in schemas)
     wanted = None if columns is None else list(dict.fromkeys(
         [c for c in columns if c in schema.names] + ["sweep_date"]
-        + (["config_json"] if legacy and "config_json" in schema.names else [])))
+        + [c for c in ("config_json", "model_family") if legacy and c in schema.names]))
     dataset = ds.dataset(str(root), schema=schema, format="parquet", partitioning="hive")
     table = dataset.to_table(columns=wanted, filter=(ds.field("status") == "ok") if ok_only else None)
     frame = table.to_pandas()
     if legacy and "config_json" in frame:
         from suite.report.analysis import configuration_key
 
-        missing = frame.config_key.isna() if "config_key" in frame else pd.Series(True, index=frame.index)
-        frame.loc[missing, "config_key"] = frame.config_json[missing].map(configuration_key)
+        stale = pd.Series(True, index=frame.index)
+        if "config_key" in frame and "model_family" in frame:
+            stale = frame.config_key.isna() | frame.model_family.isna()
+        frame.loc[stale, "config_key"] = frame.config_json[stale].map(configuration_key)
     return frame

@@ -1,6 +1,7 @@
-"""Token data from disk: a memory-mapped file of token ids read through a DataLoader with
-workers (data=tokens), so a sweep shows whether input loading slows training. Samples follow
-the same global-batch layout as the synthetic data: step s's global batch is samples
+"""The batches a run trains on. Synthetic: random token ids made on the device from the seed.
+Tokens (data=tokens): a file of token ids, local or at an fsspec URL (suite.workload.tokens),
+read through a DataLoader with workers, so a sweep shows whether input loading slows
+training. Samples follow the same global-batch layout as the synthetic data: step s's global batch is samples
 [s*G, (s+1)*G) of the file (wrapping), and each data-parallel replica takes its micro-batches,
 so every parallel layout still sees the same samples."""
 from __future__ import annotations
@@ -12,7 +13,30 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+from suite.workload.tokens import DTYPES, TokenSource
+
+
+def global_batches(n: int, global_batch: int, seq_len: int, vocab_size: int, seed: int,
+                   device: torch.device | str) -> List[torch.Tensor]:
+    """`n` global batches of uniformly random tokens, made on the device from `seed`; every rank
+    makes the same ones and takes its share (`micro_batch`), so every layout sees the same data."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return [torch.randint(0, vocab_size, (global_batch, seq_len + 1), generator=generator,
+                          device=device) for _ in range(n)]
+
+
+def sequence_slice(batch: torch.Tensor, sp_rank: int, sp_size: int) -> torch.Tensor:
+    """Sequence-parallel rank `sp_rank`'s slice of (batch, seq_len + 1) tokens: its seq_len/sp
+    inputs and, overlapping the next slice by one token, their targets."""
+    length = (batch.shape[1] - 1) // sp_size
+    return batch[:, sp_rank * length:(sp_rank + 1) * length + 1]
+
+
+def micro_batch(batch: torch.Tensor, micro: int, dp_rank: int, dp_size: int,
+                micro_size: int) -> torch.Tensor:
+    """Data-parallel replica `dp_rank`'s micro-batch number `micro` of a global batch."""
+    start = (micro * dp_size + dp_rank) * micro_size
+    return batch[start:start + micro_size]
 
 
 def write_token_file(path: Path, n_tokens: int, vocab_size: int, seed: int = 0,
@@ -24,28 +48,29 @@ def write_token_file(path: Path, n_tokens: int, vocab_size: int, seed: int = 0,
 
 
 class TokenWindows(Dataset):
-    """Sample i = tokens [i*seq_len, i*seq_len + seq_len + 1) of the file (inputs and targets)."""
+    """Sample i = tokens [i*seq_len, i*seq_len + seq_len + 1) of the file (inputs and targets);
+    `path` is a local path or an fsspec URL (suite.workload.tokens)."""
 
     def __init__(self, path: str, seq_len: int, vocab_size: int, dtype: str = "uint16") -> None:
-        self.path, self.seq_len, self.dtype = path, seq_len, DTYPES[dtype]
-        tokens = np.memmap(path, dtype=self.dtype, mode="r")
-        self.samples = (len(tokens) - 1) // seq_len
+        self.source, self.seq_len, self.vocab_size = TokenSource(path, dtype), seq_len, vocab_size
+        self.samples = (self.source.n_tokens - 1) // seq_len
         if self.samples < 1:
-            raise ValueError(f"data.path={path} holds {len(tokens)} tokens, fewer than one sample "
-                             f"of model.seq_len={seq_len} + 1")
-        if int(tokens.max()) >= vocab_size:
-            raise ValueError(f"data.path={path} has token ids up to {int(tokens.max())}, not below "
+            raise ValueError(f"data.path={path} holds {self.source.n_tokens} tokens, fewer than one "
+                             f"sample of model.seq_len={seq_len} + 1")
+        largest = self.source.max_token()
+        if largest is not None and largest >= vocab_size:
+            raise ValueError(f"data.path={path} has token ids up to {largest}, not below "
                              f"model.vocab_size={vocab_size}")
-        self._tokens = None  # opened per worker process
 
     def __len__(self) -> int:
         return self.samples
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        if self._tokens is None:
-            self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
-        start = index * self.seq_len
-        return torch.from_numpy(self._tokens[start:start + self.seq_len + 1].astype(np.int64))
+        tokens = self.source.read(index * self.seq_len, self.seq_len + 1)
+        if not self.source.local and int(tokens.max()) >= self.vocab_size:
+            raise ValueError(f"data.path={self.source.url} has token id {int(tokens.max())} in sample "
+                             f"{index}, not below model.vocab_size={self.vocab_size}")
+        return torch.from_numpy(tokens)
 
 
 class ReplicaSampler(Sampler):

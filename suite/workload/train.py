@@ -13,11 +13,12 @@ from typing import List, Optional
 import deepspeed
 import torch
 
+from suite import models
 from suite.config import SuiteConfig
+from suite.models.layers import next_token_loss
 from suite.plan import RunPlan
 from suite.workload import device, telemetry
-from suite.workload.model import (GPT, global_batches, micro_batch, next_token_loss,
-                                  pipeline_layers, sequence_slice)
+from suite.workload.data import global_batches, micro_batch, sequence_slice
 
 # Distinct global batches the steps cycle through (made once, before timing).
 DATA_POOL = 4
@@ -130,23 +131,24 @@ def _sequence_parallel_state(plan: RunPlan):
 
 
 def _build(cfg: SuiteConfig, plan: RunPlan, poison: _Poison, sp_state):
+    """The model of cfg.model's family: one module, or a PipelineModule of its layers."""
     m, s = cfg.model, cfg.strategy
-    shape = (m.n_layers, m.d_model, m.n_heads, m.seq_len, m.vocab_size)
+    family = models.family(m.family)
     if plan.pipeline_parallel > 1:
         from deepspeed.pipe import PipelineModule
 
         return PipelineModule(
-            layers=pipeline_layers(*shape, seed=cfg.train.seed), num_stages=plan.pipeline_parallel,
+            layers=family.pipeline_layers(m, cfg.train.seed), num_stages=plan.pipeline_parallel,
             loss_fn=lambda logits, targets: poison(next_token_loss(logits, targets)),
             partition_method=s.pipeline_partition_method,
             activation_checkpoint_interval=0 if cfg.train.activation_checkpointing == "none" else 1,
             # only blocks: the embedding's input is token ids, which have no gradient
-            checkpointable_layers=["Block"])
+            checkpointable_layers=family.CHECKPOINTABLE_LAYERS)
     group = None if sp_state is None else sp_state.get_sequence_parallel_group()
     shard_group = None if sp_state is None else sp_state.get_sequence_data_parallel_group()
     with _build_context(plan, s, sp_state, shard_group):
-        return GPT(*shape, seed=cfg.train.seed, checkpoint=_checkpoint_function(cfg, plan),
-                   sequence_group=group)
+        return family.build(m, cfg.train.seed, checkpoint=_checkpoint_function(cfg, plan),
+                            sequence_group=group)
 
 
 def _build_context(plan: RunPlan, strategy, sp_state, shard_group):

@@ -1,0 +1,103 @@
+"""The GPT's torch modules, in the nanoGPT mould. The same layers build the plain model and its
+pipeline form, and each parameter is initialised from its own name (suite.models.layers), so
+every parallel layout starts from identical weights (what the loss-parity check relies on).
+Attention takes its head count from the projection it holds, so it also runs on a
+tensor-parallel shard of the heads (DeepSpeed AutoTP)."""
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from suite.models.gpt import ffn_dim
+from suite.models.layers import Attend, init_parameters, next_token_loss, sequence_rank
+
+RESIDUAL_OUTPUTS = ("proj", "mlp_down")
+
+
+class Embedding(nn.Module):
+    """Token + position embedding: (batch, seq) token ids -> (batch, seq, d_model)."""
+
+    def __init__(self, m: Any, seed: int, prefix: str = "embedding") -> None:
+        super().__init__()
+        self.token_embedding = nn.Embedding(m.vocab_size, m.d_model)
+        self.position_embedding = nn.Embedding(m.seq_len, m.d_model)
+        init_parameters(self, seed, prefix)
+
+    def forward(self, inputs: torch.Tensor, position_offset: int = 0) -> torch.Tensor:
+        """position_offset: where this slice starts in the sequence (sequence parallel)."""
+        positions = torch.arange(position_offset, position_offset + inputs.shape[1], device=inputs.device)
+        return self.token_embedding(inputs) + self.position_embedding(positions)
+
+
+class Block(nn.Module):
+    def __init__(self, m: Any, seed: int, prefix: str, sequence_group=None) -> None:
+        """sequence_group: the Ulysses process group when the sequence is split across ranks."""
+        super().__init__()
+        d = m.d_model
+        self.head_dim = d // m.n_heads
+        self.attend = Attend(sequence_group)
+        self.ln_1 = nn.LayerNorm(d, eps=m.norm_eps)
+        self.qkv = nn.Linear(d, 3 * d)  # [Q; K; V] along the output dim
+        self.proj = nn.Linear(d, d)
+        self.ln_2 = nn.LayerNorm(d, eps=m.norm_eps)
+        self.mlp_up = nn.Linear(d, ffn_dim(m))
+        self.mlp_down = nn.Linear(ffn_dim(m), d)
+        init_parameters(self, seed, prefix, RESIDUAL_OUTPUTS, m.n_layers)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        heads = q.shape[-1] // self.head_dim  # all heads, or this rank's share under TP
+        q, k, v = (t.view(batch, seq, heads, self.head_dim) for t in (q, k, v))
+        return self.proj(self.attend(q, k, v).reshape(batch, seq, heads * self.head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.ln_1(x))
+        return x + self.mlp_down(F.gelu(self.mlp_up(self.ln_2(x))))
+
+
+class Head(nn.Module):
+    """Final LayerNorm and output projection (no bias): -> logits."""
+
+    def __init__(self, m: Any, seed: int, prefix: str = "final") -> None:
+        super().__init__()
+        self.ln_f = nn.LayerNorm(m.d_model, eps=m.norm_eps)
+        self.head = nn.Linear(m.d_model, m.vocab_size, bias=False)
+        init_parameters(self, seed, prefix)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.ln_f(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, m: Any, seed: int = 0, checkpoint: Optional[Callable] = None,
+                 sequence_group=None) -> None:
+        """checkpoint: None, or a function(block, x) that recomputes the block in backward.
+        sequence_group: the Ulysses group; forward then takes this rank's sequence slice."""
+        super().__init__()
+        self.embedding = Embedding(m, seed)
+        self.blocks = nn.ModuleList(Block(m, seed, f"blocks.{i}", sequence_group)
+                                    for i in range(m.n_layers))
+        self.final = Head(m, seed)
+        self.checkpoint = checkpoint
+        self.sequence_rank = sequence_rank(sequence_group)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (batch, slice + 1), the whole sequence or this rank's slice of it; returns
+        the mean next-token cross-entropy over the slice."""
+        x = self.embedding(tokens[:, :-1], position_offset=self.sequence_rank * (tokens.shape[1] - 1))
+        for block in self.blocks:
+            x = block(x) if self.checkpoint is None else self.checkpoint(block, x)
+        return next_token_loss(self.final(x), tokens[:, 1:])
+
+
+def pipeline_layers(m: Any, seed: int = 0) -> List:
+    """The GPT as DeepSpeed LayerSpecs (built lazily, each on its own pipeline stage)."""
+    from deepspeed.pipe import LayerSpec
+
+    return ([LayerSpec(Embedding, m, seed)]
+            + [LayerSpec(Block, m, seed, f"blocks.{i}") for i in range(m.n_layers)]
+            + [LayerSpec(Head, m, seed)])

@@ -1,0 +1,87 @@
+"""The Llama family (Llama 2/3 shape): pre-RMSNorm blocks, rotary positions, grouped-query
+attention (model.n_kv_heads key/value heads shared by n_heads/n_kv_heads query heads each),
+SwiGLU MLP, no biases, an output head untied unless model.tie_embeddings (Llama 3.2 1B and 3B
+tie it). Pure Python: the torch modules are in model.py."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from suite.models import check_heads
+
+# AutoTP partition (docs/layouts.md): q/k/v and gate/up split by output (column), each rank
+# keeping whole query and key/value heads; o and down by input (row), followed by an
+# all-reduce. Embedding, norms and the output head replicate.
+TP_PARTITION = {
+    "use_default_specs": False,
+    "layer_specs": [
+        {"patterns": [r".*\.(q|k|v|gate|up)_proj\.weight$"], "partition_type": "column"},
+        {"patterns": [r".*\.(o|down)_proj\.weight$"], "partition_type": "row"},
+    ],
+}
+CHECKPOINTABLE_LAYERS = ["Block"]
+
+
+def kv_heads(m: Any) -> int:
+    return m.n_heads if m.n_kv_heads is None else m.n_kv_heads
+
+
+def ffn_dim(m: Any) -> int:
+    """The MLP's hidden size; by default Llama's rule: 2/3 of 4 d, rounded up to 256."""
+    if m.ffn_dim is not None:
+        return m.ffn_dim
+    return 256 * -(-(8 * m.d_model // 3) // 256)
+
+
+def check(m: Any) -> None:
+    from suite.config import ConfigError
+
+    if m.n_heads % kv_heads(m):
+        raise ConfigError(f"model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads="
+                          f"{kv_heads(m)} (each key/value head serves a whole group of query heads)")
+    if (m.d_model // m.n_heads) % 2:
+        raise ConfigError(f"model.d_model / model.n_heads = {m.d_model // m.n_heads} must be even "
+                          "(rotary embeddings turn pairs of dimensions)")
+
+
+def check_layout(m: Any, tp: int, sp: int, pp: int) -> None:
+    from suite.config import ConfigError
+
+    check_heads(m, kv_heads(m), tp, sp)
+    if m.tie_embeddings and (tp > 1 or pp > 1):
+        raise ConfigError(f"model.tie_embeddings=true with strategy.tensor_parallel={tp} / "
+                          f"strategy.pipeline_parallel={pp}: the tied output head is offered with data "
+                          "parallel, ZeRO and sequence parallel only (set model.tie_embeddings=false)")
+
+
+def param_count(m: Any) -> Dict[str, int]:
+    """No biases; RMSNorm has a weight only; RoPE has no parameters."""
+    d, hd, f = m.d_model, m.d_model // m.n_heads, ffn_dim(m)
+    per_block = (
+        2 * d                               # two RMSNorms
+        + d * m.n_heads * hd                # q
+        + 2 * d * kv_heads(m) * hd          # k, v
+        + m.n_heads * hd * d                # o
+        + 3 * d * f                         # gate, up, down
+    )
+    embedding = m.vocab_size * d            # token table (a lookup, no matmul)
+    head = d + (0 if m.tie_embeddings else d * m.vocab_size)  # final RMSNorm + output projection
+    total = embedding + m.n_layers * per_block + head
+    # the output projection is a matmul even when it shares the embedding's weights
+    non_embedding = total - embedding + (d * m.vocab_size if m.tie_embeddings else 0)
+    return {"total": total, "embedding": embedding, "non_embedding": non_embedding}
+
+
+def largest_layer_params(m: Any) -> int:
+    return max(m.vocab_size * m.d_model, m.d_model ** 2, m.d_model * ffn_dim(m))
+
+
+def build(m: Any, seed: int, checkpoint=None, sequence_group=None):
+    from suite.models.llama.model import Llama
+
+    return Llama(m, seed, checkpoint=checkpoint, sequence_group=sequence_group)
+
+
+def pipeline_layers(m: Any, seed: int) -> List:
+    from suite.models.llama.model import pipeline_layers as layers
+
+    return layers(m, seed)
