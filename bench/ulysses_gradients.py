@@ -19,9 +19,11 @@ import deepspeed.runtime.sequence_parallel.parallel_state_sp as sp_state
 import torch
 import torch.distributed as dist
 
-from suite.workload.model import GPT, sequence_slice
+from suite.config import ModelConfig
+from suite.models.gpt.model import GPT
+from suite.workload.data import sequence_slice
 
-SHAPE = dict(n_layers=2, d_model=32, n_heads=4, seq_len=16, vocab_size=64)
+SHAPE = ModelConfig(name="ulysses", n_layers=2, d_model=32, n_heads=4, seq_len=16, vocab_size=64)
 STEPS, BATCH = 4, 4
 
 
@@ -32,13 +34,13 @@ def max_weight_difference(stage: int, loss_scale: float) -> float:
     config = {"train_batch_size": BATCH, "train_micro_batch_size_per_gpu": BATCH,
               "gradient_clipping": 0.0, "zero_optimization": {"stage": stage},
               "optimizer": {"type": "SGD", "params": {"lr": 1.0}}, "zero_allow_untested_optimizer": True}
-    engine, *_ = deepspeed.initialize(model=GPT(**SHAPE, seed=0, sequence_group=group),
+    engine, *_ = deepspeed.initialize(model=GPT(SHAPE, seed=0, sequence_group=group),
                                       config=config, mpu=sp_state)
-    reference = GPT(**SHAPE, seed=0, sequence_group=group)
+    reference = GPT(SHAPE, seed=0, sequence_group=group)
     optimizer = torch.optim.SGD(reference.parameters(), lr=1.0)
     generator = torch.Generator().manual_seed(1)
     for _ in range(STEPS):
-        tokens = torch.randint(0, SHAPE["vocab_size"], (BATCH, SHAPE["seq_len"] + 1), generator=generator)
+        tokens = torch.randint(0, SHAPE.vocab_size, (BATCH, SHAPE.seq_len + 1), generator=generator)
         mine = sequence_slice(tokens, rank, dist.get_world_size())
         reference(mine).backward()
         for p in reference.parameters():  # the mean loss over the slices: average the gradients

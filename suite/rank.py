@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import sys
 import time
 import zlib
 import traceback
@@ -40,6 +41,7 @@ def _prepare_process(plan: planning.RunPlan, local_world_size: int, extra_env: D
     the site's variables, and a thread count that does not oversubscribe the cores."""
     os.environ.update({k: str(v) for k, v in extra_env.items()})
     os.environ.update(device.accelerator_environment(plan.accelerator))
+    os.environ.update(device.extensions_environment(os.environ, sys.prefix, os.access(sys.prefix, os.W_OK)))
     threads = device.threads_per_rank(local_world_size, os.environ.get("SLURM_CPUS_PER_TASK"), os.cpu_count())
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch

@@ -188,6 +188,25 @@ def test_threads_per_rank_follow_the_cores_slurm_gave():
     assert device.threads_per_rank(4, None, cpu_count=2) == 1
 
 
+def test_each_python_environment_builds_deepspeed_ops_in_its_own_folder():
+    # two venvs sharing ~/.cache/torch_extensions rebuilt the shm op in every run (25-60 s each)
+    assert device.extensions_environment({}, "/work/a/.venv", writable=True) == {
+        "TORCH_EXTENSIONS_DIR": "/work/a/.venv/torch_extensions"}
+    assert device.extensions_environment({"TORCH_EXTENSIONS_DIR": "/scratch/ops"}, "/work/a/.venv", True) == {}
+    assert device.extensions_environment({}, "/usr", writable=False) == {}  # torch's default then
+
+
+def test_the_launcher_asks_torch_for_gpus_only_where_a_gpu_driver_is(tmp_path):
+    from hydra_plugins.suite_launcher.suite_launcher import gpu_device_files
+
+    for name in ("null", "tty0", "nvidiactl", "nvidia-uvm"):  # not GPUs themselves
+        (tmp_path / name).touch()
+    assert gpu_device_files(tmp_path) == []
+    for name in ("nvidia0", "nvidia1", "kfd"):
+        (tmp_path / name).touch()
+    assert gpu_device_files(tmp_path) == ["kfd", "nvidia0", "nvidia1"]
+
+
 # ---- 6. time-outs: the suite's watchdog fires first; a peer's error is the run's status ----
 
 def test_collectives_wait_longer_than_the_suites_own_limits():

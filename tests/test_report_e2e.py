@@ -47,40 +47,47 @@ def _report(sweep, history, *extra):
                            "--min-drop", "0.7", *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-def test_history_catches_a_slowed_night_and_says_what_changed(tmp_path):
-    history = tmp_path / "history"
-    axes = ["strategy=ddp,zero1", "optimizer=sgd_momentum", "train.timed_steps=5", "report.enabled=false"]
-    nights = []
+@pytest.fixture(scope="module")
+def nights(tmp_path_factory):
+    """Three nights of one configuration, the last deliberately slowed, each reported against
+    the history of the ones before: (sweep folders, the three report commands' results, the
+    history folder). The history and the browser tests share them."""
+    root = tmp_path_factory.mktemp("nights")
+    history = root / "history"
+    axes = ["strategy=ddp", "optimizer=sgd_momentum", "train.timed_steps=5", "report.enabled=false"]
+    sweeps = []
     for name, env in (("first", {}), ("same", {}), ("slow", {"SUITE_TEST_SLOWDOWN_S": "0.2"})):
         os.environ.update(env)
         try:
-            done = run_sweep(tmp_path / name, *axes)
+            done = run_sweep(root / name, *axes)
         finally:
             for key in env:
                 os.environ.pop(key)
         assert done.returncode == 0, done.stderr[-2000:]
-        nights.append(sweep_dirs(tmp_path / name)[0])
-    assert _report(nights[0], history).returncode == 0          # no history yet: nothing to compare
-    same = _report(nights[1], history, "--fail-on-regression")
+        sweeps.append(sweep_dirs(root / name)[0])
+    reports = [_report(sweeps[0], history), _report(sweeps[1], history, "--fail-on-regression"),
+               _report(sweeps[2], history, "--fail-on-regression")]
+    return sweeps, reports, history
+
+
+def test_history_catches_a_slowed_night_and_says_what_changed(nights):
+    sweeps, (first, same, slow), history = nights
+    assert first.returncode == 0                                 # no history yet: nothing to compare
     assert same.returncode == 0, same.stdout
     assert "0 regressions" in same.stdout
-    slow = _report(nights[2], history, "--fail-on-regression")
     assert slow.returncode == 1                                  # the nightly job fails
-    assert "2 regressions" in slow.stdout
-    md = (nights[2] / "report" / "report.md").read_text()
+    assert "1 regression, " in slow.stdout, slow.stdout
+    md = (sweeps[2] / "report" / "report.md").read_text()
     section = md.split("## Regressions against history")[1].split("\n## ")[0]
-    assert section.count("| regression ") == 2 and "SUITE_TEST_SLOWDOWN_S: None -> 0.2" in section
+    assert section.count("| regression ") == 1 and "SUITE_TEST_SLOWDOWN_S: None -> 0.2" in section
     assert len(list(history.glob("sweep_date=*/*.parquet"))) == 3
-    assert (nights[2] / "report" / "history_tiny.png").exists()
+    assert (sweeps[2] / "report" / "history_tiny.png").exists()
 
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
-def test_html_report_renders_in_a_headless_browser(tmp_path):
+def test_html_report_renders_in_a_headless_browser(tmp_path, nights):
     pytest.importorskip("PIL")
-    done = run_sweep(tmp_path, "strategy=ddp,zero1", "optimizer=sgd_momentum", "train.timed_steps=3")
-    assert done.returncode == 0, done.stderr[-2000:]
-    [sweep] = sweep_dirs(tmp_path)
-    page, shot = sweep / "report" / "report.html", tmp_path / "shot.png"
+    page, shot = nights[0][2] / "report" / "report.html", tmp_path / "shot.png"  # the slowed night's
     browser = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
                               "--hide-scrollbars", "--window-size=1400,2400", f"--screenshot={shot}",
                               f"file://{page}"], capture_output=True, text=True, timeout=120)

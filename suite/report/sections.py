@@ -231,8 +231,8 @@ def header_lines(sweep_name: str, frame: pd.DataFrame, configs: pd.DataFrame, pa
     if options.history_dir:
         n_reg = int((regress.verdict == "regression").sum())
         n_imp = int((regress.verdict == "improvement").sum())
-        lines.append(f"- against history ({options.history_dir}): {n_reg} regressions, "
-                     f"{n_imp} improvements, {len(regress)} configurations compared")
+        lines.append(f"- against history ({options.history_dir}): {_count(n_reg, 'regression')}, "
+                     f"{_count(n_imp, 'improvement')}, {_count(len(regress), 'configuration')} compared")
     if configs.noisy.any():
         lines.append(f"- too noisy to compare (repeat CV > {options.max_cv:.0%}): "
                      f"{int(configs.noisy.sum())} configurations")
@@ -261,3 +261,7 @@ def header_lines(sweep_name: str, frame: pd.DataFrame, configs: pd.DataFrame, pa
         v = measured.iloc[0]
         lines.append(f"- torch {v.env_torch}, DeepSpeed {v.env_deepspeed}, device {v.env_device_name}")
     return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")

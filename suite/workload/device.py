@@ -20,6 +20,18 @@ def accelerator_environment(accelerator: str) -> dict:
     return {"DS_ACCELERATOR": accelerator}
 
 
+def extensions_environment(environ: dict, prefix: str, writable: bool) -> dict:
+    """Where DeepSpeed's just-in-time ops are built and cached: the user's TORCH_EXTENSIONS_DIR
+    if set, else a folder inside this Python environment (`prefix`) when it is writable.
+    torch's default, ~/.cache/torch_extensions, is one folder per op name for every environment:
+    two environments (two checkouts, a nightly and a dev venv) write different build files into
+    it, and each run then rebuilds the op (25-60 s on the CPU) under a file lock
+    (docs/behaviour.md)."""
+    if environ.get("TORCH_EXTENSIONS_DIR") or not writable:
+        return {}
+    return {"TORCH_EXTENSIONS_DIR": os.path.join(prefix, "torch_extensions")}
+
+
 def threads_per_rank(local_world_size: int, slurm_cpus_per_task: Optional[str],
                      cpu_count: Optional[int]) -> int:
     """Intra-op threads of one rank: the cores Slurm gave the task, else this machine's cores
