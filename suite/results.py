@@ -371,3 +371,13 @@ def write_invalid_record(run_dir: Path, config: Dict[str, Any], error: str) -> P
                          env={"hostname": socket.gethostname(), "written_by": "launcher: invalid point"},
                          started_at=now, finished_at=now)
     return write_record(run_dir, record)
+
+
+def ok_config_hashes(sweep_dir: Path) -> Dict[str, Path]:
+    """config hash -> run folder, for every run of the sweep whose record is ok (resume)."""
+    done = {}
+    for path in sorted(Path(sweep_dir).glob(f"*/{RESULT_FILE}")):
+        record = read_record(path)
+        if record.get("status") == "ok":
+            done[record["config_hash"]] = path.parent
+    return done

@@ -41,7 +41,7 @@ def test_a_rank_that_fails_dies_or_hangs_ends_as_the_right_record(tmp_path):
 @pytest.mark.skipif(not cluster_up(), reason="no Slurm cluster (slurm/local-cluster.sh up)")
 def test_a_preempted_slurm_run_is_requeued_and_completes(tmp_path):
     done = run_sweep(tmp_path, "cluster=slurm_local", "cluster.timeout_min=30", "strategy=ddp",
-                     "optimizer=sgd_momentum", "train.timed_steps=1500", "submit.wait=false")
+                     "optimizer=sgd_momentum", "train.timed_steps=500", "submit.wait=false")
     assert done.returncode == 0, done.stderr[-2000:]
     [sweep] = sweep_dirs(tmp_path)
     [job] = job_ids(sweep).values()
@@ -103,20 +103,20 @@ def test_200_writers_finishing_at_once_leave_200_intact_records(tmp_path):
 def test_a_killed_sweep_driver_is_completed_by_running_the_sweep_again(tmp_path):
     sweep = tmp_path / "sweep"
     args = [sys.executable, "-m", "suite.sweep", "-m", f"hydra.sweep.dir={sweep}",
-            "strategy=ddp,zero1,zero2,zero3", "optimizer=sgd_momentum", "train.timed_steps=3"]
+            "strategy=ddp,zero1,zero2", "optimizer=sgd_momentum", "train.timed_steps=3"]
     driver = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     deadline = time.monotonic() + 120
-    while len(list(sweep.glob("*/result.json"))) < 2 and time.monotonic() < deadline:
+    while len(list(sweep.glob("*/result.json"))) < 1 and time.monotonic() < deadline:
         time.sleep(0.5)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the runs it started
     driver.wait()
     finished = len(list(sweep.glob("*/result.json")))
-    assert 2 <= finished < 4
+    assert 1 <= finished < 3
     again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert f"Resume: {finished} of 4 runs already have an ok record" in again.stdout + again.stderr
-    assert sorted(r["strategy"] for r in records(sweep)) == ["ddp", "zero1", "zero2", "zero3"]
+    assert f"Resume: {finished} of 3 runs already have an ok record" in again.stdout + again.stderr
+    assert sorted(r["strategy"] for r in records(sweep)) == ["ddp", "zero1", "zero2"]
 
 
 def test_planted_secrets_never_reach_a_file_the_suite_writes(tmp_path, monkeypatch):

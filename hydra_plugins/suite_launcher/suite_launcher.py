@@ -102,7 +102,7 @@ class SuiteLauncher(BaseSubmititLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from suite import schedulers
-        from suite.report.collate import ok_config_hashes
+        from suite.results import ok_config_hashes
 
         runs, duplicates = self._plan_all(job_overrides, initial_job_idx)
         submit = runs[0].typed.submit

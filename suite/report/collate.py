@@ -81,11 +81,3 @@ def load_sweep(sweep_dir: Path) -> pd.DataFrame:
     return to_frame(read_record(p) for p in find_records(sweep_dir))
 
 
-def ok_config_hashes(sweep_dir: Path) -> Dict[str, Path]:
-    """config hash -> run folder, for every run of the sweep whose record is ok (resume)."""
-    done = {}
-    for path in find_records(sweep_dir):
-        record = read_record(path)
-        if record.get("status") == "ok":
-            done[record["config_hash"]] = path.parent
-    return done
