@@ -199,3 +199,13 @@ def test_rotary_attention_scores_depend_only_on_the_distance():
     assert score(5, 2) == pytest.approx(score(103, 100), abs=1e-4)
     assert score(5, 2) != pytest.approx(score(5, 4), abs=1e-3)
     assert rotate(q, torch.tensor([0]), 10_000.0).equal(q)  # position 0 is not turned
+
+
+def test_the_docs_preset_table_states_every_presets_count():
+    text = (CONF.parent.parent / "docs" / "models.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[11].strip()
+            for line in text.split("## Presets")[1].split("\n## ")[0].splitlines() if line.startswith("| `")}
+    presets = sorted(p.stem for p in CONF.glob("*.yaml"))
+    assert sorted(rows) == presets
+    for name in presets:
+        assert rows[name] == f"{models.param_count(preset(name))['total']:,}", name
