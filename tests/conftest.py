@@ -12,6 +12,30 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
 
+def require(available: bool, what: str) -> None:
+    """Skip a test whose outside part is missing on a developer's machine; in CI (`CI` set),
+    which installs every part (the Slurm cluster, chromium), fail instead: a missing part must
+    not turn the suite green by skipping."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing: .ci/run should have provided it")
+    pytest.skip(f"{what} is missing")
+
+
+def cluster_up() -> bool:
+    try:
+        return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """For tests that need the local Slurm cluster (slurm/local-cluster.sh up)."""
+    require(cluster_up(), "a Slurm cluster (run slurm/local-cluster.sh up)")
+
+
 @pytest.fixture
 def compose_cfg():
     """Compose the suite's config as `python -m suite.sweep` would, with overrides."""

@@ -15,7 +15,7 @@ from suite import results
 from suite.report.build import report_sweep
 
 from conftest import REPO, run_sweep, sweep_dirs
-from test_slurm import cluster_up, job_ids, records as slurm_records
+from test_slurm import job_ids, records as slurm_records
 
 
 def records(sweep):
@@ -23,7 +23,6 @@ def records(sweep):
 
 
 def test_a_rank_that_fails_dies_or_hangs_ends_as_the_right_record(tmp_path):
-    t0 = time.monotonic()
     done = run_sweep(tmp_path, "strategy=zero1", "optimizer=sgd_momentum", "train.timed_steps=3",
                      "train.fault=none,raise,kill,hang,oom,nan", "train.fault_rank=1", "train.step_timeout_s=6")
     assert done.returncode == 1
@@ -33,12 +32,11 @@ def test_a_rank_that_fails_dies_or_hangs_ends_as_the_right_record(tmp_path):
         "none": "ok", "raise": "error", "kill": "killed", "hang": "hang", "oom": "oom", "nan": "nan"}
     assert by_fault["raise"]["error"] == "rank 1: InjectedFault: injected fault: train.fault=raise at step 1"
     assert "train.step_timeout_s=6 s" in by_fault["hang"]["error"]
-    assert time.monotonic() - t0 < 240  # nothing hangs for good
     md = (sweep / "report" / "report.md").read_text()
     assert "runs: 6, ok: 1, failed: 5" in md and "| killed " in md and "| hang " in md
 
 
-@pytest.mark.skipif(not cluster_up(), reason="no Slurm cluster (slurm/local-cluster.sh up)")
+@pytest.mark.usefixtures("slurm_cluster")
 def test_a_preempted_slurm_run_is_requeued_and_completes(tmp_path):
     done = run_sweep(tmp_path, "cluster=slurm_local", "cluster.timeout_min=30", "strategy=ddp",
                      "optimizer=sgd_momentum", "train.timed_steps=500", "submit.wait=false")

@@ -11,7 +11,6 @@ import json
 import pytest
 
 from conftest import run_sweep, sweep_dirs
-from test_slurm import cluster_up
 
 LAYOUTS = {"ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload", "pp2", "pp2_zero1", "tp2",
            "tp2_zero1", "tp2_zero2", "tp2_zero3", "sp2", "sp2_zero2", "sp2_zero3"}
@@ -109,7 +108,7 @@ def test_compiled_model_trains_the_same_model(tmp_path, parity):
     assert md.split("## Throughput")[1].split("\n## ")[0].count("| yes ") == 2  # the compiled column
 
 
-@pytest.mark.skipif(not cluster_up(), reason="no Slurm cluster (slurm/local-cluster.sh up)")
+@pytest.mark.usefixtures("slurm_cluster")
 def test_data_parallel_combined_with_tensor_pipeline_and_sequence_on_4_ranks(tmp_path):
     # 4 ranks of one node on 2 cores: the local cluster declares more CPUs than it has
     done = run_sweep(tmp_path, "cluster=slurm_local", "cluster.gpus_per_node=4",

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_sweep, sweep_dirs
+from conftest import REPO, require, run_sweep, sweep_dirs
 
 
 def test_scaling_sweep_produces_weak_and_strong_tables_and_plots(tmp_path):
@@ -84,9 +84,8 @@ def test_history_catches_a_slowed_night_and_says_what_changed(nights):
     assert (sweeps[2] / "report" / "history_tiny.png").exists()
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
 def test_html_report_renders_in_a_headless_browser(tmp_path, nights):
-    pytest.importorskip("PIL")
+    require(shutil.which("chromium") is not None, "Debian's chromium")
     page, shot = nights[0][2] / "report" / "report.html", tmp_path / "shot.png"  # the slowed night's
     browser = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
                               "--hide-scrollbars", "--window-size=1400,2400", f"--screenshot={shot}",

@@ -40,10 +40,10 @@ def _planned(compose_cfg, tmp_path, idx, *overrides):
 
 @pytest.mark.parametrize("name,overrides", [("local", []), ("slurm", ["cluster=slurm_local"])])
 def test_every_scheduler_keeps_the_contract(compose_cfg, tmp_path, name, overrides):
-    from test_slurm import cluster_up
+    from conftest import cluster_up, require
 
-    if name == "slurm" and not cluster_up():
-        pytest.skip("no Slurm cluster (slurm/local-cluster.sh up)")
+    if name == "slurm":
+        require(cluster_up(), "a Slurm cluster (run slurm/local-cluster.sh up)")
     scheduler = schedulers.get(name, str(tmp_path / "submitit" / "%j"))
     runs = [_planned(compose_cfg, tmp_path, i, *overrides, f"train.seed={i}") for i in range(2)]
     assert all(isinstance(scheduler.resources(r), dict) for r in runs)
@@ -72,3 +72,15 @@ def test_the_config_schema_offers_exactly_the_registered_schedulers():
 def test_groups_are_ordered_shortest_first_within_and_across():
     # keys a, b; costs: a 5, b 1, a 2, b 9 -> b's group first (its shortest job is the shortest)
     assert group_by_key([("a", 5.0), ("b", 1.0), ("a", 2.0), ("b", 9.0)]) == [[1, 3], [2, 0]]
+
+
+def test_a_missing_outside_part_fails_in_ci_and_skips_elsewhere(monkeypatch):
+    from conftest import require
+
+    require(True, "anything")  # present: nothing happens
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="a Slurm cluster is missing"):
+        require(False, "a Slurm cluster")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="a Slurm cluster is missing"):
+        require(False, "a Slurm cluster")

@@ -18,19 +18,7 @@ from conftest import REPO, run_sweep, sweep_dirs
 SLURM = ["cluster=slurm_local"]
 
 
-def cluster_up() -> bool:
-    try:
-        return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
-@pytest.fixture(scope="module", autouse=True)
-def slurm_cluster():
-    if not cluster_up():
-        if os.environ.get("CI"):
-            pytest.fail("no Slurm cluster answers: .ci/run should have run slurm/local-cluster.sh up")
-        pytest.skip("no Slurm cluster (run slurm/local-cluster.sh up)")
+pytestmark = pytest.mark.usefixtures("slurm_cluster")
 
 
 def sacct_jobs() -> dict:
@@ -101,12 +89,11 @@ def test_timeout_cancel_and_exception_each_end_as_a_record(tmp_path):
     # Two runs that would train for hours, submitted without waiting: one is cancelled, the
     # other runs into its 1-minute limit.
     long_dir, short_dir = tmp_path / "long", tmp_path / "short"
-    t0 = time.monotonic()
     done = run_sweep(long_dir, *SLURM, "strategy=ddp,zero1", "optimizer=sgd_momentum",
                      "train.timed_steps=10000000", "cluster.timeout_min=1",
                      "cluster.signal_delay_s=20", "cluster.array_parallelism=2", "submit.wait=false")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert time.monotonic() - t0 < 30 and "python -m suite.report" in done.stdout
+    assert "python -m suite.report" in done.stdout  # it returned, saying how to report later
     [long_sweep] = sweep_dirs(long_dir)
     ids = job_ids(long_sweep)
     assert not records(long_sweep)  # returned before any job finished

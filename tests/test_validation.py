@@ -5,7 +5,7 @@ import concurrent.futures
 import pytest
 
 from conftest import run_sweep
-from test_slurm import cluster_up, sacct_jobs
+from test_slurm import sacct_jobs
 
 SLURM = ["cluster=slurm_local"]
 CATALOGUE = [  # (overrides, what the message must name)
@@ -65,7 +65,7 @@ def test_the_catalogue_is_large_enough():
     assert len(CATALOGUE) >= 25
 
 
-@pytest.mark.skipif(not cluster_up(), reason="no Slurm cluster (slurm/local-cluster.sh up)")
+@pytest.mark.usefixtures("slurm_cluster")
 def test_every_bad_sweep_is_refused_before_submission(tmp_path):
     before = set(sacct_jobs())
 
