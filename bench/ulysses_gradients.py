@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from suite.config import ModelConfig
-from suite.models.gpt.model import GPT
+from suite.models.gpt.model import gpt
 from suite.workload.data import sequence_slice
 
 SHAPE = ModelConfig(name="ulysses", n_layers=2, d_model=32, n_heads=4, seq_len=16, vocab_size=64)
@@ -34,9 +34,9 @@ def max_weight_difference(stage: int, loss_scale: float) -> float:
     config = {"train_batch_size": BATCH, "train_micro_batch_size_per_gpu": BATCH,
               "gradient_clipping": 0.0, "zero_optimization": {"stage": stage},
               "optimizer": {"type": "SGD", "params": {"lr": 1.0}}, "zero_allow_untested_optimizer": True}
-    engine, *_ = deepspeed.initialize(model=GPT(SHAPE, seed=0, sequence_group=group),
+    engine, *_ = deepspeed.initialize(model=gpt(SHAPE, seed=0, sequence_group=group),
                                       config=config, mpu=sp_state)
-    reference = GPT(SHAPE, seed=0, sequence_group=group)
+    reference = gpt(SHAPE, seed=0, sequence_group=group)
     optimizer = torch.optim.SGD(reference.parameters(), lr=1.0)
     generator = torch.Generator().manual_seed(1)
     for _ in range(STEPS):

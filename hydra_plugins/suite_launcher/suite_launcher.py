@@ -183,8 +183,9 @@ class SuiteLauncher(BaseSubmititLauncher):
             if typed.data.name == "tokens":  # the one check that reads: is the file there?
                 from suite.workload.tokens import source_problem
 
-                if source_problem(typed.data.path):
-                    raise ConfigError(source_problem(typed.data.path))
+                problem = source_problem(typed.data.path)
+                if problem:
+                    raise ConfigError(problem)
         except (ConfigError, ValueError) as exc:
             problems.append(f"{label}: {exc}")
             if submit.skip_invalid and not submit.dry_run:

@@ -91,3 +91,23 @@ def sequence_rank(sequence_group) -> int:
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+class Decoder(nn.Module):
+    """The model every family builds from its own layers: embedding -> blocks -> head, returning
+    the mean next-token loss of (batch, slice + 1) token ids (the whole sequence, or this rank's
+    slice under Ulysses). `checkpoint`: None, or a function(block, x) that recomputes the block
+    in backward. The attribute names (embedding, blocks.<i>, final) are the parameter names the
+    initialisation streams are seeded from."""
+
+    def __init__(self, embedding: nn.Module, blocks: Iterable[nn.Module], final: nn.Module,
+                 checkpoint=None) -> None:
+        super().__init__()
+        self.embedding, self.blocks, self.final = embedding, nn.ModuleList(blocks), final
+        self.checkpoint = checkpoint
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embedding(tokens[:, :-1])
+        for block in self.blocks:
+            x = block(x) if self.checkpoint is None else self.checkpoint(block, x)
+        return next_token_loss(self.final(x), tokens[:, 1:])

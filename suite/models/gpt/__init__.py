@@ -61,9 +61,9 @@ def largest_layer_params(m: Any) -> int:
 
 
 def build(m: Any, seed: int, checkpoint=None, sequence_group=None):
-    from suite.models.gpt.model import GPT
+    from suite.models.gpt.model import gpt
 
-    return GPT(m, seed, checkpoint=checkpoint, sequence_group=sequence_group)
+    return gpt(m, seed, checkpoint=checkpoint, sequence_group=sequence_group)
 
 
 def pipeline_layers(m: Any, seed: int) -> List:

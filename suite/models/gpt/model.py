@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from suite.models.gpt import ffn_dim
-from suite.models.layers import Attend, init_parameters, next_token_loss, sequence_rank
+from suite.models.layers import Attend, Decoder, init_parameters, sequence_rank
 
 RESIDUAL_OUTPUTS = ("proj", "mlp_down")
 
@@ -20,15 +20,17 @@ RESIDUAL_OUTPUTS = ("proj", "mlp_down")
 class Embedding(nn.Module):
     """Token + position embedding: (batch, seq) token ids -> (batch, seq, d_model)."""
 
-    def __init__(self, m: Any, seed: int, prefix: str = "embedding") -> None:
+    def __init__(self, m: Any, seed: int, prefix: str = "embedding", sequence_group=None) -> None:
+        """sequence_group: the Ulysses group; inputs are then this rank's slice of the sequence."""
         super().__init__()
         self.token_embedding = nn.Embedding(m.vocab_size, m.d_model)
         self.position_embedding = nn.Embedding(m.seq_len, m.d_model)
+        self.sequence_rank = sequence_rank(sequence_group)
         init_parameters(self, seed, prefix)
 
-    def forward(self, inputs: torch.Tensor, position_offset: int = 0) -> torch.Tensor:
-        """position_offset: where this slice starts in the sequence (sequence parallel)."""
-        positions = torch.arange(position_offset, position_offset + inputs.shape[1], device=inputs.device)
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        start = self.sequence_rank * inputs.shape[1]  # where this slice starts in the sequence
+        positions = torch.arange(start, start + inputs.shape[1], device=inputs.device)
         return self.token_embedding(inputs) + self.position_embedding(positions)
 
 
@@ -72,26 +74,11 @@ class Head(nn.Module):
         return self.head(self.ln_f(x))
 
 
-class GPT(nn.Module):
-    def __init__(self, m: Any, seed: int = 0, checkpoint: Optional[Callable] = None,
-                 sequence_group=None) -> None:
-        """checkpoint: None, or a function(block, x) that recomputes the block in backward.
-        sequence_group: the Ulysses group; forward then takes this rank's sequence slice."""
-        super().__init__()
-        self.embedding = Embedding(m, seed)
-        self.blocks = nn.ModuleList(Block(m, seed, f"blocks.{i}", sequence_group)
-                                    for i in range(m.n_layers))
-        self.final = Head(m, seed)
-        self.checkpoint = checkpoint
-        self.sequence_rank = sequence_rank(sequence_group)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: (batch, slice + 1), the whole sequence or this rank's slice of it; returns
-        the mean next-token cross-entropy over the slice."""
-        x = self.embedding(tokens[:, :-1], position_offset=self.sequence_rank * (tokens.shape[1] - 1))
-        for block in self.blocks:
-            x = block(x) if self.checkpoint is None else self.checkpoint(block, x)
-        return next_token_loss(self.final(x), tokens[:, 1:])
+def gpt(m: Any, seed: int = 0, checkpoint: Optional[Callable] = None, sequence_group=None) -> Decoder:
+    """sequence_group: the Ulysses group; the model then takes this rank's sequence slice."""
+    return Decoder(Embedding(m, seed, sequence_group=sequence_group),
+                   (Block(m, seed, f"blocks.{i}", sequence_group) for i in range(m.n_layers)),
+                   Head(m, seed), checkpoint)
 
 
 def pipeline_layers(m: Any, seed: int = 0) -> List:

@@ -76,9 +76,9 @@ def largest_layer_params(m: Any) -> int:
 
 
 def build(m: Any, seed: int, checkpoint=None, sequence_group=None):
-    from suite.models.llama.model import Llama
+    from suite.models.llama.model import llama
 
-    return Llama(m, seed, checkpoint=checkpoint, sequence_group=sequence_group)
+    return llama(m, seed, checkpoint=checkpoint, sequence_group=sequence_group)
 
 
 def pipeline_layers(m: Any, seed: int) -> List:

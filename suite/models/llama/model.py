@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from suite.models.layers import Attend, init_parameters, next_token_loss, sequence_rank
+from suite.models.layers import Attend, Decoder, init_parameters, sequence_rank
 from suite.models.llama import ffn_dim, kv_heads
 
 RESIDUAL_OUTPUTS = ("o_proj", "down_proj")
@@ -87,26 +87,13 @@ class Head(nn.Module):
         return self.output(self.norm(x))
 
 
-class Llama(nn.Module):
-    def __init__(self, m: Any, seed: int = 0, checkpoint: Optional[Callable] = None,
-                 sequence_group=None) -> None:
-        """checkpoint: None, or a function(block, x) that recomputes the block in backward.
-        sequence_group: the Ulysses group; forward then takes this rank's sequence slice."""
-        super().__init__()
-        self.embedding = Embedding(m, seed)
-        self.blocks = nn.ModuleList(Block(m, seed, f"blocks.{i}", sequence_group)
-                                    for i in range(m.n_layers))
-        self.final = Head(m, seed)
-        if m.tie_embeddings:  # one tensor, registered in both modules (ZeRO-3 gathers it for each)
-            self.final.output.weight = self.embedding.tokens.weight
-        self.checkpoint = checkpoint
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: (batch, slice + 1); returns the mean next-token cross-entropy over the slice."""
-        x = self.embedding(tokens[:, :-1])
-        for block in self.blocks:
-            x = block(x) if self.checkpoint is None else self.checkpoint(block, x)
-        return next_token_loss(self.final(x), tokens[:, 1:])
+def llama(m: Any, seed: int = 0, checkpoint: Optional[Callable] = None, sequence_group=None) -> Decoder:
+    """sequence_group: the Ulysses group; the model then takes this rank's sequence slice."""
+    model = Decoder(Embedding(m, seed), (Block(m, seed, f"blocks.{i}", sequence_group) for i in range(m.n_layers)),
+                    Head(m, seed), checkpoint)
+    if m.tie_embeddings:  # one tensor, registered in both modules (ZeRO-3 gathers it for each)
+        model.final.output.weight = model.embedding.tokens.weight
+    return model
 
 
 def pipeline_layers(m: Any, seed: int = 0) -> List:
