@@ -31,7 +31,7 @@ def main() -> None:
     deepspeed.init_distributed(auto_mpi_discovery=False)
     cfg = SuiteConfig()
     plan = plan_run(cfg, local_gpus=0)
-    engine, step_fn, batches = prepare(cfg, plan)
+    engine, step_fn, batches, _ = prepare(cfg, plan)
     accel = get_accelerator()
 
     def bare(steps=range(args.steps)) -> float:

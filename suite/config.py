@@ -284,7 +284,7 @@ class ClusterConfig:
                               "(cluster.accelerator=cuda): ranks per node = GPUs per node")
 
 
-FAULTS = ("none", "raise", "nan", "oom", "kill", "hang")
+FAULTS = ("none", "raise", "nan", "oom", "kill", "hang", "slow")
 CHECKPOINTING = ("none", "full", "partitioned", "cpu")
 
 
@@ -326,12 +326,15 @@ class TrainConfig:
     check_parity: bool = False
     #: test-only fault injection: raise (an exception in the step), nan (non-finite loss),
     #: oom (an out-of-memory error; simulated, a real one would take the CPU machine down),
-    #: kill (the rank SIGKILLs itself), hang (the rank stops making progress)
+    #: kill (the rank SIGKILLs itself), hang (the rank stops making progress), slow (a
+    #: straggler: the rank's forward passes take train.fault_slowdown longer, every step)
     fault: str = "none"
     #: the optimizer step (counting warm-up, from 0) at which the fault strikes
     fault_step: int = 1
     #: the rank the fault strikes (null = every rank); kill = SIGKILL, hang = sleep forever
     fault_rank: Optional[int] = None
+    #: train.fault=slow: the fraction by which the slowed rank's forward passes take longer
+    fault_slowdown: float = 1.0
     #: watchdog: a run in which no step completes for this long is ended and recorded `hang`
     step_timeout_s: float = 900.0
 
@@ -342,6 +345,7 @@ class TrainConfig:
         _positive("train.warmup_steps", self.warmup_steps, allow_zero=True)
         _positive("train.timed_steps", self.timed_steps)
         _choice("train.fault", self.fault, FAULTS)
+        _positive("train.fault_slowdown", self.fault_slowdown)
         _positive("train.step_timeout_s", self.step_timeout_s)
         _choice("train.activation_checkpointing", self.activation_checkpointing, CHECKPOINTING)
         _choice("train.scaling", self.scaling, ("none", "weak", "strong"))
@@ -461,6 +465,13 @@ class ReportConfig:
     max_allowed_drop: float = 0.5
     #: repeats whose coefficient of variation exceeds this are flagged as too noisy to compare
     max_cv: float = 0.05
+    #: a run's slowest rank is a straggler when its forward pass takes longer than the median
+    #: of the other ranks' by more than this fraction ...
+    straggler_min_excess: float = 0.10
+    #: ... and by more than this many times the run's step-time coefficient of variation
+    straggler_noise_sigmas: float = 3.0
+    #: preflight: a node below the median node by more than this fraction is flagged
+    preflight_tolerance: float = 0.10
     #: a memory measurement outside [lower, upper] x the analytic model is flagged
     memory_ratio_bounds: List[float] = field(default_factory=lambda: [0.9, 4.0])
 

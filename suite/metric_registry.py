@@ -58,6 +58,11 @@ METRICS: Tuple[Metric, ...] = (
     # communication
     Metric("comm_bytes_per_step_predicted", "B", "comm/step, model (MiB)", "mib"),
     Metric("comm_bytes_per_step", "B", "comm/step by op", kind="json"),
+    # each rank's own figures, rank order (the report's Stragglers section reads them)
+    Metric("rank_hosts", "", "", workloads=TRAIN + MICRO, kind="json"),
+    Metric("rank_step_time_s", "s", "", kind="json"),
+    Metric("rank_forward_time_s", "s", "", kind="json"),
+    Metric("rank_peak_memory_bytes", "B", "", kind="json"),
     # losses
     Metric("loss_first", "1", "first loss", ".4f"),
     Metric("loss_last", "1", "last loss", ".4f"),

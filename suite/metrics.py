@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from suite import models
 
@@ -245,3 +245,13 @@ def deepspeed_estimate(cfg, plan) -> Optional[int]:
     return int(estimate_zero3_model_states_mem_needs(
         total, largest, plan.ranks_per_node, plan.nodes, cpu_offload=s.offload_optimizer,
         cpu_offload_params=s.offload_params, zero_init=True, additional_buffer_factor=1.0)[1])
+
+
+def per_rank_metrics(per_rank: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Each rank's own figures as short lists in rank order (rank i at index i): its host, its
+    median step time, its median forward-pass time (null where not measured) and its peak
+    memory. The run's aggregates (slowest step, largest peak) stay as they are."""
+    return {"rank_hosts": [r["host"] for r in per_rank],
+            "rank_step_time_s": [r["step_time_s"] for r in per_rank],
+            "rank_forward_time_s": [r["forward_time_s"] for r in per_rank],
+            "rank_peak_memory_bytes": [r["peak_memory_bytes"] for r in per_rank]}

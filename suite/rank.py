@@ -245,6 +245,7 @@ def _training_metrics(typed: Any, plan: planning.RunPlan, measured: Any) -> Dict
     run_metrics.update(metrics.energy_metrics(measured.telemetry, tokens=run_metrics["tokens_per_s"]
                                               * sum(measured.step_times_s)))
     run_metrics["init_s"] = measured.init_s
+    run_metrics.update(metrics.per_rank_metrics(measured.per_rank))
     run_metrics["loss_per_step"] = measured.losses  # warm-up included; the parity check reads it
     run_metrics["memory_capacity_bytes"] = measured.memory_capacity_bytes
     run_metrics["comm_bytes_per_step"] = measured.comm_bytes_per_step

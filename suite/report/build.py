@@ -59,7 +59,12 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
                                        max_allowed_drop=options.max_allowed_drop)
         trend = analysis.trends(ok)
 
+    straggling, slow_nodes = analysis.stragglers(frame, options.straggler_min_excess,
+                                                 options.straggler_noise_sigmas)
     header = sections.header_lines(Path(sweep_dir).name, frame, configs, parity, regress, unfinished, options)
+    line = sections.straggler_line(straggling, slow_nodes)
+    if line:
+        header.insert(-1 if header[-1].startswith("- torch") else len(header), line)
     throughput = sections.throughput_section(configs)
     shown = [sections.best_section(analysis.best_configurations(configs))]
     if options.history_dir:
@@ -67,7 +72,8 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
     shown += [throughput, sections.scaling_section(analysis.scaling_table(configs)),
               sections.ceilings_section(ceilings),
               sections.model_section(analysis.model_vs_measured(configs, options.memory_ratio_bounds)),
-              sections.parity_section(parity), sections.failures_section(frame),
+              sections.parity_section(parity),
+              sections.stragglers_section(straggling, slow_nodes, options), sections.failures_section(frame),
               sections.environment_section(frame)]
     shown = [s for s in shown if s is not None]
     for s in shown:

@@ -24,7 +24,10 @@ COLUMNS = (["run_id", "sweep_id", "status", "error", "attempts", "config_hash", 
             "schema_version"] + AXES
            + METRICS + [f"env_{k}" for k in ENV]
            + ["started_at", "finished_at", "sweep_date", "config_json", "loss_per_step_json",
-              "comm_bytes_per_step_json", "micro_json", "throttle_reasons"])
+              "comm_bytes_per_step_json", "micro_json", "per_rank_json", "throttle_reasons"])
+# each rank's own figures (metric name -> key in per_rank_json)
+PER_RANK = {"rank_hosts": "hosts", "rank_step_time_s": "step_time_s",
+            "rank_forward_time_s": "forward_time_s", "rank_peak_memory_bytes": "peak_memory_bytes"}
 
 
 NUMERIC_AXES = ["zero_stage", "world_size", "data_parallel", "tensor_parallel", "pipeline_parallel",
@@ -53,6 +56,8 @@ def flatten(record: Dict[str, Any]) -> Dict[str, Any]:
         if metrics.get("comm_bytes_per_step") else None
     micro = {k: metrics[k] for k in ("gemm", "collectives") if k in metrics}
     row["micro_json"] = json.dumps(micro) if micro else None
+    ranks = {key: metrics[name] for name, key in PER_RANK.items() if metrics.get(name) is not None}
+    row["per_rank_json"] = json.dumps(ranks) if ranks else None
     reasons = metrics.get("throttle_reasons")
     row["throttle_reasons"] = ", ".join(reasons) if reasons else None
     # records before micro-benchmarks have none; before model families training was "gpt"

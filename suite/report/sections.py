@@ -186,6 +186,33 @@ def ceilings_section(ceilings: pd.DataFrame) -> Optional[Section]:
     return section
 
 
+def stragglers_section(runs: pd.DataFrame, nodes: pd.DataFrame, options) -> Optional[Section]:
+    if runs.empty:
+        return None
+    section = Section("Stragglers", [
+        "Per training run of more than one rank: the rank whose forward pass is slowest (each "
+        "rank's median over the timed steps, device-synchronised) against the median of the "
+        "other ranks. A step's time is the same on every rank, since its collectives wait for "
+        "the slowest; the forward pass is where a rank's own speed shows (under ZeRO-3, tensor "
+        "and sequence parallelism it holds collectives too, which spread a straggler's delay to "
+        "its peers; the pipeline engine's schedule is not split, so pipeline runs are not here). "
+        f"Flagged: excess above max({options.straggler_min_excess:.0%}, "
+        f"{options.straggler_noise_sigmas:g} x the run's step-time CV). Per node: the runs it "
+        "took part in and those in which it held the flagged rank; a node flagged in more than "
+        "one run is called slow."])
+    section.tables.append(("Runs", show(runs.sort_values(["flagged", "excess"], ascending=False), {
+        "run_id": ("run", None), "strategy": ("strategy", None), "world_size": ("ranks", fmt(".0f")),
+        "slowest_rank": ("slowest rank", fmt(".0f")), "slowest_host": ("its node", None),
+        "slowest_s": ("its forward (s)", fmt(".4f")), "others_median_s": ("others' median (s)", fmt(".4f")),
+        "excess": ("excess", pct), "threshold": ("threshold", pct),
+        "flagged": ("straggler", lambda v: "YES" if v else "no")})))
+    section.tables.append(("Nodes", show(nodes, {
+        "host": ("node", None), "runs": ("runs", fmt(".0f")),
+        "flagged_runs": ("held the straggler", fmt(".0f")),
+        "slow": ("slow node", lambda v: "YES" if v else "no")})))
+    return section
+
+
 def failures_section(frame: pd.DataFrame) -> Section:
     failed = frame[frame.status != "ok"]
     table = pd.DataFrame({"run": failed.run_id, "status": failed.status,
@@ -215,6 +242,18 @@ def parity_section(parity: pd.DataFrame) -> Optional[Section]:
         "Per-step losses (warm-up included) against the plain data-parallel run of the same "
         "model, optimizer, precision, global batch and world size; tolerance per precision."],
         [("", table)])
+
+
+def straggler_line(runs: pd.DataFrame, nodes: pd.DataFrame) -> Optional[str]:
+    if runs.empty:
+        return None
+    flagged = runs[runs.flagged]
+    if flagged.empty:
+        return f"- stragglers: none among {_count(len(runs), 'run')} measured"
+    named = sorted({f"rank {int(r.slowest_rank)} on {r.slowest_host}" for r in flagged.itertuples()})
+    slow = list(nodes[nodes.slow].host)
+    return (f"- stragglers: {len(flagged)} of {_count(len(runs), 'run')} ({'; '.join(named)})"
+            + (f"; slow node(s): {', '.join(slow)}" if slow else ""))
 
 
 def header_lines(sweep_name: str, frame: pd.DataFrame, configs: pd.DataFrame, parity: pd.DataFrame,

@@ -6,6 +6,8 @@ import contextlib
 import os
 import resource
 import signal
+import socket
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -41,6 +43,7 @@ class Measurements:
     compiled_graphs: Optional[int] = None                     # train.compile: graphs Dynamo built
     graph_breaks: Optional[int] = None                        # ... and where it had to break
     telemetry: Optional[dict] = None                          # GPUs' energy, power, clocks (NVML)
+    per_rank: List[dict] = field(default_factory=list)        # rank order: see _own_summary
 
 
 def _reset_peak_memory(accelerator: str) -> None:
@@ -94,6 +97,15 @@ def _fault(step: int, cfg: SuiteConfig, rank: int) -> None:
     if cfg.train.fault == "oom":
         raise torch.OutOfMemoryError(
             f"injected fault: train.fault=oom at step {step} (simulated CUDA out of memory)")
+
+
+def _own_summary(times: List[float], forward_times: List[float], peak: int) -> dict:
+    """This rank's own figures over the timed steps. Step times are nearly equal on every rank
+    (a step ends in collectives that wait for the slowest); the forward pass is where a rank's
+    own speed shows under data parallelism (docs/runs-and-metrics.md, "Per-rank figures")."""
+    return {"host": socket.gethostname(), "step_time_s": statistics.median(times),
+            "forward_time_s": statistics.median(forward_times) if forward_times else None,
+            "peak_memory_bytes": peak}
 
 
 class _Poison:
@@ -175,8 +187,10 @@ def _data_parallel_rank(engine, plan: RunPlan, rank: int) -> int:
 
 
 def prepare(cfg: SuiteConfig, plan: RunPlan):
-    """The engine, the step function (one optimizer step -> its mean loss, on the device) and
-    this replica's micro-batches; everything before the timed loop."""
+    """The engine, the step function (one optimizer step -> its mean loss, on the device; it
+    appends the step's forward seconds to `forward_times`, except under pipeline parallelism,
+    whose engine runs forward and backward as one schedule) and this replica's micro-batches;
+    everything before the timed loop."""
     rank = int(os.environ.get("RANK", 0))
     poison = _Poison()
     sp_state = _sequence_parallel_state(plan)
@@ -214,6 +228,20 @@ def prepare(cfg: SuiteConfig, plan: RunPlan):
             plan.micro_batch_size, plan.grad_accum_steps, dp_rank, plan.data_parallel_size,
             pin_memory=plan.accelerator == "cuda"))
 
+    forward_times: List[float] = []
+    slowed = cfg.train.fault == "slow" and cfg.train.fault_rank in (None, rank)
+
+    def forward(batch: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The loss and the forward pass's seconds (device-synchronised; train.fault=slow
+        stretches the slowed rank's by train.fault_slowdown)."""
+        device.synchronize()
+        start = time.perf_counter()
+        loss = poison(engine(batch))
+        device.synchronize()
+        if slowed:
+            time.sleep(cfg.train.fault_slowdown * (time.perf_counter() - start))
+        return loss, time.perf_counter() - start
+
     def step_fn(step: int) -> torch.Tensor:
         _fault(step, cfg, rank)
         poison.active = (cfg.train.fault == "nan" and step == cfg.train.fault_step
@@ -226,15 +254,17 @@ def prepare(cfg: SuiteConfig, plan: RunPlan):
             batches = micro[step % DATA_POOL]
         if plan.pipeline_parallel > 1:
             return engine.train_batch(iter([(b[:, :-1], b[:, 1:]) for b in batches]))
-        losses = []
+        losses, seconds = [], 0.0
         for batch in batches:
-            loss = poison(engine(batch))
+            loss, spent = forward(batch)
+            seconds += spent
             engine.backward(loss * backward_scale if backward_scale != 1.0 else loss)
             engine.step()
             losses.append(loss.detach())
+        forward_times.append(seconds)
         return torch.stack(losses).mean()
 
-    return engine, step_fn, micro
+    return engine, step_fn, micro, forward_times
 
 
 def timed_loop(step_fn, warmup: int, timed: int, beat=lambda step: None, slowdown: float = 0.0,
@@ -264,7 +294,7 @@ def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None,
     step completes (the hang watchdog)."""
     out = Measurements()
     t_init = time.perf_counter()
-    engine, step_fn, _ = prepare(cfg, plan)
+    engine, step_fn, _, forward_times = prepare(cfg, plan)
     out.device_name = device.device_name(plan.accelerator)
     out.memory_capacity_bytes = _memory_capacity(plan.accelerator)
     device.synchronize()
@@ -295,9 +325,12 @@ def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None,
     out.losses = losses_t.tolist()
     out.peak_memory_bytes = int(memory_t[0].item())
     out.peak_memory_reserved_bytes = int(memory_t[1].item()) if reserved is not None else None
+    own = {"telemetry": own_telemetry,
+           "rank": _own_summary(times, forward_times[-len(times):] if forward_times else [], peak)}
     every_rank: list = [None] * plan.world_size
-    torch.distributed.all_gather_object(every_rank, own_telemetry)
-    out.telemetry = telemetry.combine_ranks(every_rank)
+    torch.distributed.all_gather_object(every_rank, own)
+    out.telemetry = telemetry.combine_ranks([r["telemetry"] for r in every_rank])
+    out.per_rank = [r["rank"] for r in every_rank]
     if cfg.train.profile_comms:
         out.comm_bytes_per_step = _comm_bytes_per_step(total)
     if cfg.train.compile:  # evidence that compilation happened, and how whole the graph is
