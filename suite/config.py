@@ -233,6 +233,9 @@ class ClusterConfig:
     init_timeout_s: int = 300
     #: environment variables set in every rank before torch.distributed starts (NCCL_*, ...)
     env: Dict[str, str] = field(default_factory=dict)
+    #: Slurm: run on exactly these nodes (--nodelist, e.g. node[3-4]); submit.each_node sets it
+    #: per run. A local run runs on this machine
+    nodelist: Optional[str] = None
     #: Slurm: --partition, --account, --qos, --constraint
     partition: Optional[str] = None
     account: Optional[str] = None
@@ -272,6 +275,12 @@ class ClusterConfig:
         _positive("cluster.array_parallelism", self.array_parallelism)
         _positive("cluster.signal_delay_s", self.signal_delay_s, allow_zero=True)
         _choice("cluster.accelerator", self.accelerator, ("auto", "cpu", "cuda"))
+        if self.scheduler == "local" and self.nodelist is not None:
+            import socket
+
+            if self.nodelist != socket.gethostname():
+                raise ConfigError(f"cluster.nodelist={self.nodelist} needs cluster.scheduler=slurm; a "
+                                  f"local run runs on this machine ({socket.gethostname()})")
         if self.scheduler == "local" and self.nodes != 1:
             raise ConfigError(f"cluster.nodes={self.nodes} needs cluster.scheduler=slurm; "
                               "a local run has 1 node")
@@ -359,7 +368,7 @@ class TrainConfig:
                               "train.global_batch_size null")
 
 
-WORKLOADS = ("train", "gemm", "allreduce")
+WORKLOADS = ("train", "gemm", "allreduce", "preflight")
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter")
 
 
@@ -368,7 +377,8 @@ class WorkloadConfig:
     """What a run measures: training the model, or a micro-benchmark of a ceiling."""
 
     #: train (training steps of the model; called gpt before model families), gemm (matrix-multiply TFLOP/s: the ceiling for MFU), allreduce
-    #: (collective bandwidth: all_reduce, all_gather, reduce_scatter)
+    #: (collective bandwidth: all_reduce, all_gather, reduce_scatter), preflight (both in one
+    #: job: a node's acceptance figures, experiment=preflight)
     name: str = "train"
     #: gemm: square sizes n (n x n @ n x n) and dtypes
     gemm_sizes: List[int] = field(default_factory=lambda: [256, 512, 1024])
@@ -438,6 +448,10 @@ class SubmitConfig:
     skip_invalid: bool = False
     #: run points the memory model says cannot fit (cluster.gpu_memory_gb) anyway
     try_anyway: bool = False
+    #: run every 1-node point once on each node that is up (cluster.nodelist set per run; Slurm:
+    #: the partition's idle, mixed or allocated nodes): the cluster acceptance check
+    #: (experiment=preflight) compares the nodes
+    each_node: bool = False
 
     def __post_init__(self) -> None:
         _positive("submit.repeats", self.repeats)

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 TRAIN = ("train",)
-MICRO = ("gemm", "allreduce")
+MICRO = ("gemm", "allreduce", "preflight")
+GEMM = ("gemm", "preflight")
+COLLECTIVES = ("allreduce", "preflight")
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,12 @@ METRICS: Tuple[Metric, ...] = (
     Metric("throttled", "", "throttled", "flag", False, kind="bool"),
     Metric("throttle_reasons", "", "throttle reasons", kind="json"),
     # micro-benchmarks
-    Metric("gemm", "", "", workloads=("gemm",), kind="json"),
-    Metric("gemm_ceiling_tflops", "TFLOP/s", "GEMM ceiling", workloads=("gemm",), kind="json"),
-    Metric("collectives", "", "", workloads=("allreduce",), kind="json"),
-    Metric("busbw_peak_gbps", "GB/s", "peak busbw", workloads=("allreduce",), kind="json"),
+    Metric("gemm", "", "", workloads=GEMM, kind="json"),
+    Metric("gemm_ceiling_tflops", "TFLOP/s", "GEMM ceiling", workloads=GEMM, kind="json"),
+    Metric("collectives", "", "", workloads=COLLECTIVES, kind="json"),
+    Metric("busbw_peak_gbps", "GB/s", "peak busbw", workloads=COLLECTIVES, kind="json"),
+    Metric("busbw_intra_node_gbps", "GB/s", "peak busbw inside a node", workloads=COLLECTIVES, kind="json"),
+    Metric("busbw_inter_node_gbps", "GB/s", "peak busbw across nodes", workloads=COLLECTIVES, kind="json"),
 )
 
 BY_NAME: Dict[str, Metric] = {m.name: m for m in METRICS}

@@ -43,4 +43,4 @@ def test_every_metric_has_a_unit_and_a_known_format():
     for m in metric_registry.METRICS:
         assert m.kind in ("number", "bool", "json"), m.name
         assert m.fmt in ("pct", "share", "mib", "flag") or format(1.5, m.fmt), m.name
-        assert m.workloads and set(m.workloads) <= {"train", "gemm", "allreduce"}, m.name
+        assert m.workloads and set(m.workloads) <= {"train", "gemm", "allreduce", "preflight"}, m.name

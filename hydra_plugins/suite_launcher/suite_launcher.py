@@ -141,6 +141,8 @@ class SuiteLauncher(BaseSubmititLauncher):
             job_overrides = [list(o) + [f"train.repeat_index={i}"]
                              for o in job_overrides for i in range(submit.repeats)]
         composer = FastComposer(self.hydra_context.config_loader, self.config)
+        if submit.each_node:
+            job_overrides = self._on_each_node(composer, job_overrides)
         runs, problems, first_of, duplicates = [], [], {}, {}
         for offset, overrides in enumerate(job_overrides):
             run = self._plan_one(composer, list(overrides), initial_job_idx + offset, submit, problems)
@@ -163,6 +165,25 @@ class SuiteLauncher(BaseSubmititLauncher):
                      "benchmark does not depend on the model, strategy or optimizer): run once")
         _refuse_mixed_sweeps(runs)
         return runs, duplicates
+
+    def _on_each_node(self, composer, job_overrides: Sequence[Sequence[str]]) -> List[List[str]]:
+        """submit.each_node: every 1-node point once per node that is up, placed by name."""
+        from suite import schedulers
+
+        expanded, names = [], None
+        for overrides in job_overrides:
+            cluster = composer.compose(list(overrides), 0)[0]["cluster"]
+            if cluster["nodes"] != 1 or cluster["nodelist"] is not None:
+                expanded.append(list(overrides))
+                continue
+            if names is None:
+                names = schedulers.get(cluster["scheduler"], "").node_names(cluster["partition"])
+                if not names:
+                    raise SweepRefused("submit.each_node=true: no node is up (partition "
+                                       f"{cluster['partition'] or 'default'}); nothing was started.")
+                log.info(f"submit.each_node: 1-node points run on each of {len(names)} nodes: {', '.join(names)}")
+            expanded += [list(overrides) + [f"cluster.nodelist={name}"] for name in names]
+        return expanded
 
     def _plan_one(self, composer, overrides: List[str], idx: int, submit, problems: List[str]):
         """One point as a PlannedRun, or None with its refusal appended to `problems` (and an

@@ -280,6 +280,53 @@ def measured_ceilings(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+MICRO_WORKLOADS = ("gemm", "allreduce", "preflight")
+PREFLIGHT_COLUMNS = ["host", "runs", "gemm_tflops", "gemm_vs_median", "busbw_gbps", "busbw_vs_median",
+                     "flagged"]
+TOGETHER_COLUMNS = ["run_id", "nodes", "world_size", "busbw_intra_node_gbps", "busbw_inter_node_gbps"]
+
+
+def _all_reduce_peak(rows: List[dict], scope: str) -> Optional[float]:
+    values = [r["busbw_gbps"] for r in rows if r.get("op") == "all_reduce" and r.get("scope") == scope]
+    return max(values) if values else None
+
+
+def node_preflight(frame: pd.DataFrame, tolerance: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cluster acceptance check from the sweep's micro-benchmark runs. Per node (its 1-node
+    runs): the GEMM ceiling (largest TFLOP/s of any shape and dtype) and the all_reduce bus
+    bandwidth among its own ranks (peak over sizes), medians over its runs; each against the
+    median node, flagged below (1 - tolerance) of it. Together (runs over several nodes): the
+    all_reduce bus bandwidth inside a node and across nodes. Empty unless 2+ nodes ran alone."""
+    per_host, together = {}, []
+    runs = frame[frame.workload.isin(MICRO_WORKLOADS) & (frame.status == "ok")]
+    for r in runs.dropna(subset=["per_rank_json", "micro_json"]).itertuples():
+        hosts = json.loads(r.per_rank_json).get("hosts") or []
+        micro = json.loads(r.micro_json)
+        gemm = [row["tflops"] for row in micro.get("gemm", [])]
+        collectives = micro.get("collectives", [])
+        if len(set(hosts)) == 1:
+            figures = per_host.setdefault(hosts[0], {"runs": 0, "gemm": [], "busbw": []})
+            figures["runs"] += 1
+            figures["gemm"] += [max(gemm)] if gemm else []
+            peak = _all_reduce_peak(collectives, "intra_node") if len(hosts) > 1 else None
+            figures["busbw"] += [peak] if peak is not None else []
+        elif collectives:
+            together.append({"run_id": r.run_id, "nodes": len(set(hosts)), "world_size": len(hosts),
+                             "busbw_intra_node_gbps": _all_reduce_peak(collectives, "intra_node"),
+                             "busbw_inter_node_gbps": _all_reduce_peak(collectives, "inter_node")})
+    if len(per_host) < 2:
+        return pd.DataFrame(columns=PREFLIGHT_COLUMNS), pd.DataFrame(together, columns=TOGETHER_COLUMNS)
+    nodes = pd.DataFrame([{"host": h, "runs": f["runs"],
+                           "gemm_tflops": pd.Series(f["gemm"], dtype=float).median(),
+                           "busbw_gbps": pd.Series(f["busbw"], dtype=float).median()}
+                          for h, f in sorted(per_host.items())])
+    for figure in ("gemm", "busbw"):
+        column = "gemm_tflops" if figure == "gemm" else "busbw_gbps"
+        nodes[f"{figure}_vs_median"] = nodes[column] / nodes[column].median()
+    nodes["flagged"] = ((nodes.gemm_vs_median < 1 - tolerance) | (nodes.busbw_vs_median < 1 - tolerance))
+    return nodes[PREFLIGHT_COLUMNS], pd.DataFrame(together, columns=TOGETHER_COLUMNS)
+
+
 def of_gemm_ceiling(configs: pd.DataFrame, ceilings: pd.DataFrame) -> pd.Series:
     """Each configuration's TFLOP/s per device over the sweep's measured GEMM ceiling for its
     dtype (the largest of the sweep's workload=gemm runs); null without such a run."""

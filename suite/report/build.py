@@ -62,14 +62,16 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
     straggling, slow_nodes = analysis.stragglers(frame, options.straggler_min_excess,
                                                  options.straggler_noise_sigmas)
     header = sections.header_lines(Path(sweep_dir).name, frame, configs, parity, regress, unfinished, options)
-    line = sections.straggler_line(straggling, slow_nodes)
-    if line:
-        header.insert(-1 if header[-1].startswith("- torch") else len(header), line)
+    preflight_nodes, together = analysis.node_preflight(frame, options.preflight_tolerance)
+    for line in (sections.straggler_line(straggling, slow_nodes), sections.preflight_line(preflight_nodes)):
+        if line:
+            header.insert(len(header) - 1 if header[-1].startswith("- torch") else len(header), line)
     throughput = sections.throughput_section(configs)
     shown = [sections.best_section(analysis.best_configurations(configs))]
     if options.history_dir:
         shown += sections.history_sections(regress, trend)
     shown += [throughput, sections.scaling_section(analysis.scaling_table(configs)),
+              sections.preflight_section(preflight_nodes, together, options),
               sections.ceilings_section(ceilings),
               sections.model_section(analysis.model_vs_measured(configs, options.memory_ratio_bounds)),
               sections.parity_section(parity),

@@ -169,7 +169,10 @@ def ceilings_section(ceilings: pd.DataFrame) -> Optional[Section]:
         "GEMM: 2mnk FLOPs / time for n x n @ n x n, every rank at once; the largest per dtype is "
         "the measured ceiling the GPT runs' MFU is also given against. Collectives (nccl-tests' "
         "definitions): algbw = message bytes / time (the full buffer), busbw = algbw x 2(n-1)/n "
-        "for all_reduce and x (n-1)/n for all_gather and reduce_scatter, n ranks."])
+        "for all_reduce and x (n-1)/n for all_gather and reduce_scatter, n ranks. Scope: "
+        "intra_node = the ranks of one node (each node's group at once), inter_node = one rank "
+        "per node (the k-th rank of every node at once), world = both at once; the two first "
+        "split a node's own links from the network's share."])
     if "dtype" in ceilings:
         gemm = ceilings[ceilings.kind == "gemm"]
         if len(gemm):
@@ -179,8 +182,11 @@ def ceilings_section(ceilings: pd.DataFrame) -> Optional[Section]:
     if "op" in ceilings:
         coll = ceilings[ceilings.kind == "collective"]
         if len(coll):
-            section.tables.append(("Collectives", show(coll, {
-                "op": ("op", None), "world_size": ("ranks", fmt(".0f")), "bytes": ("bytes", fmt(",.0f")),
+            if "scope" not in coll:  # records from before scopes: the whole world
+                coll = coll.assign(scope="world", ranks=coll.world_size)
+            section.tables.append(("Collectives", show(coll.assign(ranks=coll.ranks.fillna(coll.world_size)), {
+                "op": ("op", None), "scope": ("scope", None), "ranks": ("ranks", fmt(".0f")),
+                "bytes": ("bytes", fmt(",.0f")),
                 "time_s": ("time (s)", fmt(".3g")), "algbw_gbps": ("algbw (GB/s)", fmt(".3g")),
                 "busbw_gbps": ("busbw (GB/s)", fmt(".3g"))})))
     return section
@@ -211,6 +217,41 @@ def stragglers_section(runs: pd.DataFrame, nodes: pd.DataFrame, options) -> Opti
         "flagged_runs": ("held the straggler", fmt(".0f")),
         "slow": ("slow node", lambda v: "YES" if v else "no")})))
     return section
+
+
+def preflight_section(nodes: pd.DataFrame, together: pd.DataFrame, options) -> Optional[Section]:
+    if nodes.empty:
+        return None
+    section = Section("Preflight: each node against the median node", [
+        "Each node's own runs (one job per node, placed by name): its GEMM ceiling (the largest "
+        "TFLOP/s of any shape and dtype) and the all_reduce bus bandwidth among its own ranks "
+        "(the largest over message sizes), medians over its runs, each as a share of the median "
+        f"node's. Flagged: below {1 - options.preflight_tolerance:.0%} of the median node in "
+        "either (report.preflight_tolerance). Together: runs over several nodes, with the "
+        "all_reduce bus bandwidth inside a node and across nodes measured apart."])
+    section.tables.append(("Nodes", show(nodes, {
+        "host": ("node", None), "runs": ("runs", fmt(".0f")),
+        "gemm_tflops": ("GEMM TFLOP/s", fmt(".4g")), "gemm_vs_median": ("GEMM, of median node", pct),
+        "busbw_gbps": ("all_reduce busbw (GB/s)", fmt(".3g")),
+        "busbw_vs_median": ("busbw, of median node", pct),
+        "flagged": ("flagged", lambda v: "YES" if v else "no")})))
+    if len(together):
+        section.tables.append(("Together", show(together, {
+            "run_id": ("run", None), "nodes": ("nodes", fmt(".0f")), "world_size": ("ranks", fmt(".0f")),
+            "busbw_intra_node_gbps": ("busbw inside a node (GB/s)", fmt(".3g")),
+            "busbw_inter_node_gbps": ("busbw across nodes (GB/s)", fmt(".3g"))})))
+    return section
+
+
+def preflight_line(nodes: pd.DataFrame) -> Optional[str]:
+    if nodes.empty:
+        return None
+    flagged = nodes[nodes.flagged]
+    return (f"- preflight: {_count(len(nodes), 'node')} compared; "
+            + ("every node within tolerance of the median node" if flagged.empty else
+               "below the median node: " + ", ".join(
+                   f"{r.host} (GEMM {pct(r.gemm_vs_median)}, busbw {pct(r.busbw_vs_median)})"
+                   for r in flagged.itertuples())))
 
 
 def failures_section(frame: pd.DataFrame) -> Section:

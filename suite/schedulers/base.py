@@ -57,6 +57,12 @@ class Scheduler(abc.ABC):
                job_args: Callable[[PlannedRun], tuple]) -> List[Any]:
         """Submit a group (equal resources); one submitit job per run, in order."""
 
+    def node_names(self, partition: Optional[str]) -> List[str]:
+        """The nodes a run can be placed on by name (cluster.nodelist; submit.each_node)."""
+        import socket
+
+        return [socket.gethostname()]
+
     def describe(self, group: Sequence[PlannedRun]) -> str:
         """What submitting the group would send (the dry run); empty if nothing worth showing."""
         return ""

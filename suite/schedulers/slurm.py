@@ -39,6 +39,7 @@ def slurm_parameters(cfg: Any, plan: Any) -> Dict[str, Any]:
         "account": c.account,
         "qos": c.qos,
         "constraint": c.constraint,
+        "nodelist": c.nodelist,
         "exclusive": True if c.exclusive else None,
         "setup": list(c.setup) or None,
         "additional_parameters": dict(c.sbatch_extra) or None,
@@ -200,6 +201,17 @@ class SlurmScheduler(Scheduler):
         print(f"Submitted array {jobs[0].job_id.split('_')[0]}: {len(group)} runs of "
               f"{group[0].plan.nodes} node(s) x {group[0].plan.ranks_per_node} ranks", flush=True)
         return jobs
+
+    def node_names(self, partition: Optional[str]) -> List[str]:
+        """The nodes of the partition (the default partition if None) that are up: idle,
+        mixed or allocated (a down or drained node would leave its run pending)."""
+        command = ["sinfo", "-h", "-N", "-t", "idle,mixed,allocated,completing", "-o", "%N"]
+        if partition:
+            command += ["-p", partition]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise SchedulerRefused(f"sinfo failed: {out.stderr.strip()}")
+        return sorted(set(out.stdout.split()))
 
     def describe(self, group: Sequence[PlannedRun]) -> str:
         return f"sbatch script:\n{self._script(group)}"
