@@ -333,12 +333,14 @@ def write_submission(run_dir: Path, *, run_id: str, sweep_id: str, config: Dict[
 
 
 def write_record_from_submission(run_dir: Path, *, status: str, error: str,
-                                 details: Optional[Dict[str, Any]] = None) -> Path:
+                                 details: Optional[Dict[str, Any]] = None,
+                                 rank_errors_win: bool = True) -> Path:
     """The record of a run that ended without writing its own, written by whoever found out
-    (the launcher, or the report's reconciliation with Slurm's accounting)."""
+    (the launcher, or the report's reconciliation with Slurm's accounting). A rank's own error
+    wins over the scheduler's word unless `rank_errors_win` is false (a node failure)."""
     sub = json.loads((Path(run_dir) / SUBMISSION_FILE).read_text())
     cause = root_cause(read_rank_errors(run_dir))
-    if cause is not None and not is_peer_failure(cause[1]["message"]):
+    if rank_errors_win and cause is not None and not is_peer_failure(cause[1]["message"]):
         # a rank said why before the run died: that beats the scheduler's word
         rank, found = cause
         status, error = found["status"], f"rank {rank}: {found['message']}"
@@ -350,6 +352,20 @@ def write_record_from_submission(run_dir: Path, *, status: str, error: str,
              "slurm_job_id": sub["job_id"] if sub["scheduler"] == "slurm" else None,
              "written_by": "launcher: the run left no record", **(details or {})},
         started_at=sub["submitted_at"], finished_at=now)
+    return write_record(run_dir, record)
+
+
+def write_node_failure(run_dir: Path, error: str, details: Dict[str, Any]) -> Path:
+    """A run whose node failed ends as `node_fail`, whatever its surviving ranks saw (a peer
+    that vanished, a time-out) or wrote: rank 0's record, if it wrote one, keeps its error as
+    env.survivor_error and its metrics."""
+    path = Path(run_dir) / RESULT_FILE
+    if not path.exists():
+        return write_record_from_submission(run_dir, status="node_fail", error=error, details=details,
+                                            rank_errors_win=False)
+    record = read_record(path)
+    record["env"] = {**(record.get("env") or {}), **details, "survivor_error": record.get("error")}
+    record.update(status="node_fail", error=error, finished_at=now_iso())
     return write_record(run_dir, record)
 
 

@@ -36,6 +36,23 @@ def slurm_cluster():
     require(cluster_up(), "a Slurm cluster (run slurm/local-cluster.sh up)")
 
 
+def nodes_up() -> list:
+    """The local cluster's nodes that are idle, mixed or allocated."""
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-t", "idle,mixed,allocated", "-o", "%N"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return sorted(set(out.stdout.split())) if out.returncode == 0 else []
+
+
+@pytest.fixture(scope="session")
+def two_nodes():
+    """For tests that need the local cluster's two test hosts (slurm/local-cluster.sh up --nodes 2)."""
+    require(nodes_up() == ["node1", "node2"],
+            "a 2-node Slurm cluster, node1 and node2 (run slurm/local-cluster.sh up --nodes 2)")
+
+
 @pytest.fixture
 def compose_cfg():
     """Compose the suite's config as `python -m suite.sweep` would, with overrides."""

@@ -5,16 +5,18 @@ import pandas as pd
 import pytest
 
 from suite.report.analysis import (aggregate_repeats, best_configurations, configuration_key,
-                                   environment_diff, regressions, scaling_table)
+                                   environment_diff, node_preflight, regressions, scaling_table,
+                                   stragglers)
 
 
 def run(**values):
     base = dict(status="ok", model="tiny", strategy="ddp", optimizer="adamw", precision="fp32",
-                micro_batch_size=2, scaling="none", world_size=1, global_batch_size=2,
+                micro_batch_size=2, scaling="none", world_size=1, nodes=1, global_batch_size=2,
                 sweep_id="s1", finished_at="2026-11-01T00:00:00", repeat_index=0,
                 peak_memory_bytes=100.0, memory_capacity_bytes=1000.0, step_time_median_s=1.0)
     base.update(values)
     config = {"strategy": base["strategy"], "world": base["world_size"], "mode": base["scaling"],
+              "nodes": base["nodes"],
               "train": {"repeat_index": base["repeat_index"]}}
     base["config_json"] = json.dumps(config)
     return base
@@ -49,6 +51,79 @@ def test_weak_and_strong_scaling_efficiency():
     assert table.loc[("strong", 2), "speedup"] == pytest.approx(1.6)    # 4 / 2.5
     assert table.loc[("strong", 2), "efficiency"] == pytest.approx(0.8)  # 4*1 / (2.5*2)
     assert table.loc[("strong", 1), "efficiency"] == pytest.approx(1.0)
+    assert list(table.nodes) == [1, 1, 1, 1, 1]
+
+
+def test_scaling_over_nodes_keeps_the_node_count_and_starts_from_the_fewest_nodes():
+    rows = [run(scaling="weak", world_size=2, nodes=2, tokens_per_s=1700.0, tokens_per_s_per_device=850.0),
+            run(scaling="weak", world_size=2, nodes=1, tokens_per_s=1800.0, tokens_per_s_per_device=900.0),
+            run(scaling="weak", world_size=1, nodes=1, tokens_per_s=1000.0, tokens_per_s_per_device=1000.0)]
+    table = scaling_table(aggregate_repeats(pd.DataFrame(rows), max_cv=0.05))
+    assert list(zip(table.world_size, table.nodes)) == [(1, 1), (2, 1), (2, 2)]
+    assert table.efficiency.tolist() == pytest.approx([1.0, 0.9, 0.85])  # 900/1000, 850/1000
+
+
+def straggler_run(run_id, times, hosts, cv, **values):
+    return run(run_id=run_id, workload="train", step_time_cv=cv, world_size=len(times),
+               per_rank_json=json.dumps({"hosts": hosts, "forward_time_s": times}), **values)
+
+
+def test_the_slowest_rank_is_a_straggler_only_beyond_the_runs_own_noise():
+    frame = pd.DataFrame([
+        # rank 2 (on b) against the median of 0.010, 0.011, 0.0105: 0.020 / 0.0105 - 1 = 90.5%
+        straggler_run("r1", [0.010, 0.011, 0.020, 0.0105], ["a", "a", "b", "b"], cv=0.02),
+        # 8% slower: under the 10% floor
+        straggler_run("r2", [0.010, 0.0108], ["a", "b"], cv=0.01),
+        # 30% slower with a CV of 5%: threshold max(10%, 3 x 5%) = 15%: flagged, rank 1 on b again
+        straggler_run("r3", [0.010, 0.013], ["a", "b"], cv=0.05),
+        # 30% slower, but the run's own steps vary by 12%: threshold 36%, not flagged
+        straggler_run("r4", [0.010, 0.013], ["a", "c"], cv=0.12),
+        # the pipeline engine's runs have no forward time; one rank has no peers
+        straggler_run("r5", [None, None], ["a", "b"], cv=0.01),
+        straggler_run("r6", [0.010], ["a"], cv=0.01),
+        straggler_run("r7", [0.010, 0.030], ["a", "b"], cv=0.01, status="error")])
+    runs, nodes = stragglers(frame, min_excess=0.10, noise_sigmas=3.0)
+    runs = runs.set_index("run_id")
+    assert list(runs.index) == ["r1", "r2", "r3", "r4"]
+    assert runs.loc["r1", "excess"] == pytest.approx(0.020 / 0.0105 - 1)
+    assert (runs.loc["r1", "slowest_rank"], runs.loc["r1", "slowest_host"]) == (2, "b")
+    assert runs.loc["r3", "threshold"] == pytest.approx(0.15)
+    assert runs.loc["r4", "threshold"] == pytest.approx(0.36)
+    assert runs.flagged.to_dict() == {"r1": True, "r2": False, "r3": True, "r4": False}
+    nodes = nodes.set_index("host")
+    assert nodes.runs.to_dict() == {"a": 4, "b": 3, "c": 1}
+    assert nodes.flagged_runs.to_dict() == {"a": 0, "b": 2, "c": 0}
+    assert nodes.slow.to_dict() == {"a": False, "b": True, "c": False}  # flagged in 2 runs
+
+
+def micro_run(run_id, hosts, gemm=None, intra=None, inter=None):
+    rows = {"gemm": [{"dtype": "fp32", "n": 256, "tflops": t} for t in (gemm or [])],
+            "collectives": [{"op": "all_reduce", "scope": scope, "busbw_gbps": v}
+                            for scope, values in (("intra_node", intra or []), ("inter_node", inter or []))
+                            for v in values]
+                           + [{"op": "all_gather", "scope": "intra_node", "busbw_gbps": 99.0}]}
+    return run(run_id=run_id, workload="preflight", world_size=len(hosts),
+               per_rank_json=json.dumps({"hosts": hosts}), micro_json=json.dumps(rows))
+
+
+def test_preflight_flags_the_node_below_the_median_node():
+    frame = pd.DataFrame([
+        micro_run("n1", ["n1", "n1"], gemm=[4.0, 10.0], intra=[1.0, 2.0]),
+        micro_run("n2", ["n2", "n2"], gemm=[9.5], intra=[2.0]),
+        micro_run("n3", ["n3", "n3"], gemm=[5.0], intra=[1.9]),
+        micro_run("all", ["n1", "n1", "n2", "n2"], intra=[1.5], inter=[0.25, 0.5])])
+    nodes, together = node_preflight(frame, tolerance=0.10)
+    nodes = nodes.set_index("host")
+    # GEMM: the largest per node, 10 / 9.5 / 5 against the median 9.5; all_gather is not read
+    assert nodes.gemm_tflops.to_dict() == {"n1": 10.0, "n2": 9.5, "n3": 5.0}
+    assert nodes.gemm_vs_median.to_dict() == pytest.approx({"n1": 10 / 9.5, "n2": 1.0, "n3": 5 / 9.5})
+    assert nodes.busbw_gbps.to_dict() == {"n1": 2.0, "n2": 2.0, "n3": 1.9}  # 95% of the median: fine
+    assert nodes.flagged.to_dict() == {"n1": False, "n2": False, "n3": True}
+    assert together.to_dict("records") == [{"run_id": "all", "nodes": 2, "world_size": 4,
+                                            "busbw_intra_node_gbps": 1.5, "busbw_inter_node_gbps": 0.5}]
+    # one node alone is no comparison
+    alone, _ = node_preflight(frame[frame.run_id == "n1"], tolerance=0.10)
+    assert alone.empty
 
 
 def test_best_configuration_with_headroom_and_margin():

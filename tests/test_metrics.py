@@ -106,3 +106,30 @@ def test_deepspeed_estimate_is_asked_with_the_run_layout(compose_cfg):
     assert estimate("strategy=zero2_offload") == 339_456
     # stages 0-1 and model-parallel layouts: DeepSpeed has no estimator for them
     assert estimate("strategy=zero1") is None and estimate("strategy=tp2_zero2") is None
+
+
+def test_each_ranks_figures_are_lists_in_rank_order():
+    from suite.metrics import per_rank_metrics
+
+    got = per_rank_metrics([
+        {"host": "node1", "step_time_s": 0.5, "forward_time_s": 0.1, "peak_memory_bytes": 7},
+        {"host": "node2", "step_time_s": 0.5, "forward_time_s": None, "peak_memory_bytes": 9}])
+    assert got == {"rank_hosts": ["node1", "node2"], "rank_step_time_s": [0.5, 0.5],
+                   "rank_forward_time_s": [0.1, None], "rank_peak_memory_bytes": [7, 9]}
+
+
+def test_collective_scopes_split_a_nodes_links_from_the_network():
+    from suite.workload.micro import scope_of_world, scopes, slow_host_fraction
+
+    # 2 nodes x 2 ranks: each node's pair inside, the k-th ranks of both nodes across
+    assert scopes(["a", "a", "b", "b"]) == {"world": [[0, 1, 2, 3]], "intra_node": [[0, 1], [2, 3]],
+                                            "inter_node": [[0, 2], [1, 3]]}
+    assert scope_of_world(["a", "a", "b", "b"]) == "world"
+    # one node: the world is inside it; one rank per node: the world is across nodes
+    assert scopes(["a", "a"]) == {"world": [[0, 1]]} and scope_of_world(["a", "a"]) == "intra_node"
+    assert scopes(["a", "b"]) == {"world": [[0, 1]]} and scope_of_world(["a", "b"]) == "inter_node"
+    # nodes with unequal rank counts have no matching k-th ranks: only the world
+    assert scopes(["a", "a", "b"]) == {"world": [[0, 1, 2]]}
+    assert slow_host_fraction("node2:0.5", "node2") == 0.5
+    assert slow_host_fraction("node2", "node2") == 1.0
+    assert slow_host_fraction("node2:0.5", "node1") == 0.0 and slow_host_fraction("", "node1") == 0.0

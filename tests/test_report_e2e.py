@@ -11,18 +11,25 @@ import pytest
 from conftest import REPO, require, run_sweep, sweep_dirs
 
 
-def test_scaling_sweep_produces_weak_and_strong_tables_and_plots(tmp_path):
-    done = run_sweep(tmp_path, "experiment=scaling", "strategy=ddp", "submit.repeats=1",
+@pytest.mark.usefixtures("two_nodes")
+def test_scaling_over_one_and_two_nodes_produces_weak_and_strong_tables_and_plots(tmp_path):
+    # experiment=scaling on the local cluster's two test hosts: one rank per node
+    done = run_sweep(tmp_path, "experiment=scaling", "cluster=slurm_local", "cluster.gpus_per_node=1",
+                     "cluster.nodes=1,2", "cluster.cpu_ranks=1", "strategy=ddp", "submit.repeats=1",
                      "optimizer=sgd_momentum", "train.timed_steps=5")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [sweep] = sweep_dirs(tmp_path)
     records = [json.loads(p.read_text()) for p in sweep.glob("*/result.json")]
-    assert sorted((r["scaling"], r["world_size"], r["global_batch_size"]) for r in records) == [
-        ("strong", 1, 16), ("strong", 2, 16), ("weak", 1, 2), ("weak", 2, 4)]
+    assert sorted((r["scaling"], r["nodes"], r["world_size"], r["global_batch_size"]) for r in records) == [
+        ("strong", 1, 1, 16), ("strong", 2, 2, 16), ("weak", 1, 1, 2), ("weak", 2, 2, 4)]
+    assert sorted(r["metrics"]["rank_hosts"] for r in records)[-1] == ["node1", "node2"]
     md = (sweep / "report" / "report.md").read_text()
     scaling = md.split("## Scaling")[1].split("\n## ")[0]
     assert "efficiency = (T(N)/N) / (T(N0)/N0)" in scaling  # the formulas are written down
     assert scaling.count("| ddp ") == 4 and "100.0%" in scaling  # N0 is 100% by definition
+    header = next(line for line in scaling.splitlines() if line.startswith("| model"))
+    assert [c.strip() for c in header.split("|")][1:7] == ["model", "strategy", "mode", "ranks", "nodes",
+                                                          "global batch"]
     for mode in ("weak", "strong"):
         assert (sweep / "report" / f"scaling_tiny_{mode}.png").stat().st_size > 5000
 

@@ -1,5 +1,6 @@
 """Slurm accounting -> record status, on sacct output as Slurm prints it."""
-from suite.schedulers.slurm import expand_job_id, parse_sacct, status_from_slurm
+from suite.schedulers.slurm import (expand_job_id, parse_attempts, parse_down_nodes, parse_sacct,
+                                    status_from_slurm, slurm_parameters)
 
 
 def test_sacct_lines_including_never_started_array_tasks():
@@ -10,6 +11,16 @@ def test_sacct_lines_including_never_started_array_tasks():
     assert states["33_0"].elapsed == "00:00:01"  # the task's own line, not the summary
     assert states["33_7"].state == "CANCELLED" and states["34"].exit_code == "0:15"
     assert expand_job_id("12") == ["12"] and expand_job_id("9_[4]") == ["9_4"]
+
+
+def test_a_node_failure_is_found_in_an_earlier_attempt_and_the_failed_node_named():
+    # Slurm requeued the job after the node failure: only its first attempt says NODE_FAIL
+    attempts = parse_attempts("NODE_FAIL|node[1-2]\nPENDING|None assigned\n")
+    assert attempts == [("NODE_FAIL", "node[1-2]"), ("PENDING", "None assigned")]
+    # sinfo -o '%N|%t|%E': down, not responding (*), drained; an idle or allocated node is not
+    text = "node1|alloc|none\nnode2|down*|Not responding\nnode3|drain|bad DIMM\nnode4|idle*|none\nnode5|mix|none\n"
+    assert parse_down_nodes(text) == [("node2", "down*: Not responding"), ("node3", "drain: bad DIMM"),
+                                      ("node4", "idle*")]
 
 
 def test_slurm_states_map_to_statuses():
@@ -84,3 +95,10 @@ def test_a_missing_outside_part_fails_in_ci_and_skips_elsewhere(monkeypatch):
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="a Slurm cluster is missing"):
         require(False, "a Slurm cluster")
+
+
+def test_a_run_placed_on_a_node_asks_slurm_for_that_node(compose_cfg):
+    cfg = to_object(compose_cfg("cluster=slurm_local", "cluster.nodelist=node2"))
+    assert slurm_parameters(cfg, plan_run(cfg, 0))["nodelist"] == "node2"
+    cfg = to_object(compose_cfg("cluster=slurm_local"))
+    assert "nodelist" not in slurm_parameters(cfg, plan_run(cfg, 0))

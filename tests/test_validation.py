@@ -56,7 +56,7 @@ CATALOGUE = [  # (overrides, what the message must name)
     (["workload=gemm", "workload.gemm_dtypes=[]"], "workload.gemm_dtypes is empty"),
     (["workload=allreduce", "workload.message_bytes=[2]"], "workload.message_bytes[0]=2 must be >= 4"),
     # what only Slurm can say (sbatch --test-only), before anything is submitted
-    (["cluster.nodes=2"], "Node count specification invalid"),
+    (["cluster.nodes=3"], "Node count specification invalid"),
     (["cluster.gpus_per_node=8"], "Requested node configuration is not available"),
 ]
 

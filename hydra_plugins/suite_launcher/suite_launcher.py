@@ -290,7 +290,13 @@ class SuiteLauncher(BaseSubmititLauncher):
         from suite.schedulers.base import wait_until_done
 
         error = "the run ended without writing a record"
-        wait_until_done(job)
+        failure = wait_until_done(job, check=lambda: scheduler.node_failure(job))
+        if failure is None and (run.run_dir / results.RESULT_FILE).exists() \
+                and results.read_record(run.run_dir / results.RESULT_FILE)["status"] != "ok":
+            failure = scheduler.node_failure(job)  # the survivors wrote first: did a node die?
+        if failure is not None:
+            results.write_node_failure(run.run_dir, *failure)
+            return _returned(run, "node_fail")
         if not (run.run_dir / results.RESULT_FILE).exists():
             try:  # submitit's account of it (for a failed task it waits ~15 s for its pickle)
                 job.results()

@@ -74,7 +74,7 @@ def scaling_table(configs: pd.DataFrame) -> pd.DataFrame:
     study = configs[configs.scaling.isin(["weak", "strong"])]
     rows = []
     for (model, strategy, mode), group in study.groupby(["model", "strategy", "scaling"]):
-        group = group.sort_values("world_size")
+        group = group.sort_values(["world_size", "nodes"])
         base = group.iloc[0]
         n0 = base.world_size
         for _, r in group.iterrows():
@@ -86,11 +86,12 @@ def scaling_table(configs: pd.DataFrame) -> pd.DataFrame:
                 speedup = base.step_time_median_s / r.step_time_median_s
                 efficiency = base.step_time_median_s * n0 / (r.step_time_median_s * n)
             rows.append({"model": model, "strategy": strategy, "mode": mode, "world_size": int(n),
+                         "nodes": None if pd.isna(r.nodes) else int(r.nodes),
                          "global_batch_size": int(r.global_batch_size), "tokens_per_s": r.tokens_per_s,
                          "tokens_per_s_per_device": r.tokens_per_s_per_device,
                          "step_time_median_s": r.step_time_median_s, "speedup": speedup,
                          "efficiency": efficiency, "noisy": bool(r.noisy)})
-    return pd.DataFrame(rows, columns=["model", "strategy", "mode", "world_size", "global_batch_size",
+    return pd.DataFrame(rows, columns=["model", "strategy", "mode", "world_size", "nodes", "global_batch_size",
                                        "tokens_per_s", "tokens_per_s_per_device", "step_time_median_s",
                                        "speedup", "efficiency", "noisy"])
 

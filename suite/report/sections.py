@@ -76,7 +76,8 @@ def scaling_section(scaling: pd.DataFrame) -> Optional[Section]:
         "t(N0)/t(N), efficiency = t(N0)·N0 / (t(N)·N), t = median step time. 100% is ideal."])
     table = show(scaling, {
         "model": ("model", None), "strategy": ("strategy", None), "mode": ("mode", None),
-        "world_size": ("ranks", fmt(".0f")), "global_batch_size": ("global batch", fmt(".0f")),
+        "world_size": ("ranks", fmt(".0f")), "nodes": ("nodes", fmt(".0f")),
+        "global_batch_size": ("global batch", fmt(".0f")),
         "tokens_per_s": ("tokens/s", fmt(",.0f")), "tokens_per_s_per_device": ("tokens/s/device", fmt(",.0f")),
         "speedup": ("speed-up", fmt(".2f")), "efficiency": ("efficiency", pct),
         "noisy": ("too noisy", lambda v: "yes" if v else "")})

@@ -71,6 +71,11 @@ class Scheduler(abc.ABC):
         """(status, details) of a job that ended without its run writing a record."""
         return "error", {}
 
+    def node_failure(self, job: Any) -> Optional[Tuple[str, Dict[str, Any]]]:
+        """While a job waits or runs: if a node under it failed, stop what is left of the job
+        and return (error naming the node, details); else None."""
+        return None
+
     def unfinished(self, run_dirs: Sequence[Path]) -> List[str]:
         """Of runs submitted earlier that have no record yet: write a record for those whose
         job has ended (from the scheduler's own account) and return the names of the others."""
@@ -93,11 +98,21 @@ def group_by_key(keys_and_costs: List[Tuple[Any, float]]) -> List[List[int]]:
     return list(groups.values())
 
 
-def wait_until_done(job: Any, poll_s: float = 0.25) -> None:
+def wait_until_done(job: Any, poll_s: float = 0.25, check: Optional[Callable[[], Any]] = None,
+                    check_every_s: float = 5.0) -> Any:
+    """Wait for the job to end; every `check_every_s` call `check()`, and return what it returns
+    as soon as that is not None (a node failure). None when the job ended by itself."""
     import time
 
+    last = time.monotonic()
     while not job.done():
         time.sleep(poll_s)
+        if check is not None and time.monotonic() - last >= check_every_s:
+            last = time.monotonic()
+            found = check()
+            if found is not None:
+                return found
+    return None
 
 
 def submitted_scheduler(run_dir: Path) -> Optional[str]:

@@ -125,6 +125,50 @@ def sacct_states(job_ids: List[str]) -> Dict[str, SlurmJobState]:
     return {j: states[j] for j in job_ids if j in states}
 
 
+def parse_attempts(text: str) -> List[Tuple[str, str]]:
+    """sacct -D -X -P -n -o State,NodeList: (state, node list) of every attempt of a job,
+    requeued ones included (a job Slurm requeued after a node failure is PENDING again; only
+    its earlier attempt says NODE_FAIL)."""
+    attempts = []
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 2 and parts[0]:
+            attempts.append((parts[0].split()[0], parts[1]))
+    return attempts
+
+
+def parse_down_nodes(text: str) -> List[Tuple[str, str]]:
+    """sinfo -h -N -o '%N|%t|%E' -> (node, 'state: reason') of nodes that are down, drained,
+    failing or not responding (state ends in '*')."""
+    down = []
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 3 and parts[0]:
+            state = parts[1]
+            if state.endswith("*") or state.rstrip("*~#!%$@^-") in ("down", "drain", "drng", "fail", "failg"):
+                down.append((parts[0], f"{state}: {parts[2]}" if parts[2] not in ("", "none") else state))
+    return down
+
+
+def node_failure_of(job_id: str) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """If an attempt of the job ended NODE_FAIL: cancel what Slurm requeued (a benchmark run
+    whose node died is recorded, not rerun behind the sweep's back) and name the failed
+    nodes: those of the attempt's nodes that are down or not responding now."""
+    out = subprocess.run(["sacct", "-D", "-X", "-P", "-n", "-o", "State,NodeList", "-j", job_id],
+                         capture_output=True, text=True, timeout=60)
+    failed = [nodes for state, nodes in parse_attempts(out.stdout) if state == "NODE_FAIL"]
+    if out.returncode != 0 or not failed:
+        return None
+    subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
+    info = subprocess.run(["sinfo", "-h", "-N", "-n", failed[0], "-o", "%N|%t|%E"],
+                          capture_output=True, text=True, timeout=60)
+    down = parse_down_nodes(info.stdout)
+    named = ", ".join(f"{n} ({why})" for n, why in down) or f"one of {failed[0]} (none is down now)"
+    return (f"node failure: Slurm ended job {job_id} NODE_FAIL on {failed[0]}; failed node: {named}. "
+            "Slurm's requeued attempt was cancelled",
+            {"slurm_state": "NODE_FAIL", "job_nodes": failed[0], "failed_nodes": [n for n, _ in down]})
+
+
 def sbatch_refusal(script: str) -> Optional[str]:
     """Why sbatch would refuse this batch script (its own words), or None if it would take it.
     --test-only validates the request against the cluster and submits nothing."""
@@ -222,6 +266,9 @@ class SlurmScheduler(Scheduler):
             return "error", {}
         return (status_from_slurm(state.state) or "error",
                 {"slurm_state": state.state, "elapsed": state.elapsed, "exit_code": state.exit_code})
+
+    def node_failure(self, job: Any) -> Optional[Tuple[str, Dict[str, Any]]]:
+        return node_failure_of(str(job.job_id))
 
     def unfinished(self, run_dirs: Sequence[Path]) -> List[str]:
         return reconcile(run_dirs)
