@@ -193,8 +193,11 @@ remove_network() {
   for ns in $(ip netns list | awk '$1 ~ /^suite-node[0-9]+$/ {print $1}'); do
     pids=$(ip netns pids "$ns" | tr '\n' ' ')
     if [ -n "${pids// /}" ]; then kill -9 $pids 2>/dev/null || true; log "killed what still ran on $ns: $pids"; fi
-    ip netns delete "$ns" && log "removed namespace $ns and its link"  # the veth pair goes with it
+    ip netns delete "$ns" && log "removed namespace $ns"
   done
+  # the kernel destroys a deleted namespace, and with it the veth pair, once its last process
+  # has gone; until then the host's end of the link is still listed
+  wait_for 20 "the nodes' links to go" bash -c "! ip -o link | grep -q ' suite-v[0-9]*@'" || true
   if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link delete "$BRIDGE" && log "removed bridge $BRIDGE"; fi
   if grep -qF "$HOSTS_MARK" /etc/hosts; then
     grep -vF "$HOSTS_MARK" /etc/hosts > "$STATE/hosts" || true

@@ -10,7 +10,9 @@ from conftest import REPO, run_sweep, sweep_dirs
 
 
 def test_gemm_and_collective_ceilings_become_records_and_a_report_section(tmp_path):
-    done = run_sweep(tmp_path, "workload=train,gemm,allreduce", "strategy=ddp", "optimizer=sgd_momentum",
+    # workload=preflight: the GEMM ceiling and the collectives in one job (workload=gemm and
+    # workload=allreduce run each alone: bench/gpu_check.sh, tests/test_gpu_check.py)
+    done = run_sweep(tmp_path, "workload=train,preflight", "strategy=ddp", "optimizer=sgd_momentum",
                      "train.timed_steps=3", "workload.gemm_sizes=[64,128]", "workload.message_bytes=[4096,65536]")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [sweep] = sweep_dirs(tmp_path)
@@ -18,19 +20,24 @@ def test_gemm_and_collective_ceilings_become_records_and_a_report_section(tmp_pa
     from suite import metric_registry
 
     assert all(metric_registry.unregistered(r["metrics"]) == [] for r in runs.values())
-    gemm = runs["gemm"]["metrics"]
+    gemm = runs["preflight"]["metrics"]
     assert [(r["dtype"], r["n"]) for r in gemm["gemm"]] == [("fp32", 64), ("fp32", 128)]
     for r in gemm["gemm"]:
         assert r["tflops"] == pytest.approx(2 * r["n"] ** 3 / r["time_s"] / 1e12)
     assert gemm["gemm_ceiling_tflops"]["fp32"] == max(r["tflops"] for r in gemm["gemm"])
-    coll = runs["allreduce"]["metrics"]["collectives"]
+    micro = runs["preflight"]["metrics"]
+    coll = micro["collectives"]
+    # one node: the whole world is inside it, and nothing crossed a network
+    assert {(r["scope"], r["ranks"]) for r in coll} == {("intra_node", 2)}
+    assert micro["busbw_intra_node_gbps"] == micro["busbw_peak_gbps"] and micro["busbw_inter_node_gbps"] is None
+    assert micro["rank_hosts"] == runs["train"]["metrics"]["rank_hosts"] and len(micro["rank_hosts"]) == 2
     assert sorted({r["op"] for r in coll}) == ["all_gather", "all_reduce", "reduce_scatter"]
     for r in coll:  # 2 ranks: factor 2(n-1)/n = 1 for all_reduce, (n-1)/n = 1/2 otherwise
         assert r["algbw_gbps"] == pytest.approx(r["bytes"] / r["time_s"] / 1e9)
         assert r["busbw_gbps"] == pytest.approx(r["algbw_gbps"] * (1.0 if r["op"] == "all_reduce" else 0.5))
     md = (sweep / "report" / "report.md").read_text()
     assert "## Ceilings: matrix multiply and collectives" in md and "of GEMM ceiling" in md
-    assert "runs: 3, ok: 3" in md
+    assert "runs: 2, ok: 2" in md
 
 
 def test_bench_scripts_run_in_small_mode(tmp_path):

@@ -3,9 +3,10 @@ parallel (conf/experiment/parity.yaml). The parity sweep (AdamW) trains the tiny
 CPU layout and the tiny GPT in the layouts where its own code differs from the Llama's (fused
 QKV under TP, learned positions under SP, its pipeline layers, ZeRO-3's partitioning of them);
 the recomputation and torch.compile tests compare against its data-parallel losses instead of
-running their own reference. Layouts with ranks on two nodes: tests/test_multinode.py. The layouts' shared code (ZeRO stages, offload, batch shares,
+running their own reference. The layouts' shared code (ZeRO stages, offload, batch shares,
 gradient scale) is checked with both optimizers on the Llama, whose grouped-query attention and
-rotary positions exercise more of it. bench/families.py runs both families in every layout."""
+rotary positions exercise more of it. bench/families.py runs both families in every layout;
+tests/test_multinode.py runs layouts with ranks on two nodes."""
 import json
 
 import pytest
@@ -14,7 +15,7 @@ from conftest import run_sweep, sweep_dirs
 
 LAYOUTS = {"ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload", "pp2", "pp2_zero1", "tp2",
            "tp2_zero1", "tp2_zero2", "tp2_zero3", "sp2", "sp2_zero2", "sp2_zero3"}
-GPT_LAYOUTS = {"ddp", "zero3", "pp2", "tp2", "tp2_zero3", "sp2_zero3"}
+GPT_LAYOUTS = {"ddp", "zero3", "pp2", "tp2_zero3", "sp2_zero3"}
 
 
 def records(sweep):
@@ -47,8 +48,8 @@ def test_every_cpu_layout_trains_the_same_model_as_data_parallel(parity):
     for model, layouts in (("llama_tiny", LAYOUTS), ("tiny", GPT_LAYOUTS)):
         layout = {s: (runs[model, s]["data_parallel"], runs[model, s]["tensor_parallel"],
                       runs[model, s]["pipeline_parallel"], runs[model, s]["sequence_parallel"],
-                      runs[model, s]["grad_accum_steps"]) for s in ("pp2", "tp2", "sp2_zero3")}
-        assert layout == {"pp2": (1, 1, 2, 1, 4), "tp2": (1, 2, 1, 1, 4), "sp2_zero3": (1, 1, 1, 2, 4)}
+                      runs[model, s]["grad_accum_steps"]) for s in ("pp2", "tp2_zero3", "sp2_zero3")}
+        assert layout == {"pp2": (1, 1, 2, 1, 4), "tp2_zero3": (1, 2, 1, 1, 4), "sp2_zero3": (1, 1, 1, 2, 4)}
         reference = runs[model, "ddp"]["metrics"]["loss_per_step"]
         for strategy in layouts:
             r = runs[model, strategy]
@@ -73,13 +74,15 @@ def test_every_cpu_layout_trains_the_same_model_as_data_parallel(parity):
 
 def test_recomputation_trains_the_same_model_and_counts_in_hfu(tmp_path, parity):
     runs, _ = parity
-    # torch's checkpoint under ZeRO-3, DeepSpeed's in the pipeline engine
-    done = run_sweep(tmp_path, "experiment=parity", "model=tiny,llama_tiny", "strategy=pp2,zero3",
-                     "train.activation_checkpointing=full")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    [sweep] = sweep_dirs(tmp_path)
-    recomputed = records(sweep)
-    assert len(recomputed) == 4 and {r["status"] for r in recomputed} == {"ok"}
+    # torch's checkpoint under ZeRO-3 (the GPT), DeepSpeed's in the pipeline engine (the Llama)
+    recomputed = []
+    for model, strategy in (("tiny", "zero3"), ("llama_tiny", "pp2")):
+        done = run_sweep(tmp_path / model, "experiment=parity", f"model={model}", f"strategy={strategy}",
+                         "train.activation_checkpointing=full")
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        [sweep] = sweep_dirs(tmp_path / model)
+        recomputed += records(sweep)
+    assert len(recomputed) == 2 and {r["status"] for r in recomputed} == {"ok"}
     for r in recomputed:  # the same losses as the parity sweep's run without recomputation
         plain = runs[r["model"], "ddp"]["metrics"]["loss_per_step"]
         assert max_difference(r["metrics"]["loss_per_step"], plain) < 1e-4, (r["model"], r["strategy"])
@@ -119,10 +122,10 @@ def test_layouts_match_under_sgd_which_shows_a_wrong_gradient_scale(tmp_path):
     # the suite's 1/sp loss scaling sp2 misses here by 1.3e-2 against a tolerance of 1e-4.)
     done = run_sweep(tmp_path, "experiment=parity", "model=llama_tiny", "optimizer=sgd_momentum", "optimizer.lr=0.1",
                      "optimizer.gradient_clipping=0",
-                     "strategy=ddp,zero1,zero2,zero3,pp2,tp2,sp2,sp2_zero2,sp2_zero3")
+                     "strategy=ddp,zero2,zero3,pp2,tp2,sp2,sp2_zero3")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [sweep] = sweep_dirs(tmp_path)
     runs = records(sweep)
-    assert len(runs) == 9 and {r["status"] for r in runs} == {"ok"}
+    assert len(runs) == 7 and {r["status"] for r in runs} == {"ok"}
     md = (sweep / "report" / "report.md").read_text()
-    assert "loss parity: 9 of 9 compared runs match plain data parallel" in md
+    assert "loss parity: 7 of 7 compared runs match plain data parallel" in md

@@ -150,6 +150,19 @@ def parse_down_nodes(text: str) -> List[Tuple[str, str]]:
     return down
 
 
+def _wait_until_gone(job_id: str, limit_s: float = 300.0) -> None:
+    """Until the job has left Slurm's queue: its processes ended (signalled, then killed after
+    KillWait), so nothing of the run writes after this."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=60)
+        if out.returncode == 0 and not out.stdout.strip():
+            return
+        time.sleep(1)
+
+
 def node_failure_of(job_id: str) -> Optional[Tuple[str, Dict[str, Any]]]:
     """If an attempt of the job ended NODE_FAIL: cancel what Slurm requeued (a benchmark run
     whose node died is recorded, not rerun behind the sweep's back) and name the failed
@@ -160,6 +173,7 @@ def node_failure_of(job_id: str) -> Optional[Tuple[str, Dict[str, Any]]]:
     if out.returncode != 0 or not failed:
         return None
     subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
+    _wait_until_gone(job_id)  # a surviving rank 0 may still be writing its own record
     info = subprocess.run(["sinfo", "-h", "-N", "-n", failed[0], "-o", "%N|%t|%E"],
                           capture_output=True, text=True, timeout=60)
     down = parse_down_nodes(info.stdout)
