@@ -484,8 +484,10 @@ class ReportConfig:
     straggler_min_excess: float = 0.10
     #: ... and by more than this many times the run's step-time coefficient of variation
     straggler_noise_sigmas: float = 3.0
-    #: preflight: a node below the median node by more than this fraction is flagged
+    #: preflight: a node below the median of the other nodes by more than this fraction ...
     preflight_tolerance: float = 0.10
+    #: ... and by more than this many times the figure's noise across repeated runs is flagged
+    preflight_noise_sigmas: float = 3.0
     #: a memory measurement outside [lower, upper] x the analytic model is flagged
     memory_ratio_bounds: List[float] = field(default_factory=lambda: [0.9, 4.0])
 

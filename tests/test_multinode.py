@@ -130,9 +130,9 @@ def test_a_node_that_dies_ends_its_run_as_node_fail_and_the_sweep_goes_on(tmp_pa
 def test_preflight_flags_the_slowed_node(tmp_path, monkeypatch):
     # every timed region on node2 takes twice as long (a test-only setting, recorded)
     monkeypatch.setenv("SUITE_TEST_SLOW_HOST", "node2:1.0")
-    done = run_sweep(tmp_path, "experiment=preflight", "cluster=slurm_local", "workload.gemm_sizes=[128,256]",
-                     "workload.message_bytes=[65536,1048576]", "workload.iters=5")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_sweep(tmp_path, "experiment=preflight", "cluster=slurm_local", "submit.repeats=1",
+                     "workload.gemm_sizes=[128,256]", "workload.message_bytes=[65536,1048576]", "workload.iters=5")
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]  # the acceptance check failed
     assert "submit.each_node: 1-node points run on each of 2 nodes: node1, node2" in done.stdout + done.stderr
     [sweep] = sweep_dirs(tmp_path)
     runs = records(sweep)
@@ -145,7 +145,7 @@ def test_preflight_flags_the_slowed_node(tmp_path, monkeypatch):
     alone = next(r for r in runs if r["metrics"]["rank_hosts"] == ["node1", "node1"])["metrics"]
     assert alone["busbw_inter_node_gbps"] is None  # one node: nothing crossed the network
     md = (sweep / "report" / "report.md").read_text()
-    assert "- preflight: 2 nodes compared; below the median node: node2 (" in md
+    assert "runs: 3, ok: 3" in md and "- preflight: 2 nodes compared; below the others: node2 (" in md
     section = md.split("## Preflight")[1].split("\n## ")[0]
     assert [line.split("|")[1].strip() for line in section.splitlines() if "| YES" in line] == ["node2"]
 

@@ -282,8 +282,8 @@ def measured_ceilings(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 MICRO_WORKLOADS = ("gemm", "allreduce", "preflight")
-PREFLIGHT_COLUMNS = ["host", "runs", "gemm_tflops", "gemm_vs_median", "busbw_gbps", "busbw_vs_median",
-                     "flagged"]
+PREFLIGHT_COLUMNS = ["host", "runs", "gemm_tflops", "gemm_vs_others", "busbw_gbps", "busbw_vs_others",
+                     "threshold", "flagged"]
 TOGETHER_COLUMNS = ["run_id", "nodes", "world_size", "busbw_intra_node_gbps", "busbw_inter_node_gbps"]
 
 
@@ -292,12 +292,21 @@ def _all_reduce_peak(rows: List[dict], scope: str) -> Optional[float]:
     return max(values) if values else None
 
 
-def node_preflight(frame: pd.DataFrame, tolerance: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _cv(values: List[float]) -> Optional[float]:
+    series = pd.Series(values, dtype=float)
+    return float(series.std() / series.mean()) if len(series) > 1 and series.mean() else None
+
+
+def node_preflight(frame: pd.DataFrame, tolerance: float, noise_sigmas: float
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The cluster acceptance check from the sweep's micro-benchmark runs. Per node (its 1-node
     runs): the GEMM ceiling (largest TFLOP/s of any shape and dtype) and the all_reduce bus
-    bandwidth among its own ranks (peak over sizes), medians over its runs; each against the
-    median node, flagged below (1 - tolerance) of it. Together (runs over several nodes): the
-    all_reduce bus bandwidth inside a node and across nodes. Empty unless 2+ nodes ran alone."""
+    bandwidth among its own ranks (peak over sizes), medians over its runs, each as a share of
+    the median of the other nodes. A node is flagged when a share falls below 1 - threshold,
+    threshold = max(tolerance, noise_sigmas x the figure's noise: the median over nodes of each
+    node's coefficient of variation across its repeated runs; none with one run per node).
+    Together (runs over several nodes): the all_reduce bus bandwidth inside a node and across
+    nodes. Empty unless 2+ nodes ran alone."""
     per_host, together = {}, []
     runs = frame[frame.workload.isin(MICRO_WORKLOADS) & (frame.status == "ok")]
     for r in runs.dropna(subset=["per_rank_json", "micro_json"]).itertuples():
@@ -315,17 +324,23 @@ def node_preflight(frame: pd.DataFrame, tolerance: float) -> tuple[pd.DataFrame,
             together.append({"run_id": r.run_id, "nodes": len(set(hosts)), "world_size": len(hosts),
                              "busbw_intra_node_gbps": _all_reduce_peak(collectives, "intra_node"),
                              "busbw_inter_node_gbps": _all_reduce_peak(collectives, "inter_node")})
+    together = pd.DataFrame(together, columns=TOGETHER_COLUMNS)
     if len(per_host) < 2:
-        return pd.DataFrame(columns=PREFLIGHT_COLUMNS), pd.DataFrame(together, columns=TOGETHER_COLUMNS)
-    nodes = pd.DataFrame([{"host": h, "runs": f["runs"],
-                           "gemm_tflops": pd.Series(f["gemm"], dtype=float).median(),
-                           "busbw_gbps": pd.Series(f["busbw"], dtype=float).median()}
-                          for h, f in sorted(per_host.items())])
-    for figure in ("gemm", "busbw"):
-        column = "gemm_tflops" if figure == "gemm" else "busbw_gbps"
-        nodes[f"{figure}_vs_median"] = nodes[column] / nodes[column].median()
-    nodes["flagged"] = ((nodes.gemm_vs_median < 1 - tolerance) | (nodes.busbw_vs_median < 1 - tolerance))
-    return nodes[PREFLIGHT_COLUMNS], pd.DataFrame(together, columns=TOGETHER_COLUMNS)
+        return pd.DataFrame(columns=PREFLIGHT_COLUMNS), together
+    hosts = sorted(per_host)
+    nodes = pd.DataFrame({"host": hosts, "runs": [per_host[h]["runs"] for h in hosts]})
+    thresholds = []
+    for figure, column in (("gemm", "gemm_tflops"), ("busbw", "busbw_gbps")):
+        nodes[column] = [pd.Series(per_host[h][figure], dtype=float).median() for h in hosts]
+        nodes[f"{figure}_vs_others"] = [
+            nodes[column][i] / nodes[column].drop(index=i).median() for i in range(len(hosts))]
+        noise = pd.Series([_cv(per_host[h][figure]) for h in hosts], dtype=float).median()
+        thresholds.append(max(tolerance, noise_sigmas * noise) if pd.notna(noise) else tolerance)
+        nodes[f"{figure}_threshold"] = thresholds[-1]
+    nodes["threshold"] = [f"GEMM {thresholds[0]:.0%}, busbw {thresholds[1]:.0%}"] * len(hosts)
+    nodes["flagged"] = ((nodes.gemm_vs_others < 1 - nodes.gemm_threshold)
+                        | (nodes.busbw_vs_others < 1 - nodes.busbw_threshold))
+    return nodes[PREFLIGHT_COLUMNS], together
 
 
 def of_gemm_ceiling(configs: pd.DataFrame, ceilings: pd.DataFrame) -> pd.Series:

@@ -62,7 +62,8 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
     straggling, slow_nodes = analysis.stragglers(frame, options.straggler_min_excess,
                                                  options.straggler_noise_sigmas)
     header = sections.header_lines(Path(sweep_dir).name, frame, configs, parity, regress, unfinished, options)
-    preflight_nodes, together = analysis.node_preflight(frame, options.preflight_tolerance)
+    preflight_nodes, together = analysis.node_preflight(frame, options.preflight_tolerance,
+                                                              options.preflight_noise_sigmas)
     for line in (sections.straggler_line(straggling, slow_nodes), sections.preflight_line(preflight_nodes)):
         if line:
             header.insert(len(header) - 1 if header[-1].startswith("- torch") else len(header), line)
@@ -85,10 +86,11 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
     markdown_path.write_text(render.markdown(shown, header))
     html_path.write_text(render.html_page(shown, header))
     summary = "\n".join(header) + "\n\n" + "\n\n".join(
-        f"{caption}\n{table.iloc[:, :11].to_markdown(index=False)}" for caption, table in throughput.tables)
+        f"{caption}\n{table.iloc[:, :12].to_markdown(index=False)}" for caption, table in throughput.tables)
     n_ok = int((frame.status == "ok").sum())
     parity_ok = parity.empty or not bool((parity.matches == "NO").any())
     regression_ok = not (options.fail_on_regression and (regress.verdict == "regression").any())
+    preflight_ok = not bool(preflight_nodes.flagged.any())  # an acceptance check that failed
     return Report(frame, markdown_path, html_path, summary,
-                  all_ok=n_ok == len(frame) and not unfinished and parity_ok and regression_ok,
+                  all_ok=n_ok == len(frame) and not unfinished and parity_ok and regression_ok and preflight_ok,
                   unfinished=unfinished, regressions=regress)

@@ -37,10 +37,11 @@ def throughput_section(configs: pd.DataFrame) -> Section:
                                      "GPUs' energy (NVML) in them; 'throttled': power or heat held "
                                      "the clocks down during the timed steps."])
     for model, group in configs.groupby("model"):
-        group = group.sort_values(["world_size", "strategy", "optimizer", "precision"])
+        group = group.sort_values(["world_size", "nodes", "strategy", "optimizer", "precision"])
         table = show(group.assign(layout=group.apply(_layout, axis=1)), {
             "strategy": ("strategy", None), "optimizer": ("optimizer", None),
             "precision": ("precision", None), "world_size": ("ranks", fmt(".0f")),
+            "nodes": ("nodes", fmt(".0f")),
             "layout": (LAYOUT, None), "micro_batch_size": ("micro", fmt(".0f")),
             "grad_accum_steps": ("accum", fmt(".0f")),
             "activation_checkpointing": ("recompute", None),
@@ -53,10 +54,11 @@ def throughput_section(configs: pd.DataFrame) -> Section:
             **{name: metric(name) for name in THROUGHPUT_METRICS[8:]}})
         section.tables.append((str(model), table))
         group = group.nlargest(PLOTTED, "tokens_per_s_per_device").sort_values(
-            ["world_size", "strategy", "optimizer", "precision"])
+            ["world_size", "nodes", "strategy", "optimizer", "precision"])
         fig, ax = plt.subplots(figsize=(8, 0.4 * max(len(group), 2) + 1.2))
+        on_nodes = group.nodes.map(lambda n: f" on {int(n)} nodes" if pd.notna(n) and n > 1 else "")
         labels = (group.strategy + " / " + group.optimizer + " / " + group.precision + " / "
-                  + group.world_size.astype(int).astype(str) + " ranks").tolist()
+                  + group.world_size.astype(int).astype(str) + " ranks" + on_nodes).tolist()
         ax.barh(labels, group.tokens_per_s_per_device.tolist(), color="#3b75af")
         ax.invert_yaxis()
         ax.set_xlabel("tokens/s per device")
@@ -223,18 +225,20 @@ def stragglers_section(runs: pd.DataFrame, nodes: pd.DataFrame, options) -> Opti
 def preflight_section(nodes: pd.DataFrame, together: pd.DataFrame, options) -> Optional[Section]:
     if nodes.empty:
         return None
-    section = Section("Preflight: each node against the median node", [
+    section = Section("Preflight: each node against the others", [
         "Each node's own runs (one job per node, placed by name): its GEMM ceiling (the largest "
         "TFLOP/s of any shape and dtype) and the all_reduce bus bandwidth among its own ranks "
         "(the largest over message sizes), medians over its runs, each as a share of the median "
-        f"node's. Flagged: below {1 - options.preflight_tolerance:.0%} of the median node in "
-        "either (report.preflight_tolerance). Together: runs over several nodes, with the "
-        "all_reduce bus bandwidth inside a node and across nodes measured apart."])
+        "of the other nodes. Flagged: a share below 1 - threshold, threshold = "
+        f"max({options.preflight_tolerance:.0%}, {options.preflight_noise_sigmas:g} x the "
+        "figure's noise: the median over nodes of the coefficient of variation across a node's "
+        "repeated runs; submit.repeats > 1 measures it). Together: runs over several nodes, with "
+        "the all_reduce bus bandwidth inside a node and across nodes measured apart."])
     section.tables.append(("Nodes", show(nodes, {
         "host": ("node", None), "runs": ("runs", fmt(".0f")),
-        "gemm_tflops": ("GEMM TFLOP/s", fmt(".4g")), "gemm_vs_median": ("GEMM, of median node", pct),
+        "gemm_tflops": ("GEMM TFLOP/s", fmt(".4g")), "gemm_vs_others": ("GEMM, of the others", pct),
         "busbw_gbps": ("all_reduce busbw (GB/s)", fmt(".3g")),
-        "busbw_vs_median": ("busbw, of median node", pct),
+        "busbw_vs_others": ("busbw, of the others", pct), "threshold": ("threshold", None),
         "flagged": ("flagged", lambda v: "YES" if v else "no")})))
     if len(together):
         section.tables.append(("Together", show(together, {
@@ -249,9 +253,9 @@ def preflight_line(nodes: pd.DataFrame) -> Optional[str]:
         return None
     flagged = nodes[nodes.flagged]
     return (f"- preflight: {_count(len(nodes), 'node')} compared; "
-            + ("every node within tolerance of the median node" if flagged.empty else
-               "below the median node: " + ", ".join(
-                   f"{r.host} (GEMM {pct(r.gemm_vs_median)}, busbw {pct(r.busbw_vs_median)})"
+            + ("no node below the others" if flagged.empty else
+               "below the others: " + ", ".join(
+                   f"{r.host} (GEMM {pct(r.gemm_vs_others)}, busbw {pct(r.busbw_vs_others)} of the others' median)"
                    for r in flagged.itertuples())))
 
 
