@@ -78,7 +78,10 @@ def main() -> None:
               "Commands: `python bench/run_all.py` (all; `slurm/local-cluster.sh up` first for "
               "dispatch), or each script alone (`bench/overhead.py` under torchrun, "
               "`bench/dispatch.py`, `bench/collation.py`, `bench/default_sweep.py`)."]
-    args.output.write_text("\n".join(lines) + "\n")
+    # the sections below the table (model families, multi-node, the GPU check) come from other
+    # commands: keep them
+    kept = args.output.read_text().partition("\n## ") if args.output.exists() else ("", "", "")
+    args.output.write_text("\n".join(lines) + "\n" + (f"\n## {kept[2]}" if kept[1] else ""))
     print(args.output.read_text())
 
 

@@ -481,8 +481,9 @@ class ReportConfig:
     max_cv: float = 0.05
     #: a run's slowest rank is a straggler when its forward pass takes longer than the median
     #: of the other ranks' by more than this fraction ...
-    straggler_min_excess: float = 0.10
-    #: ... and by more than this many times the run's step-time coefficient of variation
+    straggler_min_excess: float = 0.25
+    #: ... and by more than this many times the run's noise (the larger of its step-time CV
+    #: and its ranks' median forward-time CV across steps)
     straggler_noise_sigmas: float = 3.0
     #: preflight: a node below the median of the other nodes by more than this fraction ...
     preflight_tolerance: float = 0.10

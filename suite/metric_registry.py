@@ -64,6 +64,7 @@ METRICS: Tuple[Metric, ...] = (
     Metric("rank_hosts", "", "", workloads=TRAIN + MICRO, kind="json"),
     Metric("rank_step_time_s", "s", "", kind="json"),
     Metric("rank_forward_time_s", "s", "", kind="json"),
+    Metric("rank_forward_time_cv", "1", "", kind="json"),
     Metric("rank_peak_memory_bytes", "B", "", kind="json"),
     # losses
     Metric("loss_first", "1", "first loss", ".4f"),

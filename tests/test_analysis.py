@@ -63,9 +63,12 @@ def test_scaling_over_nodes_keeps_the_node_count_and_starts_from_the_fewest_node
     assert table.efficiency.tolist() == pytest.approx([1.0, 0.9, 0.85])  # 900/1000, 850/1000
 
 
-def straggler_run(run_id, times, hosts, cv, **values):
+def straggler_run(run_id, times, hosts, cv, forward_cv=None, **values):
+    ranks = {"hosts": hosts, "forward_time_s": times}
+    if forward_cv is not None:
+        ranks["forward_time_cv"] = forward_cv
     return run(run_id=run_id, workload="train", step_time_cv=cv, world_size=len(times),
-               per_rank_json=json.dumps({"hosts": hosts, "forward_time_s": times}), **values)
+               per_rank_json=json.dumps(ranks), **values)
 
 
 def test_the_slowest_rank_is_a_straggler_only_beyond_the_runs_own_noise():
@@ -81,17 +84,23 @@ def test_the_slowest_rank_is_a_straggler_only_beyond_the_runs_own_noise():
         # the pipeline engine's runs have no forward time; one rank has no peers
         straggler_run("r5", [None, None], ["a", "b"], cv=0.01),
         straggler_run("r6", [0.010], ["a"], cv=0.01),
-        straggler_run("r7", [0.010, 0.030], ["a", "b"], cv=0.01, status="error")])
+        straggler_run("r7", [0.010, 0.030], ["a", "b"], cv=0.01, status="error"),
+        # 30% slower and steady steps, but each rank's forward passes vary by 15% (median over
+        # ranks of 0.10, 0.15, 0.20): threshold 45%
+        straggler_run("r8", [0.010, 0.013, 0.010], ["a", "b", "b"], cv=0.02, forward_cv=[0.10, 0.20, 0.15]),
+        # flagged, but all its ranks share one node: no node is a suspect
+        straggler_run("r9", [0.010, 0.020], ["a", "a"], cv=0.01)])
     runs, nodes = stragglers(frame, min_excess=0.10, noise_sigmas=3.0)
     runs = runs.set_index("run_id")
-    assert list(runs.index) == ["r1", "r2", "r3", "r4"]
+    assert list(runs.index) == ["r1", "r2", "r3", "r4", "r8", "r9"]
+    assert runs.loc["r8", "threshold"] == pytest.approx(0.45)
     assert runs.loc["r1", "excess"] == pytest.approx(0.020 / 0.0105 - 1)
     assert (runs.loc["r1", "slowest_rank"], runs.loc["r1", "slowest_host"]) == (2, "b")
     assert runs.loc["r3", "threshold"] == pytest.approx(0.15)
     assert runs.loc["r4", "threshold"] == pytest.approx(0.36)
-    assert runs.flagged.to_dict() == {"r1": True, "r2": False, "r3": True, "r4": False}
+    assert runs.flagged.to_dict() == {"r1": True, "r2": False, "r3": True, "r4": False, "r8": False, "r9": True}
     nodes = nodes.set_index("host")
-    assert nodes.runs.to_dict() == {"a": 4, "b": 3, "c": 1}
+    assert nodes.runs.to_dict() == {"a": 5, "b": 4, "c": 1}
     assert nodes.flagged_runs.to_dict() == {"a": 0, "b": 2, "c": 0}
     assert nodes.slow.to_dict() == {"a": False, "b": True, "c": False}  # flagged in 2 runs
 

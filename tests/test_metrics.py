@@ -112,10 +112,23 @@ def test_each_ranks_figures_are_lists_in_rank_order():
     from suite.metrics import per_rank_metrics
 
     got = per_rank_metrics([
-        {"host": "node1", "step_time_s": 0.5, "forward_time_s": 0.1, "peak_memory_bytes": 7},
-        {"host": "node2", "step_time_s": 0.5, "forward_time_s": None, "peak_memory_bytes": 9}])
+        {"host": "node1", "step_time_s": 0.5, "forward_time_s": 0.1, "forward_time_cv": 0.02,
+         "peak_memory_bytes": 7},
+        {"host": "node2", "step_time_s": 0.5, "forward_time_s": None, "forward_time_cv": None,
+         "peak_memory_bytes": 9}])
     assert got == {"rank_hosts": ["node1", "node2"], "rank_step_time_s": [0.5, 0.5],
-                   "rank_forward_time_s": [0.1, None], "rank_peak_memory_bytes": [7, 9]}
+                   "rank_forward_time_s": [0.1, None], "rank_forward_time_cv": [0.02, None],
+                   "rank_peak_memory_bytes": [7, 9]}
+
+
+def test_a_ranks_own_summary_over_its_timed_steps():
+    from suite.workload.train import _own_summary
+
+    # forward times 0.1, 0.2, 0.3: median 0.2, population std sqrt(2/300) = 0.08165, CV 0.408
+    got = _own_summary([1.0, 3.0, 2.0], [0.1, 0.2, 0.3], peak=5)
+    assert (got["step_time_s"], got["forward_time_s"], got["peak_memory_bytes"]) == (2.0, 0.2, 5)
+    assert got["forward_time_cv"] == pytest.approx((2 / 300) ** 0.5 / 0.2)
+    assert _own_summary([1.0], [], peak=5)["forward_time_s"] is None  # pipeline: not measured
 
 
 def test_collective_scopes_split_a_nodes_links_from_the_network():

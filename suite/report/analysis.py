@@ -104,9 +104,11 @@ def stragglers(frame: pd.DataFrame, min_excess: float, noise_sigmas: float
                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per training run with per-rank forward times: the slowest rank against the median of
     the others. excess = slowest / median - 1, flagged when above max(min_excess, noise_sigmas
-    x the run's step-time CV): a straggler must stand out of the run's own noise. Per node: the
-    runs it took part in and those in which it held the flagged rank; `slow` = more than one.
-    Returns (runs, nodes)."""
+    x the run's noise), noise = the larger of its step-time CV and the median over ranks of the
+    forward time's CV across steps: a straggler must stand out of the run's own noise. Per
+    node, over the runs that span several nodes (in a run on one node the node is no suspect):
+    the runs it took part in and those in which it held the flagged rank; `slow` = more than
+    one. Returns (runs, nodes)."""
     runs, taking_part = [], {}
     trained = frame[(frame.workload == "train") & (frame.status == "ok")]
     for r in trained.dropna(subset=["per_rank_json"]).itertuples():
@@ -117,17 +119,20 @@ def stragglers(frame: pd.DataFrame, min_excess: float, noise_sigmas: float
         slowest = max(range(len(times)), key=lambda i: times[i])
         others = pd.Series([t for i, t in enumerate(times) if i != slowest]).median()
         excess = times[slowest] / others - 1 if others > 0 else None
-        cv = 0.0 if pd.isna(r.step_time_cv) else r.step_time_cv
-        threshold = max(min_excess, noise_sigmas * cv)
+        forward_cv = pd.Series(ranks.get("forward_time_cv") or [], dtype=float).median()
+        noise = max(0.0 if pd.isna(r.step_time_cv) else r.step_time_cv,
+                    0.0 if pd.isna(forward_cv) else forward_cv)
+        threshold = max(min_excess, noise_sigmas * noise)
         flagged = excess is not None and excess > threshold
         runs.append({"run_id": r.run_id, "model": r.model, "strategy": r.strategy,
                      "world_size": r.world_size, "slowest_rank": slowest, "slowest_host": hosts[slowest],
                      "slowest_s": times[slowest], "others_median_s": others, "excess": excess,
                      "threshold": threshold, "flagged": flagged})
-        for host in set(hosts):
-            taking_part.setdefault(host, [0, 0])[0] += 1
-        if flagged:
-            taking_part[hosts[slowest]][1] += 1
+        if len(set(hosts)) > 1:
+            for host in set(hosts):
+                taking_part.setdefault(host, [0, 0])[0] += 1
+            if flagged:
+                taking_part[hosts[slowest]][1] += 1
     nodes = pd.DataFrame([{"host": h, "runs": n, "flagged_runs": k, "slow": k > 1}
                           for h, (n, k) in sorted(taking_part.items())],
                          columns=["host", "runs", "flagged_runs", "slow"])

@@ -27,7 +27,8 @@ COLUMNS = (["run_id", "sweep_id", "status", "error", "attempts", "config_hash", 
               "comm_bytes_per_step_json", "micro_json", "per_rank_json", "throttle_reasons"])
 # each rank's own figures (metric name -> key in per_rank_json)
 PER_RANK = {"rank_hosts": "hosts", "rank_step_time_s": "step_time_s",
-            "rank_forward_time_s": "forward_time_s", "rank_peak_memory_bytes": "peak_memory_bytes"}
+            "rank_forward_time_s": "forward_time_s", "rank_forward_time_cv": "forward_time_cv",
+            "rank_peak_memory_bytes": "peak_memory_bytes"}
 
 
 NUMERIC_AXES = ["zero_stage", "world_size", "data_parallel", "tensor_parallel", "pipeline_parallel",

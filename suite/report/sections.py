@@ -206,15 +206,18 @@ def stragglers_section(runs: pd.DataFrame, nodes: pd.DataFrame, options) -> Opti
         "and sequence parallelism it holds collectives too, which spread a straggler's delay to "
         "its peers; the pipeline engine's schedule is not split, so pipeline runs are not here). "
         f"Flagged: excess above max({options.straggler_min_excess:.0%}, "
-        f"{options.straggler_noise_sigmas:g} x the run's step-time CV). Per node: the runs it "
-        "took part in and those in which it held the flagged rank; a node flagged in more than "
-        "one run is called slow."])
+        f"{options.straggler_noise_sigmas:g} x the run's noise: the larger of its step-time CV "
+        "and its ranks' median forward-time CV across steps). Per node, over the runs that span "
+        "several nodes: the runs it took part in and those in which it held the flagged rank; a "
+        "node flagged in more than one run is called slow."])
     section.tables.append(("Runs", show(runs.sort_values(["flagged", "excess"], ascending=False), {
         "run_id": ("run", None), "strategy": ("strategy", None), "world_size": ("ranks", fmt(".0f")),
         "slowest_rank": ("slowest rank", fmt(".0f")), "slowest_host": ("its node", None),
         "slowest_s": ("its forward (s)", fmt(".4f")), "others_median_s": ("others' median (s)", fmt(".4f")),
         "excess": ("excess", pct), "threshold": ("threshold", pct),
         "flagged": ("straggler", lambda v: "YES" if v else "no")})))
+    if nodes.empty:
+        return section
     section.tables.append(("Nodes", show(nodes, {
         "host": ("node", None), "runs": ("runs", fmt(".0f")),
         "flagged_runs": ("held the straggler", fmt(".0f")),

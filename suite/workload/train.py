@@ -103,9 +103,11 @@ def _own_summary(times: List[float], forward_times: List[float], peak: int) -> d
     """This rank's own figures over the timed steps. Step times are nearly equal on every rank
     (a step ends in collectives that wait for the slowest); the forward pass is where a rank's
     own speed shows under data parallelism (docs/runs-and-metrics.md, "Per-rank figures")."""
+    spread = (statistics.pstdev(forward_times) / statistics.mean(forward_times)
+              if len(forward_times) > 1 and statistics.mean(forward_times) > 0 else None)
     return {"host": socket.gethostname(), "step_time_s": statistics.median(times),
             "forward_time_s": statistics.median(forward_times) if forward_times else None,
-            "peak_memory_bytes": peak}
+            "forward_time_cv": spread, "peak_memory_bytes": peak}
 
 
 class _Poison:
