@@ -481,7 +481,7 @@ class ReportConfig:
     max_cv: float = 0.05
     #: a run's slowest rank is a straggler when its forward pass takes longer than the median
     #: of the other ranks' by more than this fraction ...
-    straggler_min_excess: float = 0.25
+    straggler_min_excess: float = 0.30
     #: ... and by more than this many times the run's noise (the larger of its step-time CV
     #: and its ranks' median forward-time CV across steps)
     straggler_noise_sigmas: float = 3.0

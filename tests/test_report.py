@@ -48,3 +48,19 @@ def test_report_holds_every_run_and_lists_failures(tmp_path):
     html = report.html_path.read_text()
     assert html.count("data:image/png;base64,") == 2 and "RuntimeError: boom" in html
     assert (sweep / "report" / "throughput_tiny.png").stat().st_size > 1000
+
+
+def test_a_straggler_in_a_run_on_one_node_names_the_rank_and_no_slow_node():
+    # the report callback once crashed here: an empty nodes table selected columns, not rows
+    import json
+
+    from suite.report.analysis import stragglers
+    from suite.report.sections import straggler_line
+
+    frame = pd.DataFrame([{"run_id": "r", "model": "tiny", "strategy": "zero2", "world_size": 2,
+                           "workload": "train", "status": "ok", "step_time_cv": 0.01,
+                           "per_rank_json": json.dumps({"hosts": ["node2", "node2"],
+                                                        "forward_time_s": [0.0034, 0.0050]})}])
+    runs, nodes = stragglers(frame, min_excess=0.30, noise_sigmas=3.0)
+    assert nodes.empty and bool(runs.flagged.iloc[0])
+    assert straggler_line(runs, nodes) == "- stragglers: 1 of 1 run (rank 1 on node2)"

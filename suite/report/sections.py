@@ -254,7 +254,7 @@ def preflight_section(nodes: pd.DataFrame, together: pd.DataFrame, options) -> O
 def preflight_line(nodes: pd.DataFrame) -> Optional[str]:
     if nodes.empty:
         return None
-    flagged = nodes[nodes.flagged]
+    flagged = nodes[nodes.flagged.astype(bool)]
     return (f"- preflight: {_count(len(nodes), 'node')} compared; "
             + ("no node below the others" if flagged.empty else
                "below the others: " + ", ".join(
@@ -300,7 +300,7 @@ def straggler_line(runs: pd.DataFrame, nodes: pd.DataFrame) -> Optional[str]:
     if flagged.empty:
         return f"- stragglers: none among {_count(len(runs), 'run')} measured"
     named = sorted({f"rank {int(r.slowest_rank)} on {r.slowest_host}" for r in flagged.itertuples()})
-    slow = list(nodes[nodes.slow].host)
+    slow = list(nodes.host[nodes.slow.astype(bool)])  # an empty object column would select columns
     return (f"- stragglers: {len(flagged)} of {_count(len(runs), 'run')} ({'; '.join(named)})"
             + (f"; slow node(s): {', '.join(slow)}" if slow else ""))
 
