@@ -19,6 +19,11 @@ THROUGHPUT_METRICS = ("tokens_per_s_per_device", "tflops_per_device", "mfu", "hf
                       "step_time_cv", "peak_memory_bytes")
 
 
+def _flag(value) -> str:
+    """A verdict column: YES stands out of a column of no."""
+    return "YES" if value else "no"
+
+
 def _layout(r) -> str:
     """Data x tensor x pipeline x sequence-parallel degrees (records before Ulysses: sp 1)."""
     sp = 1 if pd.isna(r.sequence_parallel) else r.sequence_parallel
@@ -215,13 +220,13 @@ def stragglers_section(runs: pd.DataFrame, nodes: pd.DataFrame, options) -> Opti
         "slowest_rank": ("slowest rank", fmt(".0f")), "slowest_host": ("its node", None),
         "slowest_s": ("its forward (s)", fmt(".4f")), "others_median_s": ("others' median (s)", fmt(".4f")),
         "excess": ("excess", pct), "threshold": ("threshold", pct),
-        "flagged": ("straggler", lambda v: "YES" if v else "no")})))
+        "flagged": ("straggler", _flag)})))
     if nodes.empty:
         return section
     section.tables.append(("Nodes", show(nodes, {
         "host": ("node", None), "runs": ("runs", fmt(".0f")),
         "flagged_runs": ("held the straggler", fmt(".0f")),
-        "slow": ("slow node", lambda v: "YES" if v else "no")})))
+        "slow": ("slow node", _flag)})))
     return section
 
 
@@ -242,7 +247,7 @@ def preflight_section(nodes: pd.DataFrame, together: pd.DataFrame, options) -> O
         "gemm_tflops": ("GEMM TFLOP/s", fmt(".4g")), "gemm_vs_others": ("GEMM, of the others", pct),
         "busbw_gbps": ("all_reduce busbw (GB/s)", fmt(".3g")),
         "busbw_vs_others": ("busbw, of the others", pct), "threshold": ("threshold", None),
-        "flagged": ("flagged", lambda v: "YES" if v else "no")})))
+        "flagged": ("flagged", _flag)})))
     if len(together):
         section.tables.append(("Together", show(together, {
             "run_id": ("run", None), "nodes": ("nodes", fmt(".0f")), "world_size": ("ranks", fmt(".0f")),
