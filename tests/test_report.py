@@ -64,3 +64,31 @@ def test_a_straggler_in_a_run_on_one_node_names_the_rank_and_no_slow_node():
     runs, nodes = stragglers(frame, min_excess=0.30, noise_sigmas=3.0)
     assert nodes.empty and bool(runs.flagged.iloc[0])
     assert straggler_line(runs, nodes) == "- stragglers: 1 of 1 run (rank 1 on node2)"
+
+
+def test_a_layout_off_the_data_parallel_losses_fails_the_report_and_its_command(tmp_path):
+    # issue 18: a parity mismatch must fail the sweep (exit 1), not only read NO in a table
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    sweep = tmp_path / "sweep"
+    for name, strategy, zero, losses in (("0_ddp", "ddp", 0, [10.0, 9.0, 8.0]),
+                                         ("1_zero2", "zero2", 2, [10.0, 9.0, 8.00005]),  # within 1e-4
+                                         ("2_zero3", "zero3", 3, [10.0, 9.0, 8.01])):   # 1e-2 off
+        rec = results.make_record(
+            run_id=f"sweep/{name}", sweep_id="sweep", status="ok", error=None, config={"strategy": strategy},
+            metrics={"loss_per_step": losses, "tokens_per_s_per_device": 100.0, "tokens_per_s": 200.0},
+            env={"torch": "2.13.0"}, started_at="t0", finished_at="t1",
+            axes={"model": "tiny", "strategy": strategy, "optimizer": "adamw", "precision": "fp32",
+                  "world_size": 2, "global_batch_size": 8, "zero_stage": zero, "tensor_parallel": 1,
+                  "pipeline_parallel": 1, "sequence_parallel": 1, "check_parity": True,
+                  "activation_checkpointing": "none", "micro_batch_size": 2, "grad_accum_steps": 2})
+        results.write_record(sweep / name, rec)
+    report = report_sweep(sweep)
+    assert not report.all_ok
+    assert "loss parity: 2 of 3 compared runs match plain data parallel; NOT: zero3" in report.summary_text
+    done = subprocess.run([sys.executable, "-m", "suite.report", str(sweep)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
