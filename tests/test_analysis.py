@@ -54,6 +54,18 @@ def test_weak_and_strong_scaling_efficiency():
     assert list(table.nodes) == [1, 1, 1, 1, 1]
 
 
+def test_scaling_efficiency_is_against_the_smallest_world_when_it_is_not_one():
+    # issue 18: N0 = 2, so a formula that forgets to divide by N0 is off by 2x
+    rows = [run(scaling="weak", world_size=2, tokens_per_s=1800.0, tokens_per_s_per_device=900.0),
+            run(scaling="weak", world_size=4, tokens_per_s=3200.0, tokens_per_s_per_device=800.0),
+            run(scaling="strong", world_size=2, step_time_median_s=2.5, tokens_per_s=100.0),
+            run(scaling="strong", world_size=4, step_time_median_s=1.5, tokens_per_s=160.0)]
+    table = scaling_table(aggregate_repeats(pd.DataFrame(rows), max_cv=0.05)).set_index(["mode", "world_size"])
+    assert table.loc[("weak", 4), "efficiency"] == pytest.approx((3200 / 4) / (1800 / 2))   # 0.889
+    assert table.loc[("strong", 4), "efficiency"] == pytest.approx(2.5 * 2 / (1.5 * 4))     # 0.833
+    assert table.loc[("strong", 4), "speedup"] == pytest.approx(2.5 / 1.5)
+
+
 def test_scaling_over_nodes_keeps_the_node_count_and_starts_from_the_fewest_nodes():
     rows = [run(scaling="weak", world_size=2, nodes=2, tokens_per_s=1700.0, tokens_per_s_per_device=850.0),
             run(scaling="weak", world_size=2, nodes=1, tokens_per_s=1800.0, tokens_per_s_per_device=900.0),

@@ -146,3 +146,18 @@ def test_collective_scopes_split_a_nodes_links_from_the_network():
     assert slow_host_fraction("node2:0.5", "node2") == 0.5
     assert slow_host_fraction("node2", "node2") == 1.0
     assert slow_host_fraction("node2:0.5", "node1") == 0.0 and slow_host_fraction("", "node1") == 0.0
+
+
+def test_model_state_memory_per_zero_stage_by_hand():
+    # issue 18: 1,000,000 parameters, bf16 AdamW (2 + 2 bytes, optimizer 12 with the fp32
+    # master copy), 4 data-parallel ranks: the ZeRO paper's 16, 4 + 12/4, 2 + 14/4, 16/4 bytes
+    from suite.metrics import model_state_memory
+
+    def predicted(**kw):
+        args = {"n_params": 1_000_000, "precision": "bf16", "optimizer": "adamw", "dp": 4, **kw}
+        return model_state_memory(**args)["model_state_bytes_predicted"]
+
+    assert [predicted(zero_stage=s) for s in range(4)] == [16e6, 7e6, 5.5e6, 4e6]
+    assert predicted(zero_stage=2, model_parallel=2) == 2.75e6                 # half the parameters
+    assert predicted(zero_stage=2, offload_optimizer=True) == 2.5e6           # 2 + 2/4
+    assert predicted(zero_stage=3, offload_optimizer=True, offload_params=True) == 0.5e6  # 4/4 - 2/4

@@ -48,3 +48,10 @@ def test_failures_are_classified():
     assert results.classify_exception(ValueError("bad")) == "error"
     assert results.status_of_losses([1.0, 2.0]) == ("ok", None)
     assert results.status_of_losses([1.0, float("inf")]) == ("nan", "non-finite loss inf at step 1")
+
+
+def test_every_credential_word_is_redacted_whatever_its_case():
+    # issue 18: each word of the pattern, so that dropping one from it fails a test
+    for name in ("DB_PASSWORD", "smb_passwd", "GCP_CREDENTIALS", "GITHUB_TOKEN", "SSH_KEY", "AWS_SECRET"):
+        assert results.redact(name, "v") == "<redacted>", name
+    assert results.redact("NCCL_SOCKET_IFNAME", "eth0") == "eth0"
