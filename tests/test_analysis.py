@@ -162,3 +162,120 @@ def test_preflight_needs_a_larger_gap_when_repeated_runs_disagree():
     assert nodes.gemm_vs_others.to_dict() == pytest.approx({"n1": 10 / 6, "n2": 10 / 6, "n3": 0.6, "n4": 0.5})
     assert nodes.flagged.to_dict() == {"n1": False, "n2": False, "n3": False, "n4": True}
     assert nodes.threshold.iloc[0] == "GEMM 45%, busbw 10%"
+
+
+def test_best_configuration_with_headroom_and_margin():
+    configs = aggregate_repeats(pd.DataFrame([
+        run(strategy="ddp", tokens_per_s_per_device=120.0, peak_memory_bytes=700.0),
+        run(strategy="zero1", tokens_per_s_per_device=100.0),
+        run(strategy="zero2", world_size=2, tokens_per_s_per_device=80.0)]), max_cv=0.05)
+    best = best_configurations(configs).set_index("world_size")
+    assert best.loc[1, "configuration"].startswith("ddp")
+    assert best.loc[1, "margin"] == pytest.approx(0.2)  # 120 / 100 - 1
+    assert best.loc[1, "memory_headroom_bytes"] == 300.0  # 1000 - 700
+    assert pd.isna(best.loc[2, "runner_up"])  # alone in its world size
+
+
+def history(values, strategy="ddp", start=1):
+    return pd.DataFrame([run(strategy=strategy, sweep_id=f"night{i}", tokens_per_s_per_device=v,
+                             finished_at=f"2026-11-{i:02d}T00:00:00", env_deepspeed="0.19.8")
+                         for i, v in enumerate(values, start)])
+
+
+def test_a_real_drop_is_a_regression_and_noise_is_not():
+    past = pd.concat([history([100, 102, 98, 101, 99]), history([100, 130, 70, 120, 80], "zero1")])
+    past["config_key"] = past.config_json.map(configuration_key)
+    now = aggregate_repeats(pd.DataFrame([
+        run(strategy="ddp", sweep_id="tonight", tokens_per_s_per_device=90.0, env_deepspeed="0.20.0"),
+        run(strategy="zero1", sweep_id="tonight", tokens_per_s_per_device=75.0, env_deepspeed="0.20.0")]), 0.05)
+    verdicts = regressions(now, past, window=7, min_drop=0.05, noise_sigmas=3.0).set_index("strategy")
+    # ddp: baseline median 100; |dev| 0,2,2,1,1 -> MAD 1 -> noise 1.4826; allowed max(5, 4.45) = 5
+    assert verdicts.loc["ddp", "baseline"] == 100.0
+    assert verdicts.loc["ddp", "noise"] == pytest.approx(1.4826)
+    assert verdicts.loc["ddp", "allowed_drop"] == pytest.approx(5.0)
+    assert verdicts.loc["ddp", "verdict"] == "regression"   # 90 < 95
+    assert verdicts.loc["ddp", "change"] == pytest.approx(-0.10)
+    assert "deepspeed: 0.19.8 -> 0.20.0" in verdicts.loc["ddp", "what_changed"]
+    # zero1: baseline 100; |dev| 0,30,30,20,20 -> MAD 20 -> noise 29.652; allowed 88.96: 75 is noise
+    assert verdicts.loc["zero1", "noise"] == pytest.approx(29.652)
+    assert verdicts.loc["zero1", "verdict"] == "unchanged"
+
+
+def test_the_registrys_direction_decides_what_a_regression_is():
+    """Step time: less is better, so a rise beyond the allowance is the regression."""
+    past = pd.DataFrame([run(sweep_id=f"night{i}", step_time_median_s=v, tokens_per_s_per_device=100.0,
+                             finished_at=f"2026-11-{i:02d}T00:00:00") for i, v in enumerate([1.0, 1.0, 1.0], 1)])
+    past["config_key"] = past.config_json.map(configuration_key)
+    for tonight, verdict in ((1.2, "regression"), (0.8, "improvement"), (1.02, "unchanged")):
+        now = aggregate_repeats(pd.DataFrame([run(sweep_id="tonight", step_time_median_s=tonight,
+                                                  tokens_per_s_per_device=100.0)]), 0.05)
+        # baseline 1.0, noise 0: allowed = 5% of 1.0
+        got = regressions(now, past, metric="step_time_median_s", min_drop=0.05, noise_sigmas=3.0)
+        assert got.verdict.tolist() == [verdict], tonight
+
+
+def test_a_noisy_history_cannot_hide_a_halving():
+    # two nights 60 and 140: baseline 100, |dev| 40, 40 -> noise 59.30, 3 sigmas 177.9 > baseline;
+    # capped at 0.5 x 100 = 50, so 45 is a regression and 55 is not
+    past = history([60, 140])
+    past["config_key"] = past.config_json.map(configuration_key)
+    for value, verdict in ((45.0, "regression"), (55.0, "unchanged")):
+        now = aggregate_repeats(pd.DataFrame([run(sweep_id="tonight", tokens_per_s_per_device=value)]), 0.05)
+        row = regressions(now, past, window=7, min_drop=0.05, noise_sigmas=3.0, max_allowed_drop=0.5).iloc[0]
+        assert row.noise == pytest.approx(59.304)
+        assert (row.allowed_drop, row.verdict) == (pytest.approx(50.0), verdict)
+
+
+def test_window_takes_the_latest_nights_and_improvements_count():
+    past = history([50, 50, 50, 100, 100, 100])
+    past["config_key"] = past.config_json.map(configuration_key)
+    now = aggregate_repeats(pd.DataFrame([run(sweep_id="tonight", tokens_per_s_per_device=120.0)]), 0.05)
+    verdict = regressions(now, past, window=3).iloc[0]
+    assert (verdict.baseline, verdict.nights, verdict.verdict) == (100.0, 3, "improvement")
+
+
+def test_environment_diff_names_every_changed_field():
+    before = pd.Series({"env_torch": "2.13.0", "env_nccl": None, "env_hostnames": '["a"]',
+                        "env_variables": json.dumps({"NCCL_ALGO": "Ring", "MASTER_PORT": "1"})})
+    after = pd.Series({"env_torch": "2.14.1", "env_nccl": None, "env_hostnames": '["b"]',
+                       "env_variables": json.dumps({"NCCL_ALGO": "Tree", "MASTER_PORT": "2",
+                                                    "SUITE_TEST_SLOWDOWN_S": "0.1"})})
+    assert environment_diff(before, after) == (
+        'torch: 2.13.0 -> 2.14.1; hostnames: ["a"] -> ["b"]; NCCL_ALGO: Ring -> Tree; '
+        "SUITE_TEST_SLOWDOWN_S: None -> 0.1")
+
+
+def test_history_loads_sweeps_of_other_suite_versions_as_one_frame(tmp_path):
+    from suite.report import history
+
+    new = pd.DataFrame([run(sweep_id="new", sweep_date="2026-11-02", tokens_per_s_per_device=v, status=s,
+                            env_nccl="2.21") for v, s in ((100.0, "ok"), (None, "error"))])
+    new["config_key"] = new.config_json.map(configuration_key)
+    # an early sweep: no config_key column (derived from config_json on load), no env_nccl
+    old = pd.DataFrame([run(sweep_id="old", sweep_date="2026-11-01", tokens_per_s_per_device=90.0)])
+    assert history.append(tmp_path, old) == 1 and history.append(tmp_path, new) == 2
+    history.append(tmp_path, new)  # the same sweep again replaces its file
+    rows = history.load(tmp_path, history.COLUMNS, ok_only=True).sort_values("sweep_id")
+    assert rows.sweep_id.tolist() == ["new", "old"] and rows.sweep_date.tolist() == ["2026-11-02", "2026-11-01"]
+    assert rows.tokens_per_s_per_device.tolist() == [100.0, 90.0]
+    assert rows.config_key.nunique() == 1  # the same configuration, whichever way its key came
+    assert rows.env_nccl.isna().tolist() == [False, True]
+    assert len(history.load(tmp_path)) == 3
+
+
+def test_a_record_from_before_model_families_is_the_same_configuration():
+    from dataclasses import asdict
+
+    from suite.config import SuiteConfig
+
+    new = asdict(SuiteConfig())
+    new.pop("submit"), new.pop("report")
+    old = json.loads(json.dumps(new))
+    for field in ("family", "n_kv_heads", "ffn_dim", "tie_embeddings", "rope_theta", "norm_eps"):
+        del old["model"][field]  # the schema had none of these
+    old["workload"]["name"] = "gpt"  # the training workload's name then
+    assert configuration_key(json.dumps(old)) == configuration_key(json.dumps(new))
+    # a field that differs from its default still makes another configuration
+    llama = json.loads(json.dumps(new))
+    llama["model"]["family"] = "llama"
+    assert configuration_key(json.dumps(llama)) != configuration_key(json.dumps(new))
