@@ -57,6 +57,12 @@ METRICS: Tuple[Metric, ...] = (
     Metric("memory_capacity_bytes", "B", "device memory (MiB)", "mib"),
     Metric("model_state_bytes_predicted", "B", "model states, ZeRO paper (MiB)", "mib"),
     Metric("deepspeed_estimate_bytes", "B", "DeepSpeed estimate (MiB)", "mib"),
+    # the memory model (suite/memory.py, docs/memory.md): its terms and their sum per device
+    Metric("memory_activation_bytes_predicted", "B", "activations, model (MiB)", "mib"),
+    Metric("memory_logits_bytes_predicted", "B", "logits and loss, model (MiB)", "mib"),
+    Metric("memory_buffer_bytes_predicted", "B", "buffers, model (MiB)", "mib"),
+    Metric("memory_predicted_bytes", "B", "predicted peak (MiB)", "mib"),
+    Metric("memory_required_bytes", "B", "required with allowance (MiB)", "mib"),
     # communication
     Metric("comm_bytes_per_step_predicted", "B", "comm/step, model (MiB)", "mib"),
     Metric("comm_bytes_per_step", "B", "comm/step by op", kind="json"),
@@ -73,6 +79,7 @@ METRICS: Tuple[Metric, ...] = (
     Metric("loss_per_step", "1", "", kind="json"),
     # set-up and compilation
     Metric("init_s", "s", "init (s)", ".1f", False),
+    Metric("run_wall_s", "s", "run wall time (s)", ".1f", False, workloads=TRAIN + MICRO),
     Metric("compiled_graphs", "graphs", "compiled graphs", ".0f"),
     Metric("graph_breaks", "breaks", "graph breaks", ".0f", False),
     # energy and clocks (NVIDIA GPUs, NVML; null elsewhere)

@@ -36,6 +36,29 @@ def distributed_env() -> Dict[str, Any]:
             "job_id": job.job_id}
 
 
+def torchrun_env() -> Dict[str, Any]:
+    """The same facts from torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, ...), for a run
+    started by hand outside the sweep (python -m suite.rerun: docs/reproduce.md)."""
+    import socket
+
+    env = os.environ
+    return {"rank": int(env["RANK"]), "world_size": int(env["WORLD_SIZE"]),
+            "local_rank": int(env.get("LOCAL_RANK", 0)),
+            "local_world_size": int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])),
+            "hostnames": [socket.gethostname()], "job_id": env.get("TORCHELASTIC_RUN_ID", "rerun")}
+
+
+def _process_seconds() -> Optional[float]:
+    """Seconds since this process started (its interpreter, imports and all): what a run costs
+    in wall time, as a search that compares run-seconds counts it."""
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except Exception:  # psutil comes with DeepSpeed; without it the figure is null, not guessed
+        return None
+
+
 def _prepare_process(plan: planning.RunPlan, local_world_size: int, extra_env: Dict[str, str]) -> None:
     """Before `import deepspeed` (it picks its accelerator on import): the plan's accelerator,
     the site's variables, and a thread count that does not oversubscribe the cores."""
@@ -149,9 +172,11 @@ class _Recorder:
                                f"(last completed step: {step}); the watchdog ended the run", {}, {})
 
 
-def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str, Any]]:
-    """Run this rank's share of one benchmark run. Rank 0 returns the record it wrote."""
-    dist = distributed_env()
+def run_rank(cfg: DictConfig | Dict[str, Any], run_dir: Path, sweep_id: str,
+             dist: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+    """Run this rank's share of one benchmark run. Rank 0 returns the record it wrote.
+    `dist`: the job's ranks and hosts (default: from submitit's job environment)."""
+    dist = dist or distributed_env()
     rank, world = dist["rank"], dist["world_size"]
     typed = planning.to_object(cfg)
     plan = _shipped_plan(run_dir, typed)
@@ -166,6 +191,7 @@ def run_rank(cfg: DictConfig, run_dir: Path, sweep_id: str) -> Optional[Dict[str
     except Exception as exc:  # every failure becomes a record
         run_metrics = {}
         status, error, rank_errors = _failure(exc, typed, run_dir, rank, world)
+    run_metrics = {**run_metrics, "run_wall_s": _process_seconds()}  # failed runs cost time too
     return recorder.write(status, error, run_metrics, rank_errors) if rank == 0 else None
 
 

@@ -34,9 +34,15 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# Fields of the suite's own config schema whose names contain a credential word but whose
+# values are not secrets (data.token_dtype: "uint16"); redacting them made a record's config
+# unusable for a rerun. Free-form names (cluster.env, environment variables) are still matched.
+_SCHEMA_FIELDS_NOT_SECRET = frozenset({"token_dtype"})
+
+
 @functools.lru_cache(maxsize=4096)
 def _is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
+    return name not in _SCHEMA_FIELDS_NOT_SECRET and bool(_SECRET_NAME.search(name))
 
 
 def redact(name: str, value: Any) -> Any:
@@ -397,3 +403,49 @@ def ok_config_hashes(sweep_dir: Path) -> Dict[str, Path]:
         if record.get("status") == "ok":
             done[record["config_hash"]] = path.parent
     return done
+
+
+# ---- reproduction: each run folder keeps what it ran with and how to run it again by hand ----
+
+RERUN_FILE = "rerun.sh"
+
+
+def engine_config(plan: Dict[str, Any]) -> tuple[str, Dict[str, Any]]:
+    """(file name, contents): the exact DeepSpeed config a run passes to deepspeed.initialize,
+    or for a PyTorch baseline (torch DDP, FSDP2) what its engine builds (suite/plan.py)."""
+    if plan.get("torch_config"):
+        return "torch_config.json", plan["torch_config"]
+    return "deepspeed_config.json", plan["ds_config"]
+
+
+def rerun_command(run_dir: Path, nodes: int, ranks_per_node: int, python: str, cwd: str) -> str:
+    """A shell command that runs this one run again outside the sweep, with torchrun (no
+    hostfile, no ssh): on one node as it is; across nodes from inside a Slurm allocation of
+    those nodes (salloc), one torchrun per node through srun. The new record is written to
+    <run folder>/rerun/ (docs/reproduce.md)."""
+    module = f"-m suite.rerun {run_dir}"
+    if nodes == 1:
+        return (f"cd {cwd} && {python} -m torch.distributed.run --standalone --nnodes 1 "
+                f"--nproc-per-node {ranks_per_node} {module}")
+    head = "$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)"
+    return (f"cd {cwd} && srun --nodes {nodes} --ntasks-per-node 1 bash -c "
+            f"'{python} -m torch.distributed.run --nnodes {nodes} --nproc-per-node {ranks_per_node} "
+            f"--rdzv-backend c10d --rdzv-endpoint {head}:29500 {module}'")
+
+
+def write_reproduction(run_dir: Path, plan: Dict[str, Any], python: str, cwd: str) -> Dict[str, str]:
+    """The engine's config file and rerun.sh in the run folder; returns {file name: text}."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    name, config = engine_config(plan)
+    command = rerun_command(run_dir.resolve(), plan["nodes"], plan["ranks_per_node"], python, cwd)
+    files = {name: json.dumps(config, indent=2, default=str) + "\n",
+             RERUN_FILE: ("#!/usr/bin/env bash\n# Runs this one run again by hand, outside the "
+                          "sweep; the record goes to ./rerun/result.json.\nset -euo pipefail\n"
+                          f"{command}\n")}
+    for file, text in files.items():
+        tmp = run_dir / f".{file}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, run_dir / file)
+    os.chmod(run_dir / RERUN_FILE, 0o755)
+    return files

@@ -279,3 +279,12 @@ def test_a_record_from_before_model_families_is_the_same_configuration():
     llama = json.loads(json.dumps(new))
     llama["model"]["family"] = "llama"
     assert configuration_key(json.dumps(llama)) != configuration_key(json.dumps(new))
+
+
+def test_a_record_that_redacted_token_dtype_is_the_same_configuration_as_a_new_one():
+    """Records before the fix held data.token_dtype="<redacted>": last night's runs must still
+    be the same configurations as tonight's, or every regression check loses its history."""
+    old = json.dumps({"data": {"name": "synthetic", "token_dtype": "<redacted>"}})
+    new = json.dumps({"data": {"name": "synthetic", "token_dtype": "uint16"}})
+    other = json.dumps({"data": {"name": "synthetic", "token_dtype": "uint32"}})
+    assert configuration_key(old) == configuration_key(new) != configuration_key(other)

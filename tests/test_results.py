@@ -55,3 +55,9 @@ def test_every_credential_word_is_redacted_whatever_its_case():
     for name in ("DB_PASSWORD", "smb_passwd", "GCP_CREDENTIALS", "GITHUB_TOKEN", "SSH_KEY", "AWS_SECRET"):
         assert results.redact(name, "v") == "<redacted>", name
     assert results.redact("NCCL_SOCKET_IFNAME", "eth0") == "eth0"
+
+
+def test_schema_fields_named_like_credentials_are_kept():
+    """data.token_dtype is not a secret: redacted, a record's config could not be rerun."""
+    assert results.redact("config", {"data": {"token_dtype": "uint16"}, "cluster": {"env": {"HF_TOKEN": "t"}}}) \
+        == {"data": {"token_dtype": "uint16"}, "cluster": {"env": {"HF_TOKEN": "<redacted>"}}}

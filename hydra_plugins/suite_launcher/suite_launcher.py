@@ -248,6 +248,8 @@ class SuiteLauncher(BaseSubmititLauncher):
                                  sweep_id=run.run_dir.parent.name, config=run.config,
                                  axes=results.record_axes(run.typed, run.plan),
                                  plan=run.plan.to_dict(), scheduler=scheduler, job_id=job_id)
+        if job_id is None:  # the engine's config and the command that reruns it by hand
+            results.write_reproduction(run.run_dir, run.plan.to_dict(), sys.executable, os.getcwd())
 
     def _submit(self, scheduler, groups: List[List[PlannedRun]], sweep_dir: Path, wait: bool
                 ) -> Dict[int, JobReturn]:
@@ -327,8 +329,23 @@ class SuiteLauncher(BaseSubmititLauncher):
                 if p.compiled_ops:
                     print(f"      compiles DeepSpeed ops unless prebuilt: "
                           f"{', '.join(name for name, _ in p.compiled_ops)}")
+                if run.typed.workload.name == "train":
+                    self._print_reproduction(run)
             if described:
                 print()
+
+
+    @staticmethod
+    def _print_reproduction(run: PlannedRun) -> None:
+        """The engine config the run will be given and the command that reruns it by hand (both
+        are written into its folder when it is submitted: docs/reproduce.md)."""
+        import json
+
+        from suite import results
+
+        name, config = results.engine_config(run.plan.to_dict())
+        print(f"      {name}: {json.dumps(config, separators=(',', ':'), default=str)}")
+        print(f"      rerun by hand: {results.rerun_command(run.run_dir.resolve(), run.plan.nodes, run.plan.ranks_per_node, sys.executable, os.getcwd())}")
 
 
 def gpu_device_files(dev: Path = Path("/dev")) -> List[str]:

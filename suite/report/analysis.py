@@ -28,6 +28,11 @@ def configuration_key(config_json: str) -> str:
     defaults = _schema_defaults()
     config = {group: {**defaults[group], **values} if isinstance(values, dict) and group in defaults
               else values for group, values in config.items()}
+    data = config.get("data")
+    if isinstance(data, dict) and data.get("token_dtype") == "<redacted>":
+        # records before 2026-11-30 redacted this field by its name; the default stands in for
+        # it (it matters only with data=tokens, whose dtype the path's file fixes anyway)
+        config["data"] = {**data, "token_dtype": defaults["data"]["token_dtype"]}
     if (config.get("workload") or {}).get("name") == "gpt":  # its name before model families
         config["workload"]["name"] = "train"
     train = dict(config.get("train") or {})
