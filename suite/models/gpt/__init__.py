@@ -70,3 +70,50 @@ def pipeline_layers(m: Any, seed: int) -> List:
     from suite.models.gpt.model import pipeline_layers as layers
 
     return layers(m, seed)
+
+
+def activation_elements(m: Any, accelerator: str = "cuda") -> Dict[str, Any]:
+    """What autograd keeps for backward in one Block (model.py), per token, and in the Head
+    (final LayerNorm + output projection; the loss is suite.memory's), as element counts.
+    Measured with torch.autograd.graph.saved_tensors_hooks in tests/test_memory.py, one entry
+    per distinct storage (views of one tensor count once):
+
+    - "activation": per token per layer, in the activation dtype (bf16/fp16/fp32);
+    - "fp32": per token per layer, fp32 whatever the precision;
+    - "fp32_per_position": per sequence position per layer (none here);
+    - "split_by_tensor_parallel": the names above that AutoTP divides over its ranks (the
+      heads and the MLP's hidden units); the others are replicated on every TP rank;
+    - "head_activation", "head_fp32": per token, once (not per layer).
+
+    Korthikanti et al. 2022 count 34 s b h bytes per GPT layer in 16-bit + 5 a s^2 b for the
+    score matrices; with no dropout (their 2 sbh of masks) that is our 8 d + 2 f = 16 d
+    elements at f = 4 d, and SDPA keeps only its output and one logsumexp per head and
+    token instead of the s x s scores (docs/memory.md)."""
+    d, f, h = m.d_model, ffn_dim(m), m.n_heads
+    activation = {
+        "ln_1_input": d,        # the block input x, kept by ln_1 (native_layer_norm)
+        "qkv_input": d,         # ln_1's output, kept by the qkv Linear
+        "qkv_output": 3 * d,    # q, k, v: three views of one qkv output, kept by SDPA
+        "attention_output": d,  # SDPA's output, kept by SDPA; proj keeps the same storage
+                                # (the kernel writes it as (batch, seq, heads, head_dim), so
+                                # transpose + reshape is a view, not a copy)
+        "ln_2_input": d,        # x + attention, kept by ln_2
+        "mlp_up_input": d,      # ln_2's output, kept by mlp_up
+        "gelu_input": f,        # mlp_up's output, kept by GELU
+        "mlp_down_input": f,    # GELU's output, kept by mlp_down
+    }
+    fp32 = {"attention_logsumexp": h}  # SDPA's softmax normaliser, one per head and token
+    # LayerNorm's mean and rstd, one each per token: fp32 on CUDA (its accumulation type), the
+    # input's dtype on the CPU (measured: bf16 there)
+    stats = {"ln_1_mean_rstd": 2, "ln_2_mean_rstd": 2}
+    head_activation = {"ln_f_input": d,  # the last block's output, kept by ln_f
+                       "head_input": d}  # ln_f's output, kept by the output projection
+    head_stats = {"ln_f_mean_rstd": 2}
+    (fp32 if accelerator == "cuda" else activation).update(stats)
+    head_fp32 = dict(head_stats) if accelerator == "cuda" else {}
+    if accelerator != "cuda":
+        head_activation.update(head_stats)
+    return {"activation": activation, "fp32": fp32, "fp32_per_position": {},
+            "split_by_tensor_parallel": ("qkv_output", "attention_output", "attention_logsumexp",
+                                         "gelu_input", "mlp_down_input"),
+            "head_activation": head_activation, "head_fp32": head_fp32}

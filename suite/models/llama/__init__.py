@@ -85,3 +85,54 @@ def pipeline_layers(m: Any, seed: int) -> List:
     from suite.models.llama.model import pipeline_layers as layers
 
     return layers(m, seed)
+
+
+def activation_elements(m: Any, accelerator: str = "cuda") -> Dict[str, Any]:
+    """What autograd keeps for backward in one Block (model.py), per token, and in the Head
+    (final RMSNorm + output projection; the loss is suite.memory's), as element counts, in
+    the same layout as the gpt family's (see its docstring): "activation" (activation dtype)
+    and "fp32" per token per layer, "fp32_per_position" per sequence position per layer,
+    "split_by_tensor_parallel", "head_activation" and "head_fp32" per token. Measured on the
+    CPU with saved_tensors_hooks in tests/test_memory.py.
+
+    RMSNorm differs by device: on CUDA torch runs its fused kernel, which keeps the input
+    (activation dtype) and an fp32 rstd; on the CPU it runs the composite, which upcasts and
+    keeps the fp32 input, the fp32 x * rstd (for the weight's gradient) and rstd (measured)."""
+    d, f, h = m.d_model, ffn_dim(m), m.n_heads
+    hd = d // h
+    kv = kv_heads(m) * hd
+    activation = {
+        "qkv_input": d,             # attention_norm's output: one storage, kept by q, k and v_proj
+        "q_rotated": h * hd,        # rotate(q) (a new tensor), kept by SDPA
+        "k_rotated": kv,            # rotate(k), kept by SDPA: n_kv_heads heads (SDPA shares
+                                    # them among the query heads without copying)
+        "v": kv,                    # v_proj's output (a view), kept by SDPA
+        "attention_output": h * hd,  # SDPA's output, kept by SDPA; o_proj keeps the same storage
+        "gate_up_input": d,         # mlp_norm's output: one storage, kept by gate and up_proj
+        "gate_output": f,           # gate_proj's output, kept by SiLU
+        "silu_output": f,           # kept by the multiply with up_proj's output
+        "up_output": f,             # kept by that multiply
+        "down_input": f,            # the product, kept by down_proj
+    }
+    fp32 = {"attention_logsumexp": h}  # SDPA's softmax normaliser, one per head and token
+    head_activation = {"output_input": d}  # the final norm's output, kept by the output projection
+    head_fp32: Dict[str, int] = {}
+    for norm, into, head in (("attention_norm", activation, False), ("mlp_norm", activation, False),
+                             ("norm", head_activation, True)):
+        target = head_fp32 if head else fp32
+        if accelerator == "cuda":
+            # the block input / x + attention / last block's output, kept by the fused kernel
+            into[f"{norm}_input"] = d
+        else:
+            target[f"{norm}_input_fp32"] = d       # input.float() (the input itself in fp32)
+            target[f"{norm}_normalized_fp32"] = d  # x * rstd in fp32, kept by the weight multiply
+        target[f"{norm}_rstd"] = 1                 # 1 / sqrt(mean(x^2) + eps), fp32
+    # rotate() builds cos and sin (seq, head_dim/2) in fp32 for q and again for k; the
+    # multiplies keep them (not the fp32 copies of q and k, whose gradients need only cos/sin):
+    # 2 calls x 2 tables x head_dim/2 per position, shared by the micro-batch's samples
+    per_position = {"rope_cos_sin": 2 * hd}
+    return {"activation": activation, "fp32": fp32, "fp32_per_position": per_position,
+            "split_by_tensor_parallel": ("q_rotated", "k_rotated", "v", "attention_output",
+                                         "attention_logsumexp", "gate_output", "silu_output",
+                                         "up_output", "down_input"),
+            "head_activation": head_activation, "head_fp32": head_fp32}
