@@ -68,9 +68,15 @@ class ModelConfig:
         family(self.family).check(self)
 
 
+#: what trains the model (StrategyConfig.engine), and the ZeRO stage each torch engine matches
+ENGINES = ("deepspeed", "torch_ddp", "fsdp2")
+ENGINE_ZERO_STAGE = {"torch_ddp": 0, "fsdp2": 3}
+
+
 @dataclass
 class StrategyConfig:
-    """How the model is distributed: ZeRO stage, offload, and DeepSpeed's tuning knobs."""
+    """How the model is distributed: ZeRO stage, offload, DeepSpeed's tuning knobs, and the
+    engine (DeepSpeed, or a PyTorch baseline)."""
 
     name: str = "ddp"
     #: ZeRO stage 0 (plain data parallel), 1, 2 or 3
@@ -113,9 +119,20 @@ class StrategyConfig:
     #: MiCS sharding groups: DeepSpeed 0.19 removed MiCS and rejects the key, so only -1 (off)
     #: is accepted; the field stays so that an old sweep file gets this reason, not "unknown key"
     mics_shard_size: int = -1
+    #: what trains the model: deepspeed (deepspeed.initialize), or a PyTorch baseline to
+    #: compare with it on the same hardware: torch_ddp (torch's DistributedDataParallel; with
+    #: zero_stage 0) or fsdp2 (torch's fully_shard per block, then the whole model; with
+    #: zero_stage 3). docs/layouts.md, "PyTorch baselines"
+    engine: str = "deepspeed"
+    #: fsdp2 only: free each unit's gathered parameters after its forward pass and gather them
+    #: again in backward (true: like ZeRO-3), or keep them until backward (false: like ZeRO-2,
+    #: gradients and optimizer states sharded, parameters whole between forward and backward)
+    fsdp_reshard_after_forward: bool = True
 
     def __post_init__(self) -> None:
         _choice("strategy.zero_stage", self.zero_stage, (0, 1, 2, 3))
+        _choice("strategy.engine", self.engine, ENGINES)
+        self._check_engine()
         _positive("strategy.tensor_parallel", self.tensor_parallel)
         _positive("strategy.pipeline_parallel", self.pipeline_parallel)
         _positive("strategy.sequence_parallel", self.sequence_parallel)
@@ -137,6 +154,27 @@ class StrategyConfig:
             _positive(f"strategy.{name}", getattr(self, name))
         _positive("strategy.stage3_param_persistence_threshold",
                   self.stage3_param_persistence_threshold, allow_zero=True)
+
+    def _check_engine(self) -> None:
+        """The strategy fields a PyTorch baseline contradicts (those that concern other groups
+        are checked in suite/plan.py, check_engine). Before the offload checks below, whose
+        message ("needs zero_stage 1, 2 or 3") would send a torch_ddp user the wrong way."""
+        if not self.fsdp_reshard_after_forward and self.engine != "fsdp2":
+            raise ConfigError(f"strategy.fsdp_reshard_after_forward=false applies to "
+                              f"strategy.engine=fsdp2 only, not {self.engine}; leave it true")
+        if self.engine == "deepspeed":
+            return
+        stage = ENGINE_ZERO_STAGE[self.engine]
+        if self.zero_stage != stage:
+            raise ConfigError(
+                f"strategy.engine={self.engine} needs strategy.zero_stage={stage}, not "
+                f"{self.zero_stage}: the stage tells the memory model and the report what is "
+                "sharded (torch DDP: nothing, as ZeRO-0; FSDP2: parameters, gradients and optimizer "
+                "states, as ZeRO-3)")
+        if self.offload_optimizer or self.offload_params:
+            raise ConfigError(f"strategy.offload_optimizer/offload_params with strategy.engine="
+                              f"{self.engine}: offload is DeepSpeed's (ZeRO-Offload); use "
+                              "strategy.engine=deepspeed or leave both false")
 
 
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adagrad", "lamb")

@@ -230,6 +230,8 @@ def deepspeed_estimate(cfg, plan) -> Optional[int]:
     """DeepSpeed's own per-GPU model-state estimate (its estimators for stages 2 and 3, which
     assume mixed-precision Adam and data parallel only), or None where it has none."""
     m, s = cfg.model, cfg.strategy
+    if getattr(s, "engine", "deepspeed") != "deepspeed":  # FSDP2 is not DeepSpeed's to estimate
+        return None
     if s.zero_stage not in (2, 3) or plan.tensor_parallel * plan.pipeline_parallel > 1:
         return None
     total = models.param_count(m)["total"]

@@ -5,13 +5,13 @@ Nothing here touches processes, files or devices, so tests call it directly.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from suite import models
-from suite.config import ConfigError, SuiteConfig
+from suite.config import OPTIMIZERS, ConfigError, SuiteConfig
 from suite.plain_config import from_dict
 
 # Optimizers DeepSpeed can run on the CPU side under ZeRO-Offload (DeepSpeedCPUAdam/Adagrad).
@@ -34,10 +34,13 @@ class RunPlan:
     micro_batch_size: int
     grad_accum_steps: int
     global_batch_size: int
-    ds_config: Dict[str, Any]
+    ds_config: Dict[str, Any]  # {} for a PyTorch baseline (strategy.engine torch_ddp, fsdp2)
     #: DeepSpeed ops this run compiles on first use unless DeepSpeed was installed with them
     #: prebuilt: (op name, the config field that asks for it)
     compiled_ops: Tuple[Tuple[str, str], ...] = ()
+    #: a PyTorch baseline's engine as suite/workload/torch_engine.py builds it (torch_config());
+    #: {} for DeepSpeed runs, and in plans shipped before the baselines existed
+    torch_config: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -46,6 +49,11 @@ class RunPlan:
     def from_dict(cls, data: Dict[str, Any]) -> "RunPlan":
         """The plan as the launcher shipped it (submission.json)."""
         return cls(**{**data, "compiled_ops": tuple(tuple(op) for op in data.get("compiled_ops", ()))})
+
+    @property
+    def engine(self) -> str:
+        """deepspeed, torch_ddp or fsdp2 (strategy.engine)."""
+        return self.torch_config.get("engine", "deepspeed")
 
     @property
     def sharding_size(self) -> int:
@@ -154,28 +162,51 @@ def check_layout(cfg: SuiteConfig, world: int) -> None:
                           "is not wired into the pipeline model of this suite (yet); use full")
 
 
-def check_site(cfg: SuiteConfig, precision: str, per_node: int, shards: int) -> None:
-    """Refuse what the site's nodes cannot hold, where the site's config says what they have."""
+def check_site(cfg: SuiteConfig, per_node: int) -> None:
+    """Refuse what the site's nodes cannot hold, where the site's config says what they have
+    (memory: memory_need, once the plan is made)."""
     c = cfg.cluster
     if c.max_gpus_per_node is not None and per_node > c.max_gpus_per_node:
         raise ConfigError(f"cluster.gpus_per_node={per_node} exceeds the {c.max_gpus_per_node} GPUs per "
                           f"node of this site (cluster.max_gpus_per_node)")
-    if c.gpu_memory_gb is None or cfg.submit.try_anyway:
-        return
-    from suite.metrics import model_state_memory
 
-    m, s = cfg.model, cfg.strategy
-    needed = model_state_memory(
-        n_params=models.param_count(m)["total"],
-        precision=precision, optimizer=cfg.optimizer.name, zero_stage=s.zero_stage, dp=shards,
-        model_parallel=s.tensor_parallel * s.pipeline_parallel, offload_optimizer=s.offload_optimizer,
-        offload_params=s.offload_params)["model_state_bytes_predicted"]
-    if needed > c.gpu_memory_gb * 2 ** 30:
-        raise ConfigError(
-            f"model={m.name} with strategy={s.name} ({precision}, {cfg.optimizer.name}, "
-            f"ZeRO sharding over {shards} ranks) needs {needed / 2 ** 30:.1f} GiB of model states per GPU, more "
-            f"than cluster.gpu_memory_gb={c.gpu_memory_gb:g}; use a higher ZeRO stage, offload, more "
-            f"GPUs, or submit.try_anyway=true")
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """The memory model's verdict on one run: bytes per device it needs (allowance included),
+    what the device has (None: not declared), and why it does not fit (None: it fits, or
+    nothing to compare with)."""
+
+    required_bytes: float
+    available_bytes: Optional[float]
+    problem: Optional[str]
+
+
+def memory_need(cfg: SuiteConfig, plan: "RunPlan") -> MemoryNeed:
+    """Compare the memory model (suite/memory.py: model states, activations, logits and loss,
+    buffers, the allocator allowance, the CUDA context) with cluster.gpu_memory_gb."""
+    from suite.memory import ALLOCATOR_ALLOWANCE, predict_memory
+
+    need = predict_memory(cfg, plan)
+    c, m, s = cfg.cluster, cfg.model, cfg.strategy
+    available = None if c.gpu_memory_gb is None else c.gpu_memory_gb * 2 ** 30
+    if available is None or need["required_bytes"] <= available:
+        return MemoryNeed(need["required_bytes"], available, None)
+    gib = lambda v: f"{v / 2 ** 30:.2f} GiB"  # noqa: E731
+    terms = (f"model states {gib(need['model_state_bytes'])}, activations {gib(need['activation_bytes'])}, "
+             f"logits and loss {gib(need['logits_bytes'])}, buffers {gib(need['buffer_bytes'])}, "
+             f"+{ALLOCATOR_ALLOWANCE:.0%} allocator allowance" + (" + the CUDA context" if plan.accelerator == "cuda" else ""))
+    advice = ["a higher ZeRO stage or FSDP2", "offload", "a smaller train.micro_batch_size",
+              "train.activation_checkpointing=full", "more GPUs"]
+    if need["buffer_bytes"] > need["required_bytes"] / 3:
+        advice.insert(0, f"a smaller strategy.reduce_bucket_size (now {s.reduce_bucket_size:.3g} elements: "
+                         "DeepSpeed allocates the whole bucket)")
+    return MemoryNeed(need["required_bytes"], available, (
+        f"model={m.name} with strategy={s.name} ({plan.precision}, {cfg.optimizer.name}, micro-batch "
+        f"{plan.micro_batch_size}, recompute {cfg.train.activation_checkpointing}, sharding over "
+        f"{plan.sharding_size} ranks) needs {gib(need['required_bytes'])} per device by the memory model "
+        f"({terms}; docs/memory.md), more than cluster.gpu_memory_gb={c.gpu_memory_gb:g}; try "
+        f"{', '.join(advice)}, or submit.try_anyway=true"))
 
 
 def check_combination(cfg: SuiteConfig, accelerator: str, precision: str) -> None:
@@ -197,6 +228,45 @@ def check_combination(cfg: SuiteConfig, accelerator: str, precision: str) -> Non
             f"optimizer={cfg.optimizer.name} cannot run with strategy={cfg.strategy.name} "
             f"(ZeRO-Offload runs only {list(OFFLOADABLE_OPTIMIZERS)} on the CPU)"
         )
+
+
+def check_engine(cfg: SuiteConfig, precision: str) -> None:
+    """Refuse what a PyTorch baseline (strategy.engine torch_ddp or fsdp2) does not build, naming
+    the fields: the baselines are torch's own data parallel and fully sharded data parallel,
+    nothing of DeepSpeed's around them. (Their strategy fields: StrategyConfig._check_engine.)"""
+    s, t, opt = cfg.strategy, cfg.train, cfg.optimizer
+    if s.engine == "deepspeed":
+        return
+    what = f"strategy.engine={s.engine}"
+    for name in ("tensor_parallel", "pipeline_parallel", "sequence_parallel"):
+        if getattr(s, name) > 1:
+            raise ConfigError(f"strategy.{name}={getattr(s, name)} with {what}: the PyTorch baselines "
+                              "are data parallel only; use strategy.engine=deepspeed, or "
+                              f"strategy.{name}=1")
+    if s.zero_quantized_weights or s.zero_quantized_gradients or s.zero_hpz_partition_size > 1:
+        raise ConfigError(f"ZeRO++ (strategy.zero_quantized_weights, zero_quantized_gradients, "
+                          f"zero_hpz_partition_size) with {what}: ZeRO++ is DeepSpeed's; leave them "
+                          "false / 1")
+    if t.activation_checkpointing in ("partitioned", "cpu"):
+        raise ConfigError(f"train.activation_checkpointing={t.activation_checkpointing} with {what}: "
+                          "partitioned and cpu checkpointing are DeepSpeed's; use full (torch's "
+                          "checkpoint per block) or none")
+    if precision == "fp16":
+        raise ConfigError(f"precision=fp16 with {what}: fp16 would need torch's GradScaler, which "
+                          "the baselines do not wire; use bf16 or fp32")
+    if opt.name == "lamb":
+        raise ConfigError(f"optimizer=lamb with {what}: Lamb is DeepSpeed's kernel, torch has none; "
+                          f"use one of {[o for o in OPTIMIZERS if o != 'lamb']}")
+    if opt.implementation == "deepspeed":
+        raise ConfigError(f"optimizer.implementation=deepspeed with {what}: DeepSpeed's FusedAdam is "
+                          "not part of a torch baseline; use auto, torch or torch_fused")
+    if t.compile:
+        raise ConfigError(f"train.compile=true with {what}: compilation is not wired for the "
+                          "PyTorch baselines yet; leave train.compile=false")
+    if t.profile_comms:
+        raise ConfigError(f"train.profile_comms=true with {what}: DeepSpeed's comms logger counts "
+                          "only DeepSpeed's collectives, not DDP's or FSDP2's, so it would record "
+                          "nothing true; leave train.profile_comms=false")
 
 
 def _optimizer_block(cfg: SuiteConfig, accelerator: str) -> Dict[str, Any]:
@@ -348,12 +418,85 @@ def deepspeed_config(cfg: SuiteConfig, accelerator: str, precision: str, micro: 
     return ds
 
 
-def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0) -> RunPlan:
+# torch's own default DDP bucket (MB): what a plain torch DDP user gets, and it overlaps the
+# all-reduce with the backward pass. DeepSpeed's reduce_bucket_size (elements, 500M by default)
+# is a different knob of a different engine, so it is not translated.
+DDP_BUCKET_CAP_MB = 25
+
+
+def _torch_optimizer(cfg: SuiteConfig, accelerator: str) -> Dict[str, Any]:
+    """The torch.optim class and arguments DeepSpeed builds for the same config (its
+    _configure_basic_optimizer with torch_adam, SGD and Adagrad from torch.optim), from the
+    same block, so that the hyperparameters cannot drift apart."""
+    block = _optimizer_block(cfg, accelerator)
+    params = dict(block["params"])
+    if block["type"] in ("Adam", "AdamW"):
+        # DeepSpeed reads these two itself and passes the rest to torch.optim.Adam/AdamW; the
+        # mode is the class (check_engine refused implementation=deepspeed, so torch_adam is set)
+        adam_w_mode = params.pop("adam_w_mode")
+        params.pop("torch_adam")
+        return {"class": "torch.optim." + ("AdamW" if adam_w_mode else "Adam"), "params": params}
+    return {"class": f"torch.optim.{block['type']}", "params": params}
+
+
+def torch_config(cfg: SuiteConfig, accelerator: str, precision: str, micro: int, accum: int,
+                 global_batch: int) -> Dict[str, Any]:
+    """What a PyTorch baseline builds, as plain JSON values: suite/workload/torch_engine.py builds
+    its wrapper, optimizer and scheduler from exactly these entries."""
+    s, opt = cfg.strategy, cfg.optimizer
+    scheduler = _scheduler_block(cfg)
+    config: Dict[str, Any] = {
+        "engine": s.engine,
+        "device": accelerator,
+        "precision": precision,
+        "micro_batch_size": micro,
+        "gradient_accumulation_steps": accum,
+        "global_batch_size": global_batch,
+        # as DeepSpeed's engine.backward: each micro-batch's loss / accumulation steps, gradients
+        # summed over the micro-batches and averaged over the ranks, one optimizer step per
+        # global batch; the gradient collective only in the last micro-batch's backward
+        "loss_scale_per_micro_batch": 1.0 / accum,
+        "gradient_sync": ("last micro-batch only (DDP no_sync)" if s.engine == "torch_ddp"
+                          else "last micro-batch only (FSDP2 set_requires_gradient_sync(False))"),
+        "activation_checkpointing": ("torch.utils.checkpoint per block (non-reentrant)"
+                                     if cfg.train.activation_checkpointing == "full" else None),
+        "optimizer": _torch_optimizer(cfg, accelerator),
+        # DeepSpeed's own scheduler classes on the torch optimizer, stepped once per optimizer
+        # step after optimizer.step() and zero_grad(), as DeepSpeed's _take_model_step does
+        "lr_scheduler": None if scheduler is None else {
+            "class": f"deepspeed.runtime.lr_schedules.{scheduler['type']}", "params": scheduler["params"]},
+        # 0 = off; torch.nn.utils.clip_grad_norm_ scales by max_norm / (norm + 1e-6) when that
+        # is below 1, DeepSpeed's clip_grad_norm_ alike (deepspeed/runtime/utils.py)
+        "gradient_clipping": opt.gradient_clipping,
+        "order": ["clip_grad_norm_", "optimizer.step", "optimizer.zero_grad", "lr_scheduler.step"],
+    }
+    bf16 = precision == "bf16"
+    if s.engine == "torch_ddp":
+        config["ddp"] = {"gradient_as_bucket_view": True, "bucket_cap_mb": DDP_BUCKET_CAP_MB}
+        # fp32 weights, gradients and optimizer states; bf16 matmuls through autocast around
+        # the forward pass (DeepSpeed's bf16 ZeRO-0 keeps bf16 weights and an fp32 master copy)
+        config["autocast"] = {"dtype": "bfloat16", "region": "forward"} if bf16 else None
+    else:
+        config["fsdp2"] = {
+            "units": ["each of model.blocks", "model (embedding, final norm, output head)"],
+            "reshard_after_forward": s.fsdp_reshard_after_forward,
+            # fp32 sharded weights and optimizer states; bf16 gathered weights for compute and
+            # fp32 gradient reduction (DeepSpeed's bf16 ZeRO-3 reduces in bf16)
+            "mp_policy": {"param_dtype": "bfloat16" if bf16 else None,
+                          "reduce_dtype": "float32" if bf16 else None},
+        }
+    return config
+
+
+def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0, check_memory: bool = True) -> RunPlan:
     """Validate one run's config and derive its plan. `local_gpus`: GPUs the submitting
-    machine sees (used only where the config leaves accelerator or ranks to be detected)."""
+    machine sees (used only where the config leaves accelerator or ranks to be detected).
+    `check_memory`: refuse a run the memory model says will not fit (unless
+    submit.try_anyway); the autotune search asks for the verdict itself (memory_need)."""
     typed = to_object(cfg)
     accelerator = resolve_accelerator(typed.cluster.accelerator, local_gpus)
     precision = resolve_precision(typed.precision.name, accelerator)
+    check_engine(typed, precision)  # first: its reasons name the engine, not a DeepSpeed limit
     check_combination(typed, accelerator, precision)
     per_node = ranks_per_node(typed, accelerator, local_gpus)
     world = typed.cluster.nodes * per_node
@@ -361,11 +504,12 @@ def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0) -> RunPlan:
     tp, pp = typed.strategy.tensor_parallel, typed.strategy.pipeline_parallel
     sp = typed.strategy.sequence_parallel
     dp = world // (tp * pp * sp)
-    check_site(typed, precision, per_node, dp * sp)
+    check_site(typed, per_node)
     micro, accum, global_batch = batch_sizes(typed.train.micro_batch_size,
                                              typed.train.grad_accum_steps,
                                              typed.train.global_batch_size, dp)
-    return RunPlan(
+    baseline = typed.strategy.engine != "deepspeed"
+    plan = RunPlan(
         accelerator=accelerator,
         precision=precision,
         nodes=typed.cluster.nodes,
@@ -378,9 +522,17 @@ def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0) -> RunPlan:
         micro_batch_size=micro,
         grad_accum_steps=accum,
         global_batch_size=global_batch,
-        ds_config=deepspeed_config(typed, accelerator, precision, micro, accum, global_batch),
+        ds_config={} if baseline else deepspeed_config(typed, accelerator, precision, micro, accum,
+                                                       global_batch),
         compiled_ops=compiled_ops(typed, accelerator),
+        torch_config=torch_config(typed, accelerator, precision, micro, accum, global_batch)
+        if baseline else {},
     )
+    if check_memory and not typed.submit.try_anyway and typed.workload.name == "train":
+        need = memory_need(typed, plan)
+        if need.problem:
+            raise ConfigError(need.problem)
+    return plan
 
 
 def collective_timeout_s(init_timeout_s: float, step_timeout_s: float) -> float:

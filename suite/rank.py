@@ -283,4 +283,12 @@ def _training_metrics(typed: Any, plan: planning.RunPlan, measured: Any) -> Dict
         model_parallel=plan.tensor_parallel * plan.pipeline_parallel,
         offload_optimizer=s.offload_optimizer, offload_params=s.offload_params))
     run_metrics["deepspeed_estimate_bytes"] = metrics.deepspeed_estimate(typed, plan)
+    from suite.memory import predict_memory
+
+    need = predict_memory(typed, plan)  # the memory model's terms (docs/memory.md)
+    run_metrics.update(memory_activation_bytes_predicted=need["activation_bytes"],
+                       memory_logits_bytes_predicted=need["logits_bytes"],
+                       memory_buffer_bytes_predicted=need["buffer_bytes"],
+                       memory_predicted_bytes=need["predicted_bytes"],
+                       memory_required_bytes=need["required_bytes"])
     return run_metrics

@@ -250,6 +250,7 @@ def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
         "model": m.name,
         "model_family": m.family,
         "strategy": cfg.strategy.name,
+        "engine": getattr(cfg.strategy, "engine", "deepspeed"),
         "zero_stage": cfg.strategy.zero_stage,
         "offload_optimizer": cfg.strategy.offload_optimizer,
         "offload_params": cfg.strategy.offload_params,
@@ -280,7 +281,7 @@ def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
     return axes
 
 
-_TRAINING_AXES = ("data", "model", "model_family", "data_parallel", "strategy", "zero_stage", "offload_optimizer", "offload_params",
+_TRAINING_AXES = ("data", "model", "model_family", "data_parallel", "strategy", "engine", "zero_stage", "offload_optimizer", "offload_params",
                   "optimizer", "tensor_parallel", "pipeline_parallel", "sequence_parallel",
                   "activation_checkpointing", "compile", "check_parity", "scaling",
                   "micro_batch_size", "grad_accum_steps", "global_batch_size", "seq_len", "n_params")

@@ -53,3 +53,68 @@ def test_summary_names_the_best_finalist_its_margin_and_the_run_seconds():
     assert out["runs"] == 5
     # 4 points a grid would start (not the invalid one) x the mean full run (12 + 14) / 2 = 13 s
     assert out["grid_points"] == 4 and out["grid_estimate_s"] == 52.0
+
+
+# The search for real, against the full grid of the same space: ddp and ZeRO-3 at micro-batch 1
+# and 16 of the tiny GPT with 256-token samples on 2 CPU ranks, with a declared 1 GiB device.
+# DeepSpeed's ZeRO-3 allocates its whole reduce bucket (5e8 fp32 elements, 1.9 GiB) whatever the
+# model: the memory model rules both ZeRO-3 points out (one runs anyway, short, to check it).
+# On 2 shared cores ddp at micro-batch 16 is the clear winner (per-step overheads dominate at
+# micro-batch 1, ZeRO-3 gathers every layer's parameters).
+SPACE = ["hydra.sweeper.autotune.space.strategy='ddp,zero3'",
+         "hydra.sweeper.autotune.space.train.micro_batch_size='1,16'",
+         "hydra.sweeper.autotune.space.train.activation_checkpointing=none",
+         "hydra.sweeper.autotune.rung_steps=[2]"]
+FIXED = ["model.seq_len=256", "optimizer=sgd_momentum", "cluster.gpu_memory_gb=1",
+         "train.warmup_steps=2", "train.timed_steps=6"]
+
+
+def test_autotune_finds_the_grids_best_for_fewer_run_seconds_and_skips_what_cannot_fit(tmp_path):
+    import json
+
+    from conftest import run_sweep, sweep_dirs
+
+    done = run_sweep(tmp_path / "search", "experiment=autotune", *SPACE, *FIXED)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [search] = sweep_dirs(tmp_path / "search")
+    summary = json.loads((search / "autotune.json").read_text())
+    outcomes = {p["label"]: p["outcome"] for p in summary["points"]}
+    assert outcomes == {"strategy=ddp micro_batch_size=16 activation_checkpointing=none": "finalist",
+                        "strategy=ddp micro_batch_size=1 activation_checkpointing=none": "finalist",
+                        "strategy=zero3 micro_batch_size=1 activation_checkpointing=none": "boundary",
+                        "strategy=zero3 micro_batch_size=16 activation_checkpointing=none": "memory"}
+    pruned = next(p for p in summary["points"] if p["outcome"] == "memory")
+    assert pruned["runs"] == [] and "cluster.gpu_memory_gb=1" in pruned["reason"]
+    assert pruned["required_bytes"] > 2 ** 30 == pruned["available_bytes"]
+    boundary = next(p for p in summary["points"] if p["outcome"] == "boundary")
+    assert [r["timed_steps"] for r in boundary["runs"]] == [2] and boundary["runs"][0]["status"] == "ok"
+
+    grid = run_sweep(tmp_path / "grid", "strategy=ddp,zero3", "train.micro_batch_size=1,16",
+                     "submit.try_anyway=true", *FIXED)  # every point at full length, as today
+    assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-3000:]
+    [full] = sweep_dirs(tmp_path / "grid")
+    runs = [json.loads(p.read_text()) for p in full.glob("*/result.json")]
+    assert len(runs) == 4 and {r["status"] for r in runs} == {"ok"}
+    fastest = max(runs, key=lambda r: r["metrics"]["tokens_per_s_per_device"])
+    assert (fastest["strategy"], fastest["micro_batch_size"]) == ("ddp", 16)
+    assert summary["best"] == "strategy=ddp micro_batch_size=16 activation_checkpointing=none"
+    grid_seconds = sum(r["metrics"]["run_wall_s"] for r in runs)
+    assert summary["run_seconds"] < grid_seconds, (summary["run_seconds"], grid_seconds)
+    print(f"autotune {summary['run_seconds']:.1f} run-seconds in {summary['runs']} runs; "
+          f"grid {grid_seconds:.1f} in 4; estimate {summary['grid_estimate_s']:.1f}")
+
+    # the memory model's activation and logits terms against the growth of the measured peak
+    # (on the CPU the resident set includes the runtime, so only the growth can be compared)
+    ddp = {r["micro_batch_size"]: r["metrics"] for r in runs if r["strategy"] == "ddp"}
+    predicted = ddp[16]["memory_predicted_bytes"] - ddp[1]["memory_predicted_bytes"]
+    measured = ddp[16]["peak_memory_bytes"] - ddp[1]["peak_memory_bytes"]
+    print(f"peak growth mb 1 -> 16: predicted {predicted / 2 ** 20:.1f} MiB, measured {measured / 2 ** 20:.1f} MiB")
+    assert 0.6 < measured / predicted < 1.6
+
+    md = (search / "report" / "report.md").read_text()
+    section = md.split("## Autotune")[1].split("\n## ")[0]
+    assert "Best: strategy=ddp micro_batch_size=16" in section and "ahead of strategy=ddp micro_batch_size=1" in section
+    assert "Spent" in section and "run-seconds" in section
+    # the report's tables show the full-length runs only: the boundary check's short run is not a result
+    assert md.split("## Throughput")[1].split("\n## ")[0].count("| ddp ") == 2
+    assert "| zero3 " not in md.split("## Throughput")[1].split("\n## ")[0]

@@ -13,8 +13,9 @@ import pytest
 
 from conftest import run_sweep, sweep_dirs
 
+# DeepSpeed's layouts, and PyTorch's own engines beside them (torch DDP, FSDP2)
 LAYOUTS = {"ddp", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload", "pp2", "pp2_zero1", "tp2",
-           "tp2_zero1", "tp2_zero2", "tp2_zero3", "sp2", "sp2_zero2", "sp2_zero3"}
+           "tp2_zero1", "tp2_zero2", "tp2_zero3", "sp2", "sp2_zero2", "sp2_zero3", "torch_ddp", "fsdp2"}
 GPT_LAYOUTS = {"ddp", "zero3", "pp2", "tp2_zero3", "sp2_zero3"}
 
 
@@ -28,7 +29,8 @@ def max_difference(a, b):
 
 @pytest.fixture(scope="module")
 def parity(tmp_path_factory):
-    """The parity sweeps (AdamW): records by (model, strategy), and each family's report."""
+    """The parity sweeps (AdamW): records by (model, strategy), and each family's report (the
+    sweep folders: parity.folders)."""
     runs, reports = {}, {}
     for model, layouts in (("llama_tiny", LAYOUTS), ("tiny", GPT_LAYOUTS)):
         results = tmp_path_factory.mktemp(model)
@@ -37,7 +39,11 @@ def parity(tmp_path_factory):
         [sweep] = sweep_dirs(results)
         runs.update({(r["model"], r["strategy"]): r for r in records(sweep)})
         reports[model] = (sweep / "report" / "report.md").read_text()
+        FOLDERS.update({(r["model"], r["strategy"]): sweep / r["run_id"].split("/")[1] for r in records(sweep)})
     return runs, reports
+
+
+FOLDERS = {}  # (model, strategy) -> the parity sweep's run folder
 
 
 def test_every_cpu_layout_trains_the_same_model_as_data_parallel(parity):
@@ -127,10 +133,50 @@ def test_layouts_match_under_sgd_which_shows_a_wrong_gradient_scale(tmp_path):
     # the suite's 1/sp loss scaling sp2 misses here by 1.3e-2 against a tolerance of 1e-4.)
     done = run_sweep(tmp_path, "experiment=parity", "model=llama_tiny", "optimizer=sgd_momentum", "optimizer.lr=0.1",
                      "optimizer.gradient_clipping=0",
-                     "strategy=ddp,zero2,zero3,pp2,tp2,sp2,sp2_zero3")
+                     "strategy=ddp,zero2,zero3,pp2,tp2,sp2,sp2_zero3,torch_ddp,fsdp2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [sweep] = sweep_dirs(tmp_path)
     runs = records(sweep)
-    assert len(runs) == 7 and {r["status"] for r in runs} == {"ok"}
+    assert len(runs) == 9 and {r["status"] for r in runs} == {"ok"}
     md = (sweep / "report" / "report.md").read_text()
-    assert "loss parity: 7 of 7 compared runs match plain data parallel" in md
+    assert "loss parity: 9 of 9 compared runs match plain data parallel" in md
+    # the reference is DeepSpeed's ddp run, not torch DDP's (both are ZeRO stage 0)
+    by = {r["strategy"]: r for r in runs}
+    assert by["torch_ddp"]["engine"] == "torch_ddp" and by["ddp"]["engine"] == "deepspeed"
+    assert max_difference(by["torch_ddp"]["metrics"]["loss_per_step"], by["ddp"]["metrics"]["loss_per_step"]) < 1e-4
+
+
+def test_pytorch_baselines_stand_beside_deepspeed_in_the_report(parity):
+    runs, reports = parity
+    for strategy, engine in (("torch_ddp", "torch_ddp"), ("fsdp2", "fsdp2")):
+        assert runs["llama_tiny", strategy]["engine"] == engine
+        assert runs["llama_tiny", strategy]["metrics"]["comm_bytes_per_step"] is None  # DeepSpeed's logger only
+    section = reports["llama_tiny"].split("## DeepSpeed and PyTorch side by side")[1].split("\n## ")[0]
+    rows = {line.split("|")[7].strip(): line.split("|") for line in section.splitlines()
+            if line.startswith("| llama_tiny")}
+    assert set(rows) == {"ZeRO-0 vs torch DDP", "ZeRO-3 vs FSDP2"}
+    for pair, (ds, pt) in {"ZeRO-0 vs torch DDP": ("ddp", "torch_ddp"), "ZeRO-3 vs FSDP2": ("zero3", "fsdp2")}.items():
+        ratio = float(rows[pair][10])
+        expected = (runs["llama_tiny", pt]["metrics"]["tokens_per_s_per_device"]
+                    / runs["llama_tiny", ds]["metrics"]["tokens_per_s_per_device"])
+        assert ratio == pytest.approx(expected, abs=0.006)  # shown with 2 decimals
+
+
+def test_a_run_reruns_by_hand_to_the_same_losses(parity):
+    """Every run folder keeps its engine's config and rerun.sh; rerunning the FSDP2 run outside
+    the sweep (torchrun, no Slurm, no Hydra) trains to the same per-step losses."""
+    import subprocess
+
+    runs, _ = parity
+    folder = FOLDERS["llama_tiny", "fsdp2"]
+    config = json.loads((folder / "torch_config.json").read_text())
+    assert config["engine"] == "fsdp2"
+    assert (FOLDERS["llama_tiny", "zero3"] / "deepspeed_config.json").exists()
+    assert json.loads((FOLDERS["llama_tiny", "zero3"] / "deepspeed_config.json").read_text())[
+        "zero_optimization"]["stage"] == 3
+    done = subprocess.run(["bash", str(folder / "rerun.sh")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    again = json.loads((folder / "rerun" / "result.json").read_text())
+    assert again["status"] == "ok" and again["config_hash"] == runs["llama_tiny", "fsdp2"]["config_hash"]
+    assert max_difference(again["metrics"]["loss_per_step"], runs["llama_tiny", "fsdp2"]["metrics"]["loss_per_step"]) < 1e-6
+    assert "Per-step losses against the original run: max abs difference" in done.stdout

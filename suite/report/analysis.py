@@ -385,7 +385,7 @@ def unknown_gpus(frame: pd.DataFrame) -> List[str]:
 
 
 def parity_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Runs in parity mode against the plain data-parallel run (ZeRO 0, no TP/PP/SP/offload) of
+    """Runs in parity mode against DeepSpeed's plain data-parallel run (ZeRO 0, no TP/PP/SP/offload) of
     the same model, optimizer, precision, global batch and world size: the largest per-step loss
     difference, the precision's tolerance, and the verdict (yes, NO, run failed, no ddp run)."""
     columns = ["model", "strategy", "optimizer", "precision", "activation_checkpointing",
@@ -395,7 +395,8 @@ def parity_table(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     keys = ["model", "optimizer", "precision", "global_batch_size", "world_size"]
     for _, group in runs.groupby(keys, dropna=False):
-        plain = group[(group.zero_stage == 0) & (group.tensor_parallel == 1)
+        plain = group[(group.engine.fillna("deepspeed") == "deepspeed") & (group.zero_stage == 0)
+                      & (group.tensor_parallel == 1)
                       & (group.pipeline_parallel == 1) & (group.sequence_parallel.fillna(1) == 1)
                       & ~group.offload_optimizer.fillna(False).astype(bool)
                       & (group.status == "ok")]
@@ -414,3 +415,47 @@ def parity_table(frame: pd.DataFrame) -> pd.DataFrame:
             rows.append({**{c: r[c] for c in columns[:9]}, "max_abs_diff": diff, "tolerance": tol,
                          "matches": verdict})
     return pd.DataFrame(rows, columns=columns)
+
+
+# DeepSpeed and its PyTorch counterpart: (DeepSpeed's ZeRO stage, torch engine, label)
+ENGINE_PAIRS = ((0, "torch_ddp", "ZeRO-0 vs torch DDP"), (3, "fsdp2", "ZeRO-3 vs FSDP2"))
+# What must be equal for two runs to be compared side by side
+SAME_WORK = ["model", "world_size", "nodes", "precision", "optimizer", "micro_batch_size",
+             "grad_accum_steps", "activation_checkpointing"]
+ENGINE_COLUMNS = ["model", "world_size", "nodes", "precision", "optimizer", "micro_batch_size", "pair",
+                  "deepspeed_tokens_per_s_per_device", "torch_tokens_per_s_per_device", "throughput_ratio",
+                  "deepspeed_peak_memory_bytes", "torch_peak_memory_bytes", "memory_ratio"]
+
+
+def engine_comparison(configs: pd.DataFrame) -> pd.DataFrame:
+    """DeepSpeed beside PyTorch for the same work (model, ranks, precision, optimizer, batch,
+    recomputation): ZeRO-3 against FSDP2 and ZeRO-0 (plain data parallel) against torch DDP,
+    with torch / DeepSpeed ratios of tokens/s per device and of peak memory (medians over
+    repeats). Only plain layouts pair up: no TP/PP/SP, no offload."""
+    if configs.empty or "engine" not in configs:
+        return pd.DataFrame(columns=ENGINE_COLUMNS)
+    plain = configs[(configs.tensor_parallel == 1) & (configs.pipeline_parallel == 1)
+                    & (configs.sequence_parallel.fillna(1) == 1)
+                    & ~configs.offload_optimizer.fillna(False).astype(bool)
+                    & ~configs.offload_params.fillna(False).astype(bool)]
+    engine = plain.engine.fillna("deepspeed")
+    rows = []
+    for stage, torch_engine, label in ENGINE_PAIRS:
+        ds = plain[(engine == "deepspeed") & (plain.zero_stage == stage)]
+        pt = plain[engine == torch_engine]
+        for _, t in pt.iterrows():
+            same = ds
+            for key in SAME_WORK:
+                same = same[same[key].astype("string").fillna("") == ("" if pd.isna(t[key]) else str(t[key]))]
+            if same.empty:
+                continue
+            d = same.iloc[0]
+            rows.append({**{k: t[k] for k in SAME_WORK[:6]}, "pair": label,
+                         "deepspeed_tokens_per_s_per_device": d.tokens_per_s_per_device,
+                         "torch_tokens_per_s_per_device": t.tokens_per_s_per_device,
+                         "throughput_ratio": t.tokens_per_s_per_device / d.tokens_per_s_per_device,
+                         "deepspeed_peak_memory_bytes": d.peak_memory_bytes,
+                         "torch_peak_memory_bytes": t.peak_memory_bytes,
+                         "memory_ratio": (t.peak_memory_bytes / d.peak_memory_bytes
+                                          if pd.notna(d.peak_memory_bytes) and d.peak_memory_bytes else None)})
+    return pd.DataFrame(rows, columns=ENGINE_COLUMNS)

@@ -47,6 +47,10 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
 
     ceilings = analysis.measured_ceilings(frame)
     training = frame[frame.workload == "train"]
+    search = _autotune_summary(sweep_dir)
+    if search:  # the search's short runs are in its own section; the tables show full-length runs
+        final = {r["run_id"] for p in search["points"] for r in p["runs"] if r["final"]}
+        training = training[training.run_id.isin(final)]
     configs = analysis.aggregate_repeats(training, options.max_cv)
     configs["of_gemm_ceiling"] = analysis.of_gemm_ceiling(configs, ceilings)
     configs["measurement_error"] = analysis.measurement_errors(configs)
@@ -68,13 +72,14 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
         if line:
             header.insert(len(header) - 1 if header[-1].startswith("- torch") else len(header), line)
     throughput = sections.throughput_section(configs)
-    shown = [sections.best_section(analysis.best_configurations(configs))]
+    shown = [sections.autotune_section(search), sections.best_section(analysis.best_configurations(configs))]
     if options.history_dir:
         shown += sections.history_sections(regress, trend)
     shown += [throughput, sections.scaling_section(analysis.scaling_table(configs)),
               sections.preflight_section(preflight_nodes, together, options),
               sections.ceilings_section(ceilings),
               sections.model_section(analysis.model_vs_measured(configs, options.memory_ratio_bounds)),
+              sections.engines_section(analysis.engine_comparison(configs)),
               sections.parity_section(parity),
               sections.stragglers_section(straggling, slow_nodes, options), sections.failures_section(frame),
               sections.environment_section(frame)]
@@ -94,3 +99,11 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
     return Report(frame, markdown_path, html_path, summary,
                   all_ok=n_ok == len(frame) and not unfinished and parity_ok and regression_ok and preflight_ok,
                   unfinished=unfinished, regressions=regress)
+
+
+def _autotune_summary(sweep_dir: Path) -> Optional[dict]:
+    """autotune.json of an experiment=autotune sweep (None for a grid sweep)."""
+    import json
+
+    path = Path(sweep_dir) / "autotune.json"
+    return json.loads(path.read_text()) if path.exists() else None

@@ -12,7 +12,7 @@ from suite import metric_registry
 from suite.report.analysis import configuration_key
 from suite.results import RESULT_FILE, read_record
 
-AXES = ["workload", "data", "model", "model_family", "strategy", "zero_stage", "offload_optimizer", "offload_params", "optimizer",
+AXES = ["workload", "data", "model", "model_family", "strategy", "engine", "zero_stage", "offload_optimizer", "offload_params", "optimizer",
         "precision", "accelerator", "world_size", "data_parallel", "tensor_parallel",
         "pipeline_parallel", "sequence_parallel", "activation_checkpointing", "compile", "check_parity", "scaling", "repeat_index", "nodes", "ranks_per_node", "micro_batch_size",
         "grad_accum_steps", "global_batch_size", "seq_len", "n_params"]
@@ -63,6 +63,8 @@ def flatten(record: Dict[str, Any]) -> Dict[str, Any]:
     row["throttle_reasons"] = ", ".join(reasons) if reasons else None
     # records before micro-benchmarks have none; before model families training was "gpt"
     row["workload"] = {"gpt": "train"}.get(record.get("workload"), record.get("workload") or "train")
+    if row["workload"] == "train" and not row.get("engine"):  # records before the torch baselines
+        row["engine"] = "deepspeed"
     row["config_hash"] = record.get("config_hash")
     row["config_json"] = json.dumps(record.get("config"), sort_keys=True)
     row["config_key"] = configuration_key(row["config_json"])

@@ -358,3 +358,62 @@ def header_lines(sweep_name: str, frame: pd.DataFrame, configs: pd.DataFrame, pa
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def engines_section(pairs: pd.DataFrame) -> Optional[Section]:
+    """DeepSpeed beside PyTorch (analysis.engine_comparison)."""
+    if pairs.empty:
+        return None
+    ratio = fmt(".2f")
+    table = show(pairs, {
+        "model": ("model", None), "world_size": ("ranks", fmt(".0f")), "nodes": ("nodes", fmt(".0f")),
+        "precision": ("precision", None), "optimizer": ("optimizer", None),
+        "micro_batch_size": ("micro", fmt(".0f")), "pair": ("DeepSpeed vs PyTorch", None),
+        "deepspeed_tokens_per_s_per_device": ("DeepSpeed tokens/s/device", fmt(",.0f")),
+        "torch_tokens_per_s_per_device": ("PyTorch tokens/s/device", fmt(",.0f")),
+        "throughput_ratio": ("tokens/s PyTorch/DeepSpeed", ratio),
+        "deepspeed_peak_memory_bytes": ("DeepSpeed peak (MiB)", mib),
+        "torch_peak_memory_bytes": ("PyTorch peak (MiB)", mib),
+        "memory_ratio": ("peak PyTorch/DeepSpeed", ratio)})
+    return Section("DeepSpeed and PyTorch side by side", [
+        "The same model, ranks, precision, optimizer, batch and recomputation under DeepSpeed and "
+        "under PyTorch's own engines: ZeRO-3 against FSDP2 (fully_shard per block, then the whole "
+        "model) and ZeRO-0 against DistributedDataParallel. A ratio above 1 means PyTorch is faster "
+        "(tokens/s) or needs more memory (peak). On the CPU the peak is the process's resident set, "
+        "runtime included, so memory ratios there are close to 1 whatever the engine. Where the two "
+        "cannot be made equal: docs/layouts.md, 'PyTorch baselines'."], [("", table)])
+
+
+def autotune_section(summary: Optional[dict]) -> Optional[Section]:
+    """The search of experiment=autotune (autotune.json, written by the sweeper)."""
+    if not summary:
+        return None
+    gib = lambda v: "" if v is None else f"{v / 2 ** 30:.2f}"  # noqa: E731
+    rows = []
+    for p in summary["points"]:
+        short = [r for r in p["runs"] if not r["final"]]
+        final = [r for r in p["runs"] if r["final"]]
+        rows.append({"configuration": p["label"], "outcome": p["outcome"],
+                     "required GiB": gib(p["required_bytes"]), "available GiB": gib(p["available_bytes"]),
+                     "short run tokens/s/device": fmt(",.0f")(short[-1]["tokens_per_s_per_device"]) if short else "",
+                     "full run tokens/s/device": fmt(",.0f")(final[-1]["tokens_per_s_per_device"]) if final else "",
+                     "run-seconds": fmt(".1f")(sum(r.get("run_wall_s") or 0 for r in p["runs"])),
+                     "why": p["reason"] or ""})
+    lines = []
+    if summary["best"]:
+        margin = summary["margin"]
+        lines.append(f"Best: {summary['best']} at {summary['best_tokens_per_s_per_device']:,.0f} tokens/s per "
+                     "device" + (f", {margin:.1%} ahead of {summary['runner_up']} (both at full length)."
+                                 if margin is not None else " (no runner-up reached full length)."))
+    else:
+        lines.append("No configuration finished at full length.")
+    grid = summary["grid_estimate_s"]
+    lines.append(f"Spent {summary['run_seconds']:.0f} run-seconds on {summary['runs']} runs. A full grid "
+                 f"would start {summary['grid_points']} points at full length: about "
+                 + (f"{grid:.0f} run-seconds" if grid is not None else "? run-seconds")
+                 + " (an estimate: the mean full-length run times the points; points never run were not measured).")
+    s = summary["settings"]
+    lines.append(f"Search: successive halving with eta={s['reduction_factor']}, short rungs of {s['rung_steps']} "
+                 f"timed steps, {s['finalists']} finalists at full length; memory verdicts from the memory model "
+                 f"(docs/memory.md), {s['boundary_checks']} ruled-out point(s) nearest the limit run anyway to check it.")
+    return Section("Autotune", lines, [("", pd.DataFrame(rows))])

@@ -1,5 +1,6 @@
-"""The timed DeepSpeed training loop. Expects torch.distributed's environment (RANK,
-WORLD_SIZE, MASTER_ADDR, ...) to be set already; returns raw measurements, no formulas."""
+"""The timed training loop, of DeepSpeed's engine or a PyTorch baseline's (torch_engine.py).
+Expects torch.distributed's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...) to be set already;
+returns raw measurements, no formulas."""
 from __future__ import annotations
 
 import contextlib
@@ -195,11 +196,19 @@ def prepare(cfg: SuiteConfig, plan: RunPlan):
     everything before the timed loop."""
     rank = int(os.environ.get("RANK", 0))
     poison = _Poison()
-    sp_state = _sequence_parallel_state(plan)
-    model = _build(cfg, plan, poison, sp_state)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=plan.ds_config, mpu=sp_state)
+    if plan.engine != "deepspeed":
+        # a PyTorch baseline (torch DDP, FSDP2) behind DeepSpeed's engine interface, so that
+        # both are timed by the same step function below (suite/workload/torch_engine.py)
+        from suite.workload import torch_engine
+
+        sp_state = None
+        engine = torch_engine.build(cfg, plan, _checkpoint_function(cfg, plan))
+    else:
+        sp_state = _sequence_parallel_state(plan)
+        model = _build(cfg, plan, poison, sp_state)
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=plan.ds_config, mpu=sp_state)
     if cfg.train.compile:
         engine.compile()  # inductor; the graph is built in the first (untimed) warm-up step
     m = cfg.model
