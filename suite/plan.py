@@ -196,8 +196,8 @@ def memory_need(cfg: SuiteConfig, plan: "RunPlan") -> MemoryNeed:
     terms = (f"model states {gib(need['model_state_bytes'])}, activations {gib(need['activation_bytes'])}, "
              f"logits and loss {gib(need['logits_bytes'])}, buffers {gib(need['buffer_bytes'])}, "
              f"+{ALLOCATOR_ALLOWANCE:.0%} allocator allowance" + (" + the CUDA context" if plan.accelerator == "cuda" else ""))
-    advice = ["a higher ZeRO stage or FSDP2", "offload", "a smaller train.micro_batch_size",
-              "train.activation_checkpointing=full", "more GPUs"]
+    advice = (["a higher ZeRO stage or FSDP2"] if s.zero_stage < 3 else []) + [
+        "offload", "a smaller train.micro_batch_size", "train.activation_checkpointing=full", "more GPUs"]
     if need["buffer_bytes"] > need["required_bytes"] / 3:
         advice.insert(0, f"a smaller strategy.reduce_bucket_size (now {s.reduce_bucket_size:.3g} elements: "
                          "DeepSpeed allocates the whole bucket)")

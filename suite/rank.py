@@ -62,7 +62,8 @@ def _process_seconds() -> Optional[float]:
 def _prepare_process(plan: planning.RunPlan, local_world_size: int, extra_env: Dict[str, str]) -> None:
     """Before `import deepspeed` (it picks its accelerator on import): the plan's accelerator,
     the site's variables, and a thread count that does not oversubscribe the cores."""
-    os.environ.update({k: str(v) for k, v in extra_env.items()})
+    # a rerun's config holds "<redacted>" for credentials: those come from the environment
+    os.environ.update({k: str(v) for k, v in extra_env.items() if v != "<redacted>"})
     os.environ.update(device.accelerator_environment(plan.accelerator))
     os.environ.update(device.extensions_environment(os.environ, sys.prefix, os.access(sys.prefix, os.W_OK)))
     threads = device.threads_per_rank(local_world_size, os.environ.get("SLURM_CPUS_PER_TASK"), os.cpu_count())

@@ -288,3 +288,19 @@ def test_a_record_that_redacted_token_dtype_is_the_same_configuration_as_a_new_o
     new = json.dumps({"data": {"name": "synthetic", "token_dtype": "uint16"}})
     other = json.dumps({"data": {"name": "synthetic", "token_dtype": "uint32"}})
     assert configuration_key(old) == configuration_key(new) != configuration_key(other)
+
+
+def test_the_measured_peak_is_judged_against_the_memory_model_on_gpus_only():
+    from suite.report.analysis import model_vs_measured
+
+    base = dict(model="m", strategy="zero3", world_size=8, model_state_bytes_predicted=50.0,
+                deepspeed_estimate_bytes=None, comm_bytes_per_step_json=None, comm_bytes_per_step_predicted=None)
+    configs = pd.DataFrame([
+        {**base, "accelerator": "cuda", "peak_memory_bytes": 105.0, "memory_predicted_bytes": 100.0},
+        {**base, "accelerator": "cuda", "peak_memory_bytes": 120.0, "memory_predicted_bytes": 100.0},
+        {**base, "accelerator": "cpu", "peak_memory_bytes": 900.0, "memory_predicted_bytes": 100.0}])
+    table = model_vs_measured(configs, [0.9, 4.0])
+    assert list(table.peak_ratio[:2]) == [1.05, 1.2] and pd.isna(table.peak_ratio[2])
+    # 1.05 is inside the 10% allocator allowance; 1.2 means the model under-predicts
+    assert table.flag[0] == "" and table.flag[1] == "peak 1.20x the memory model: it under-predicts"
+    assert table.flag[2] == ""  # the CPU's resident set includes the runtime: not compared

@@ -62,8 +62,8 @@ def test_summary_names_the_best_finalist_its_margin_and_the_run_seconds():
 # On 2 shared cores ddp at micro-batch 16 is the clear winner (per-step overheads dominate at
 # micro-batch 1, ZeRO-3 gathers every layer's parameters).
 SPACE = ["hydra.sweeper.autotune.space.strategy='ddp,zero3'",
-         "hydra.sweeper.autotune.space.train.micro_batch_size='1,16'",
-         "hydra.sweeper.autotune.space.train.activation_checkpointing=none",
+         "+hydra.sweeper.autotune.space.train.micro_batch_size='1,16'",
+         "+hydra.sweeper.autotune.space.train.activation_checkpointing=none",
          "hydra.sweeper.autotune.rung_steps=[2]"]
 FIXED = ["model.seq_len=256", "optimizer=sgd_momentum", "cluster.gpu_memory_gb=1",
          "train.warmup_steps=2", "train.timed_steps=6"]

@@ -77,6 +77,12 @@ def test_dry_run_prints_the_scripts_and_submits_nothing(tmp_path):
     assert done.stdout.count("llama3_1_8b (llama): 8,030,261,248 parameters, 5.791e+10 FLOPs/token") == 2
     assert "#SBATCH --array=0-3%1" in done.stdout and "#SBATCH --gpus-per-node=2" in done.stdout
     assert "strategy=ddp" in done.stdout and "strategy=zero3" in done.stdout
+    # each run's exact DeepSpeed config, the command that reruns it by hand, its predicted memory
+    assert done.stdout.count('deepspeed_config.json: {"train_batch_size":4,') == 4
+    assert done.stdout.count('"zero_optimization":{"stage":3,') == 2
+    assert done.stdout.count("rerun by hand: cd ") == 4 and "-m torch.distributed.run --standalone" in done.stdout
+    # the 8B in bf16 with AdamW, unsharded: 16 bytes x 8,030,261,248 parameters = 119.66 GiB of model states
+    assert "model states 119.66, " in done.stdout and done.stdout.count("memory model: ") == 4
     # shortest expected job first: zero3 costs more than ddp, the 8B more than the tiny GPT
     assert done.stdout.index("model=tiny strategy=ddp") < done.stdout.index("model=tiny strategy=zero3")
     assert done.stdout.index("model=tiny strategy=zero3") < done.stdout.index("model=llama3_1_8b strategy=ddp")

@@ -326,6 +326,7 @@ class SuiteLauncher(BaseSubmititLauncher):
                       f"global_batch={p.global_batch_size} ({run.label})")
                 if run.typed.workload.name == "train":
                     print(f"      {models.describe(run.typed.model)}")
+                    print(f"      {_memory_line(run)}")
                 if p.compiled_ops:
                     print(f"      compiles DeepSpeed ops unless prebuilt: "
                           f"{', '.join(name for name, _ in p.compiled_ops)}")
@@ -346,6 +347,18 @@ class SuiteLauncher(BaseSubmititLauncher):
         name, config = results.engine_config(run.plan.to_dict())
         print(f"      {name}: {json.dumps(config, separators=(',', ':'), default=str)}")
         print(f"      rerun by hand: {results.rerun_command(run.run_dir.resolve(), run.plan.nodes, run.plan.ranks_per_node, sys.executable, os.getcwd())}")
+
+
+def _memory_line(run: PlannedRun) -> str:
+    """The memory model's prediction per device, for the dry run (docs/memory.md)."""
+    from suite.memory import predict_memory
+
+    need = predict_memory(run.typed, run.plan)
+    gib = lambda v: f"{v / 2 ** 30:.2f}"  # noqa: E731
+    return (f"memory model: {gib(need['required_bytes'])} GiB per device with allowance (model states "
+            f"{gib(need['model_state_bytes'])}, activations {gib(need['activation_bytes'])}, logits "
+            f"{gib(need['logits_bytes'])}, buffers {gib(need['buffer_bytes'])})"
+            + (f" of cluster.gpu_memory_gb={run.typed.cluster.gpu_memory_gb:g}" if run.typed.cluster.gpu_memory_gb else ""))
 
 
 def gpu_device_files(dev: Path = Path("/dev")) -> List[str]:

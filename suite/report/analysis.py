@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 import pandas as pd
 
 from suite.metric_registry import BY_NAME
+from suite.memory import ALLOCATOR_ALLOWANCE
 from suite.metrics import device_key, implausible, loss_parity
 
 # Axes that tell two runs of one configuration apart without changing what is measured.
@@ -181,21 +182,27 @@ def model_vs_measured(configs: pd.DataFrame, bounds: List[float]) -> pd.DataFram
         comm_ratio = (counted / r.comm_bytes_per_step_predicted
                       if counted is not None and pd.notna(r.comm_bytes_per_step_predicted)
                       and r.comm_bytes_per_step_predicted else None)
+        predicted = r.get("memory_predicted_bytes")
+        peak_ratio = (r.peak_memory_bytes / predicted
+                      if on_gpu and pd.notna(predicted) and predicted and pd.notna(r.peak_memory_bytes) else None)
         flags = []
         if memory_ratio is not None and not bounds[0] <= memory_ratio <= bounds[1]:
             flags.append(f"memory {memory_ratio:.2f}x model")
+        if peak_ratio is not None and peak_ratio > 1 + ALLOCATOR_ALLOWANCE:
+            flags.append(f"peak {peak_ratio:.2f}x the memory model: it under-predicts")
         if comm_ratio is not None and not 0.5 <= comm_ratio <= 2.0:
             flags.append(f"communication {comm_ratio:.2f}x model")
         rows.append({"model": r.model, "strategy": r.strategy, "world_size": r.world_size,
                      "model_state_bytes_predicted": r.model_state_bytes_predicted,
                      "deepspeed_estimate_bytes": r.deepspeed_estimate_bytes,
                      "peak_memory_bytes": r.peak_memory_bytes, "memory_ratio": memory_ratio,
+                     "memory_predicted_bytes": predicted, "peak_ratio": peak_ratio,
                      "comm_bytes_per_step_predicted": r.comm_bytes_per_step_predicted,
                      "comm_bytes_per_step_counted": counted, "comm_ratio": comm_ratio,
                      "flag": "; ".join(flags)})
     return pd.DataFrame(rows, columns=["model", "strategy", "world_size", "model_state_bytes_predicted",
                                        "deepspeed_estimate_bytes", "peak_memory_bytes", "memory_ratio",
-                                       "comm_bytes_per_step_predicted", "comm_bytes_per_step_counted",
+                                       "memory_predicted_bytes", "peak_ratio", "comm_bytes_per_step_predicted", "comm_bytes_per_step_counted",
                                        "comm_ratio", "flag"])
 
 

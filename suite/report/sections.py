@@ -126,6 +126,8 @@ def model_section(model: pd.DataFrame) -> Section:
         "model_state_bytes_predicted": ("model states, ZeRO paper (MiB)", mib),
         "deepspeed_estimate_bytes": ("DeepSpeed estimate (MiB)", mib),
         "peak_memory_bytes": ("measured peak (MiB)", mib), "memory_ratio": ("measured/model", fmt(".2f")),
+        "memory_predicted_bytes": ("predicted peak, memory model (MiB)", mib),
+        "peak_ratio": ("measured/predicted peak", fmt(".2f")),
         "comm_bytes_per_step_predicted": ("comm/step, model (MiB)", mib),
         "comm_bytes_per_step_counted": ("comm/step, comms logger (MiB)", mib),
         "comm_ratio": ("logged/model", fmt(".2f")), "flag": ("flag", None)})
@@ -137,7 +139,10 @@ def model_section(model: pd.DataFrame) -> Section:
         "parameters per rank. DeepSpeed's estimator (stages 2-3) assumes mixed-precision Adam. "
         "Communication per step and rank: 2Ψ(N-1)/N gradient bytes for stages 0-2, 3Ψ(N-1)/N for "
         "stage 3, against the bytes DeepSpeed's comms logger counted (runs with "
-        "train.profile_comms=true; its latencies are not used). On the CPU the measured peak is "
+        "train.profile_comms=true; its latencies are not used). The predicted peak is the memory "
+        "model's (docs/memory.md: model states, activations, logits and loss, ZeRO/DDP/FSDP "
+        "buffers; without the allocator allowance), judged against torch.cuda.max_memory_allocated; "
+        "a peak above it by more than the allowance is flagged. On the CPU the measured peak is "
         "the resident set of the whole process, so memory is not compared there."], [("", table)])
 
 
