@@ -79,6 +79,23 @@ def margin(best: Point, runner_up: Optional[Point]) -> Optional[float]:
     return best.last_value() / runner_up.last_value() - 1
 
 
+def margin_noise(best: Point, runner_up: Optional[Point]) -> Optional[float]:
+    """Two standard errors of the margin, from the finalists' own step times: each run's
+    tokens/s has a relative standard error of about CV / sqrt(timed steps), and the margin
+    (a ratio) about the root of their squares' sum. A margin below it is a tie, not a winner.
+    (Steps within a run are not independent and runs differ from run to run, so this is a
+    lower bound on the noise: repeats measure it properly.)"""
+    if runner_up is None:
+        return None
+    spreads = []
+    for p in (best, runner_up):
+        run = p.runs[-1]
+        if not run.get("step_time_cv") or not run.get("measured_steps"):
+            return None
+        spreads.append(run["step_time_cv"] ** 2 / run["measured_steps"])
+    return 2 * math.sqrt(sum(spreads))
+
+
 def run_seconds(points: Sequence[Point]) -> float:
     """Run-seconds spent: the sum of every run's wall time (run_wall_s, failed runs included)."""
     return float(sum(r.get("run_wall_s") or 0.0 for p in points for r in p.runs))
@@ -108,6 +125,7 @@ def summary(points: Sequence[Point], settings: dict) -> dict:
         "best_tokens_per_s_per_device": None if best is None else best.last_value(),
         "runner_up": None if runner_up is None else runner_up.label,
         "margin": None if best is None else margin(best, runner_up),
+        "margin_noise": None if best is None else margin_noise(best, runner_up),
         "run_seconds": run_seconds(points),
         "runs": sum(len(p.runs) for p in points),
         "grid_points": sum(p.outcome != INVALID for p in points),

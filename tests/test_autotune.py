@@ -89,11 +89,18 @@ def test_autotune_finds_the_grids_best_for_fewer_run_seconds_and_skips_what_cann
     boundary = next(p for p in summary["points"] if p["outcome"] == "boundary")
     assert [r["timed_steps"] for r in boundary["runs"]] == [2] and boundary["runs"][0]["status"] == "ok"
 
-    grid = run_sweep(tmp_path / "grid", "strategy=ddp,zero3", "train.micro_batch_size=1,16",
-                     "submit.try_anyway=true", *FIXED)  # every point at full length, as today
+    md = (search / "report" / "report.md").read_text()  # read before the grid reports there too
+
+    # The full grid: every point at full length, as today. Submitted into the search's folder,
+    # the launcher runs only the points without an ok record of the same configuration: the two
+    # ddp finalists ran at full length already (same config hash), the two ZeRO-3 points run now.
+    # Its cost is then measured over all four full-length records, without running two twice.
+    grid = run_sweep(tmp_path / "search", "strategy=ddp,zero3", "train.micro_batch_size=1,16",
+                     "submit.try_anyway=true", f"hydra.sweep.dir={search}", *FIXED)
     assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-3000:]
-    [full] = sweep_dirs(tmp_path / "grid")
-    runs = [json.loads(p.read_text()) for p in full.glob("*/result.json")]
+    assert "Resume: 2 of 4 runs already have an ok record" in grid.stdout + grid.stderr
+    runs = [json.loads(p.read_text()) for p in search.glob("*/result.json")]
+    runs = [r for r in runs if r["metrics"]["timed_steps"] == 6]  # not the boundary check's short run
     assert len(runs) == 4 and {r["status"] for r in runs} == {"ok"}
     fastest = max(runs, key=lambda r: r["metrics"]["tokens_per_s_per_device"])
     assert (fastest["strategy"], fastest["micro_batch_size"]) == ("ddp", 16)
@@ -109,12 +116,32 @@ def test_autotune_finds_the_grids_best_for_fewer_run_seconds_and_skips_what_cann
     predicted = ddp[16]["memory_predicted_bytes"] - ddp[1]["memory_predicted_bytes"]
     measured = ddp[16]["peak_memory_bytes"] - ddp[1]["peak_memory_bytes"]
     print(f"peak growth mb 1 -> 16: predicted {predicted / 2 ** 20:.1f} MiB, measured {measured / 2 ** 20:.1f} MiB")
-    assert 0.6 < measured / predicted < 1.6
+    # measured 1.28x and 1.40x the prediction on 2 shared cores (docs/memory.md, "On the CPU");
+    # a term missing or counted twice (the logits, a block's activations) falls outside
+    assert 0.7 < measured / predicted < 1.8
 
-    md = (search / "report" / "report.md").read_text()
     section = md.split("## Autotune")[1].split("\n## ")[0]
     assert "Best: strategy=ddp micro_batch_size=16" in section and "ahead of strategy=ddp micro_batch_size=1" in section
     assert "Spent" in section and "run-seconds" in section
     # the report's tables show the full-length runs only: the boundary check's short run is not a result
     assert md.split("## Throughput")[1].split("\n## ")[0].count("| ddp ") == 2
     assert "| zero3 " not in md.split("## Throughput")[1].split("\n## ")[0]
+
+
+def test_a_margin_inside_the_finalists_noise_is_a_tie():
+    best, second = Point(["x=0"]), Point(["x=1"])
+    for p, value in ((best, 102.0), (second, 100.0)):
+        p.runs.append({"final": True, "status": "ok", "tokens_per_s_per_device": value,
+                       "step_time_cv": 0.25, "measured_steps": 12, "run_wall_s": 1.0})
+        p.outcome = autotune.FINALIST
+    out = autotune.summary([best, second], {})
+    # 2 x sqrt(2 x 0.25^2 / 12) = 0.2041: a 2% margin is noise
+    assert abs(out["margin_noise"] - 0.2041241) < 1e-6 and out["margin"] < out["margin_noise"]
+    from suite.report.sections import autotune_section
+
+    out["settings"] = {"reduction_factor": 3, "rung_steps": [3], "finalists": 2, "boundary_checks": 1}
+    text = autotune_section(out).text[0]
+    assert "2.0% ahead of x=1" in text and "a tie, not a winner" in text
+    for p in (best, second):  # steady runs: the same 2% is a result
+        p.runs[-1]["step_time_cv"] = 0.01
+    assert "a tie" not in autotune_section({**autotune.summary([best, second], {}), "settings": out["settings"]}).text[0]

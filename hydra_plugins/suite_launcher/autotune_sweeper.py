@@ -166,7 +166,7 @@ class AutotuneSearch:
             record = results.read_record(path) if path.exists() else {"status": ret.return_value, "metrics": {}}
             m = record.get("metrics") or {}
             p.runs.append({"run_id": record.get("run_id"), "final": final, "status": record.get("status"),
-                           "timed_steps": steps, "error": record.get("error"),
+                           "timed_steps": steps, "error": record.get("error"), "measured_steps": m.get("timed_steps"),
                            **{k: m.get(k) for k in ("tokens_per_s_per_device", "step_time_cv", "run_wall_s",
                                                     "peak_memory_bytes", "memory_predicted_bytes")}})
 

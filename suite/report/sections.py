@@ -406,10 +406,14 @@ def autotune_section(summary: Optional[dict]) -> Optional[Section]:
                      "why": p["reason"] or ""})
     lines = []
     if summary["best"]:
-        margin = summary["margin"]
-        lines.append(f"Best: {summary['best']} at {summary['best_tokens_per_s_per_device']:,.0f} tokens/s per "
-                     "device" + (f", {margin:.1%} ahead of {summary['runner_up']} (both at full length)."
-                                 if margin is not None else " (no runner-up reached full length)."))
+        margin, noise = summary["margin"], summary.get("margin_noise")
+        line = (f"Best: {summary['best']} at {summary['best_tokens_per_s_per_device']:,.0f} tokens/s per device"
+                + (f", {margin:.1%} ahead of {summary['runner_up']} (both at full length)"
+                   if margin is not None else " (no runner-up reached full length)"))
+        if margin is not None and noise is not None and margin < noise:
+            line += (f": inside the runs' noise (±{noise:.1%}, two standard errors from their step times), "
+                     "a tie, not a winner; more timed steps or submit.repeats would separate them")
+        lines.append(line + ".")
     else:
         lines.append("No configuration finished at full length.")
     grid = summary["grid_estimate_s"]
