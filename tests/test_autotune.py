@@ -11,10 +11,10 @@ def ran(point, value, final=False, status="ok", wall=10.0):
 
 
 def test_the_space_is_every_combination_in_order():
-    points = autotune.space_points({"strategy": "ddp,zero3", "train.micro_batch_size": [1, 4]})
+    points = autotune.space_points({"strategy": "ddp,zero2", "train.micro_batch_size": [1, 4]})
     assert [p.overrides for p in points] == [
         ["strategy=ddp", "train.micro_batch_size=1"], ["strategy=ddp", "train.micro_batch_size=4"],
-        ["strategy=zero3", "train.micro_batch_size=1"], ["strategy=zero3", "train.micro_batch_size=4"]]
+        ["strategy=zero2", "train.micro_batch_size=1"], ["strategy=zero2", "train.micro_batch_size=4"]]
     assert points[1].label == "strategy=ddp micro_batch_size=4"
 
 
@@ -55,13 +55,13 @@ def test_summary_names_the_best_finalist_its_margin_and_the_run_seconds():
     assert out["grid_points"] == 4 and out["grid_estimate_s"] == 52.0
 
 
-# The search for real, against the full grid of the same space: ddp and ZeRO-3 at micro-batch 1
+# The search for real, against the full grid of the same space: ddp and ZeRO-2 at micro-batch 1
 # and 16 of the tiny GPT with 256-token samples on 2 CPU ranks, with a declared 1 GiB device.
-# DeepSpeed's ZeRO-3 allocates its whole reduce bucket (5e8 fp32 elements, 1.9 GiB) whatever the
-# model: the memory model rules both ZeRO-3 points out (one runs anyway, short, to check it).
-# On 2 shared cores ddp at micro-batch 16 is the clear winner (per-step overheads dominate at
-# micro-batch 1, ZeRO-3 gathers every layer's parameters).
-SPACE = ["hydra.sweeper.autotune.space.strategy='ddp,zero3'",
+# DeepSpeed's ZeRO-2 allocates its whole reduce bucket (5e8 fp32 elements, 1.9 GiB) whatever the
+# model: the memory model rules both ZeRO-2 points out (one runs anyway, short, to check it).
+# Of the points that fit, ddp at micro-batch 16 is the clear winner on 2 shared cores (about
+# twice micro-batch 1's tokens/s: per-step overheads dominate at micro-batch 1).
+SPACE = ["hydra.sweeper.autotune.space.strategy='ddp,zero2'",
          "+hydra.sweeper.autotune.space.train.micro_batch_size='1,16'",
          "+hydra.sweeper.autotune.space.train.activation_checkpointing=none",
          "hydra.sweeper.autotune.rung_steps=[2]"]
@@ -81,8 +81,8 @@ def test_autotune_finds_the_grids_best_for_fewer_run_seconds_and_skips_what_cann
     outcomes = {p["label"]: p["outcome"] for p in summary["points"]}
     assert outcomes == {"strategy=ddp micro_batch_size=16 activation_checkpointing=none": "finalist",
                         "strategy=ddp micro_batch_size=1 activation_checkpointing=none": "finalist",
-                        "strategy=zero3 micro_batch_size=1 activation_checkpointing=none": "boundary",
-                        "strategy=zero3 micro_batch_size=16 activation_checkpointing=none": "memory"}
+                        "strategy=zero2 micro_batch_size=1 activation_checkpointing=none": "boundary",
+                        "strategy=zero2 micro_batch_size=16 activation_checkpointing=none": "memory"}
     pruned = next(p for p in summary["points"] if p["outcome"] == "memory")
     assert pruned["runs"] == [] and "cluster.gpu_memory_gb=1" in pruned["reason"]
     assert pruned["required_bytes"] > 2 ** 30 == pruned["available_bytes"]
@@ -93,16 +93,21 @@ def test_autotune_finds_the_grids_best_for_fewer_run_seconds_and_skips_what_cann
 
     # The full grid: every point at full length, as today. Submitted into the search's folder,
     # the launcher runs only the points without an ok record of the same configuration: the two
-    # ddp finalists ran at full length already (same config hash), the two ZeRO-3 points run now.
+    # ddp finalists ran at full length already (same config hash), the two ZeRO-2 points run now.
     # Its cost is then measured over all four full-length records, without running two twice.
-    grid = run_sweep(tmp_path / "search", "strategy=ddp,zero3", "train.micro_batch_size=1,16",
-                     "submit.try_anyway=true", f"hydra.sweep.dir={search}", *FIXED)
+    grid = run_sweep(tmp_path / "search", "strategy=ddp,zero2", "train.micro_batch_size=1,16",
+                     "submit.try_anyway=true", f"hydra.sweep.dir={search}",
+                     "hydra.sweep.subdir=grid_${hydra.job.num}_${strategy.name}", *FIXED)
     assert grid.returncode == 0, grid.stdout[-3000:] + grid.stderr[-3000:]
     assert "Resume: 2 of 4 runs already have an ok record" in grid.stdout + grid.stderr
     runs = [json.loads(p.read_text()) for p in search.glob("*/result.json")]
     runs = [r for r in runs if r["metrics"]["timed_steps"] == 6]  # not the boundary check's short run
     assert len(runs) == 4 and {r["status"] for r in runs} == {"ok"}
-    fastest = max(runs, key=lambda r: r["metrics"]["tokens_per_s_per_device"])
+    # the grid's best among the points a 1 GiB device can hold (on the CPU the others run too,
+    # and ZeRO-2 at micro-batch 16 can be as fast: it would not start on such a GPU)
+    fits = [r for r in runs if r["metrics"]["memory_required_bytes"] <= 2 ** 30]
+    assert sorted((r["strategy"], r["micro_batch_size"]) for r in fits) == [("ddp", 1), ("ddp", 16)]
+    fastest = max(fits, key=lambda r: r["metrics"]["tokens_per_s_per_device"])
     assert (fastest["strategy"], fastest["micro_batch_size"]) == ("ddp", 16)
     assert summary["best"] == "strategy=ddp micro_batch_size=16 activation_checkpointing=none"
     grid_seconds = sum(r["metrics"]["run_wall_s"] for r in runs)
@@ -116,8 +121,9 @@ def test_autotune_finds_the_grids_best_for_fewer_run_seconds_and_skips_what_cann
     predicted = ddp[16]["memory_predicted_bytes"] - ddp[1]["memory_predicted_bytes"]
     measured = ddp[16]["peak_memory_bytes"] - ddp[1]["peak_memory_bytes"]
     print(f"peak growth mb 1 -> 16: predicted {predicted / 2 ** 20:.1f} MiB, measured {measured / 2 ** 20:.1f} MiB")
-    # measured 1.28x and 1.40x the prediction on 2 shared cores (docs/memory.md, "On the CPU");
-    # a term missing or counted twice (the logits, a block's activations) falls outside
+    # The live tensor bytes grow as predicted (54.6 against 54.7 MiB, torch's profiler); the
+    # resident set grew 1.28-1.47x that, glibc keeping freed heap memory (docs/memory.md, "How
+    # the model is judged"). A term missing or counted twice (the logits, a block) falls outside.
     assert 0.7 < measured / predicted < 1.8
 
     section = md.split("## Autotune")[1].split("\n## ")[0]
@@ -125,7 +131,7 @@ def test_autotune_finds_the_grids_best_for_fewer_run_seconds_and_skips_what_cann
     assert "Spent" in section and "run-seconds" in section
     # the report's tables show the full-length runs only: the boundary check's short run is not a result
     assert md.split("## Throughput")[1].split("\n## ")[0].count("| ddp ") == 2
-    assert "| zero3 " not in md.split("## Throughput")[1].split("\n## ")[0]
+    assert "| zero2 " not in md.split("## Throughput")[1].split("\n## ")[0]
 
 
 def test_a_margin_inside_the_finalists_noise_is_a_tie():

@@ -30,11 +30,11 @@ def max_difference(a, b):
 @pytest.fixture(scope="module")
 def across(tmp_path_factory):
     """The tiny Llama's parity sweep with ranks on both nodes, rank 1 (on node2) slowed:
-    2 nodes x 1 rank in ddp, ZeRO-3, pp2 (a stage per node), sp2 with ZeRO-3 (Ulysses across
-    nodes) and PyTorch's torch DDP and FSDP2; 2 nodes x 2 ranks in tp2 with ZeRO-1 (tensor parallel inside a node, data parallel
+    2 nodes x 1 rank in ddp, pp2 (a stage per node), sp2 with ZeRO-3 (Ulysses and ZeRO-3's
+    gathers across nodes) and PyTorch's torch DDP and FSDP2; 2 nodes x 2 ranks in tp2 with ZeRO-1 (tensor parallel inside a node, data parallel
     across). Records by strategy, and the first sweep's report."""
     out = {}
-    for name, overrides in (("1_rank_per_node", ["cluster.gpus_per_node=1", "strategy=ddp,zero3,pp2,sp2_zero3,torch_ddp,fsdp2",
+    for name, overrides in (("1_rank_per_node", ["cluster.gpus_per_node=1", "strategy=ddp,pp2,sp2_zero3,torch_ddp,fsdp2",
                                                  "train.fault=slow", "train.fault_rank=1"]),
                             ("2_ranks_per_node", ["cluster.gpus_per_node=2", "strategy=tp2_zero1",
                                                   "train.timed_steps=3"])):
@@ -51,15 +51,15 @@ def test_layouts_with_ranks_on_both_nodes_train_the_data_parallel_model(across):
     runs = {k: v for k, v in across.items() if k != "report"}
     assert {s: (r["status"], r["nodes"], r["ranks_per_node"], r["data_parallel"], r["tensor_parallel"],
                 r["pipeline_parallel"], r["sequence_parallel"]) for s, r in runs.items()} == {
-        "ddp": ("ok", 2, 1, 2, 1, 1, 1), "zero3": ("ok", 2, 1, 2, 1, 1, 1), "pp2": ("ok", 2, 1, 1, 1, 2, 1),
+        "ddp": ("ok", 2, 1, 2, 1, 1, 1), "pp2": ("ok", 2, 1, 1, 1, 2, 1),
         "sp2_zero3": ("ok", 2, 1, 1, 1, 1, 2), "tp2_zero1": ("ok", 2, 2, 2, 2, 1, 1),
         "torch_ddp": ("ok", 2, 1, 2, 1, 1, 1), "fsdp2": ("ok", 2, 1, 2, 1, 1, 1)}
     # each rank's host, in rank order: one rendezvous across two hosts
-    for strategy in ("ddp", "zero3", "pp2", "sp2_zero3", "torch_ddp", "fsdp2"):
+    for strategy in ("ddp", "pp2", "sp2_zero3", "torch_ddp", "fsdp2"):
         assert runs[strategy]["metrics"]["rank_hosts"] == ["node1", "node2"]
         assert runs[strategy]["env"]["hostnames"] == ["node1", "node2"]
     assert runs["tp2_zero1"]["metrics"]["rank_hosts"] == ["node1", "node1", "node2", "node2"]
-    assert "6 of 6 compared runs match plain data parallel" in across["report"]  # torch's engines too
+    assert "5 of 5 compared runs match plain data parallel" in across["report"]  # torch's engines too
     # tensor parallel inside each node, data parallel across: the same model as plain ddp
     # (the same global batch of 8 samples per step)
     reference = runs["ddp"]["metrics"]["loss_per_step"]
@@ -73,14 +73,14 @@ def test_layouts_with_ranks_on_both_nodes_train_the_data_parallel_model(across):
 def test_the_slowed_rank_and_its_node_are_named(across):
     runs, md = across, across["report"]
     # rank 1's forward passes take twice as long: it is the slowest in every layout that times them
-    for strategy in ("ddp", "zero3", "sp2_zero3", "torch_ddp", "fsdp2"):
+    for strategy in ("ddp", "sp2_zero3", "torch_ddp", "fsdp2"):
         forward = runs[strategy]["metrics"]["rank_forward_time_s"]
         assert forward[1] > forward[0], (strategy, forward)
     assert runs["pp2"]["metrics"]["rank_forward_time_s"] == [None, None]  # one schedule: not split
-    assert "- stragglers: 5 of 5 runs (rank 1 on node2); slow node(s): node2" in md
+    assert "- stragglers: 4 of 4 runs (rank 1 on node2); slow node(s): node2" in md
     stragglers = md.split("## Stragglers")[1].split("\n## ")[0]
-    assert stragglers.count("| YES ") == 5 + 1  # five runs, and node2 in the nodes table
-    # without the fault, nothing is flagged: the 2 x 2 sweep, and tests/test_parallel.py's 23 runs
+    assert stragglers.count("| YES ") == 4 + 1  # four runs, and node2 in the nodes table
+    # without the fault, nothing is flagged: the 2 x 2 sweep, and tests/test_parallel.py's 19 runs
 
 
 def test_a_node_that_dies_ends_its_run_as_node_fail_and_the_sweep_goes_on(tmp_path):

@@ -139,16 +139,16 @@ def test_timeout_cancel_and_exception_each_end_as_a_record(tmp_path):
 def test_rerunning_a_sweep_submits_only_what_has_no_ok_record(tmp_path):
     sweep = tmp_path / "resumed"
     common = [*SLURM, f"hydra.sweep.dir={sweep}", "optimizer=sgd_momentum", "train.timed_steps=2"]
-    first = run_sweep(tmp_path, *common, "strategy=ddp")
+    first = run_sweep(tmp_path, *common, "train.seed=1")
     assert first.returncode == 0, first.stderr[-2000:]
     first_ids = set(job_ids(sweep).values())
-    second = run_sweep(tmp_path, *common, "strategy=ddp,zero1")
+    second = run_sweep(tmp_path, *common, "train.seed=1,2")
     assert second.returncode == 0, second.stderr[-2000:]
     assert "Resume: 1 of 2 runs already have an ok record" in second.stdout + second.stderr
     new_ids = set(job_ids(sweep).values()) - first_ids
     assert len(new_ids) == 1
-    assert sorted(r["strategy"] for r in records(sweep).values()) == ["ddp", "zero1"]
-    third = run_sweep(tmp_path, *common, "strategy=ddp,zero1", "submit.force=true")
+    assert sorted(r["config"]["train"]["seed"] for r in records(sweep).values()) == [1, 2]
+    third = run_sweep(tmp_path, *common, "train.seed=1,2", "submit.force=true")
     assert third.returncode == 0
     assert len(set(job_ids(sweep).values()) - first_ids - new_ids) == 2
 
@@ -158,7 +158,7 @@ def test_nightly_batch_job_runs_the_sweep_inside_slurm_and_builds_the_report(tmp
            "SUITE_VENV": sys.prefix}
     done = subprocess.run(
         ["sbatch", "--wait", f"--output={tmp_path}/nightly.out", "slurm/nightly.sbatch",
-         "cluster=slurm_local", "model=tiny", "strategy=zero1", "cluster.nodes=1",
+         "cluster=slurm_local", "model=tiny", "strategy=ddp", "cluster.nodes=1",
          "precision=fp32", "train.timed_steps=2", "train.warmup_steps=1",
          "train.grad_accum_steps=1", "submit.repeats=1", f"report.history_dir={tmp_path}/history"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
