@@ -530,6 +530,20 @@ class ReportConfig:
     #: a memory measurement outside [lower, upper] x the analytic model is flagged
     memory_ratio_bounds: List[float] = field(default_factory=lambda: [0.9, 4.0])
 
+    def __post_init__(self) -> None:
+        _positive("report.window", self.window)
+        for name in ("noise_sigmas", "max_cv", "straggler_min_excess", "straggler_noise_sigmas",
+                     "preflight_noise_sigmas"):
+            _positive(f"report.{name}", getattr(self, name), allow_zero=True)
+        for name in ("min_drop", "max_allowed_drop", "preflight_tolerance"):  # fractions of a figure
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ConfigError(f"report.{name}={value} must be a fraction in [0, 1)")
+        bounds = self.memory_ratio_bounds
+        if len(bounds) != 2 or not 0 < bounds[0] < bounds[1]:
+            raise ConfigError(f"report.memory_ratio_bounds={list(bounds)} must be [lower, upper] "
+                              "with 0 < lower < upper")
+
 
 @dataclass
 class SuiteConfig:

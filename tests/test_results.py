@@ -61,3 +61,25 @@ def test_schema_fields_named_like_credentials_are_kept():
     """data.token_dtype is not a secret: redacted, a record's config could not be rerun."""
     assert results.redact("config", {"data": {"token_dtype": "uint16"}, "cluster": {"env": {"HF_TOKEN": "t"}}}) \
         == {"data": {"token_dtype": "uint16"}, "cluster": {"env": {"HF_TOKEN": "<redacted>"}}}
+
+
+def test_a_write_that_fails_halfway_leaves_the_previous_record_whole(tmp_path, monkeypatch):
+    """Atomicity, shown: a writer that dies in the middle of writing (here json.dump raises after
+    writing half) leaves readers the old record, never half a file. A plain open(..., "w") and
+    write would have truncated it (issue 18's surviving mutant)."""
+    path = results.write_record(tmp_path / "run", record())
+    before = path.read_text()
+    real_dump = json.dump
+
+    def dump_half_then_die(obj, f, **kwargs):
+        text = json.dumps(obj, **kwargs)
+        f.write(text[: len(text) // 2])
+        f.flush()
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(json, "dump", dump_half_then_die)
+    with pytest.raises(OSError, match="injected"):
+        results.write_record(tmp_path / "run", record(status="error", error="boom"))
+    monkeypatch.setattr(json, "dump", real_dump)
+    assert path.read_text() == before and json.loads(before)["status"] == "ok"
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["result.json"]  # no temp file left

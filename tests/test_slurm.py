@@ -138,7 +138,7 @@ def test_timeout_cancel_and_exception_each_end_as_a_record(tmp_path):
 
 def test_rerunning_a_sweep_submits_only_what_has_no_ok_record(tmp_path):
     sweep = tmp_path / "resumed"
-    common = [*SLURM, f"hydra.sweep.dir={sweep}", "optimizer=sgd_momentum", "train.timed_steps=2"]
+    common = [*SLURM, f"hydra.sweep.dir={sweep}", "strategy=ddp", "optimizer=sgd_momentum", "train.timed_steps=2"]
     first = run_sweep(tmp_path, *common, "train.seed=1")
     assert first.returncode == 0, first.stderr[-2000:]
     first_ids = set(job_ids(sweep).values())

@@ -57,14 +57,25 @@ CATALOGUE = [  # (overrides, what the message must name)
     (["workload=gemm", "workload.gemm_sizes=[0]"], "workload.gemm_sizes[0]=0 must be >= 1"),
     (["workload=gemm", "workload.gemm_dtypes=[]"], "workload.gemm_dtypes is empty"),
     (["workload=allreduce", "workload.message_bytes=[2]"], "workload.message_bytes[0]=2 must be >= 4"),
+    # the report's own settings (a window of no nights, a drop that is not a fraction)
+    (["report.window=0"], "report.window=0 must be > 0"),
+    (["report.min_drop=5"], "report.min_drop=5.0 must be a fraction in [0, 1)"),
     # what only Slurm can say (sbatch --test-only), before anything is submitted
     (["cluster.nodes=3"], "Node count specification invalid"),
     (["cluster.gpus_per_node=8"], "Requested node configuration is not available"),
 ]
 
 
-def test_the_catalogue_is_large_enough():
-    assert len(CATALOGUE) >= 25
+def test_the_catalogue_refuses_a_bad_value_in_every_config_group():
+    """Every group of the config schema (model, strategy, ..., report) has at least one bad
+    value in the catalogue, so a group whose validation went missing is noticed."""
+    from dataclasses import fields
+
+    from suite.config import SuiteConfig
+
+    covered = {o.lstrip("+").split("=")[0].split(".")[0] for overrides, _ in CATALOGUE for o in overrides}
+    groups = {f.name for f in fields(SuiteConfig)}
+    assert groups - covered == set()
 
 
 @pytest.mark.usefixtures("slurm_cluster")
