@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from suite.config import ReportConfig
+from suite.config import ConfigError, ReportConfig
 from suite.report.build import report_sweep
 
 
@@ -26,10 +26,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.error(f"sweep_dir {args.sweep_dir} is not a folder")
-    options = ReportConfig(history_dir=str(args.history) if args.history else None,
-                           fail_on_regression=args.fail_on_regression, window=args.window,
-                           min_drop=args.min_drop, noise_sigmas=args.noise_sigmas,
-                           max_allowed_drop=args.max_allowed_drop)
+    try:
+        options = ReportConfig(history_dir=str(args.history) if args.history else None,
+                               fail_on_regression=args.fail_on_regression, window=args.window,
+                               min_drop=args.min_drop, noise_sigmas=args.noise_sigmas,
+                               max_allowed_drop=args.max_allowed_drop)
+    except ConfigError as exc:  # named after the config field; the flag is its command-line name
+        parser.error(str(exc))
     report = report_sweep(args.sweep_dir, options)
     print(report.summary_text)
     print(f"\nReport: {report.markdown_path}\n        {report.html_path}")
