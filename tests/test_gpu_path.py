@@ -359,3 +359,21 @@ def test_energy_figures_are_null_without_telemetry_and_derived_with_it():
                                   "sm_clock_min_mhz": 1755.0, "temperature_max_c": 63,
                                   "throttle_reasons": ["SwPowerCap"], "throttled": True}, tokens=1.5e6)
     assert run["tokens_per_joule"] == 750.0 and run["throttled"] is True
+
+
+def test_a_stale_op_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
+    """A rank killed while torch held its just-in-time build lock left the file, and every later
+    run waited on it until its rendezvous timed out (seen on the local cluster after scancel)."""
+    import os
+
+    from suite.workload.device import clear_stale_build_locks
+
+    stale, fresh = tmp_path / "deepspeed_shm_comm" / "lock", tmp_path / "fused_adam" / "lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir()
+        lock.touch()
+    os.utime(stale, (1_000.0, 1_000.0))
+    os.utime(fresh, (1_500.0, 1_500.0))
+    assert clear_stale_build_locks(str(tmp_path), now=1_700.0, older_than_s=600.0) == [str(stale)]
+    assert not stale.exists() and fresh.exists()  # 700 s old: stale; 200 s: a build may be running
+    assert clear_stale_build_locks(None, now=1_700.0) == []

@@ -107,7 +107,15 @@ def test_timeout_cancel_and_exception_each_end_as_a_record(tmp_path):
     ids = job_ids(long_sweep)
     assert not records(long_sweep)  # returned before any job finished
     cancel = next(j for name, j in ids.items() if "zero1" in name)
-    time.sleep(5)
+    # Cancel once both ranks have loaded DeepSpeed's communication op: torch loads it under a
+    # lock file, and a rank killed while holding it left the file behind, so that the next
+    # sweep's runs waited on it until their rendezvous timed out (seen once, with a fixed 5 s
+    # sleep here; the ranks now also remove such a lock once it is stale: device.py).
+    logs = long_sweep / ".submitit" / cancel
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sum(
+            "built successfully" in p.read_text(errors="replace") for p in logs.glob("*_log.out")) < 2:
+        time.sleep(0.5)
     subprocess.run(["scancel", cancel], check=True)
 
     # Meanwhile a sweep whose second run raises in the training step.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 
 class HardwareMismatch(RuntimeError):
@@ -30,6 +30,35 @@ def extensions_environment(environ: dict, prefix: str, writable: bool) -> dict:
     if environ.get("TORCH_EXTENSIONS_DIR") or not writable:
         return {}
     return {"TORCH_EXTENSIONS_DIR": os.path.join(prefix, "torch_extensions")}
+
+
+# torch builds and loads a just-in-time op under a lock file in its build folder (FileBaton),
+# taken on every load while ninja checks the build is up to date. A rank killed while holding
+# it (scancel, a time limit, preemption, the OOM killer) leaves the file behind, and every later
+# run that loads the op waits on it forever: seen on the local cluster, where each such run then
+# ended as "not every rank arrived within cluster.init_timeout_s". A lock older than any build
+# takes is stale.
+STALE_LOCK_S = 600.0
+
+
+def clear_stale_build_locks(extensions_dir: Optional[str], now: float,
+                            older_than_s: float = STALE_LOCK_S) -> List[str]:
+    """Remove the `lock` files of just-in-time op builds under `extensions_dir` (torch's
+    TORCH_EXTENSIONS_DIR) last touched more than `older_than_s` ago; returns the ones removed."""
+    removed = []
+    if not extensions_dir or not os.path.isdir(extensions_dir):
+        return removed
+    for root, _, files in os.walk(extensions_dir):
+        if "lock" not in files:
+            continue
+        path = os.path.join(root, "lock")
+        try:
+            if now - os.path.getmtime(path) > older_than_s:
+                os.remove(path)
+                removed.append(path)
+        except OSError:  # another rank removed it first, or it is not ours to remove
+            pass
+    return removed
 
 
 def threads_per_rank(local_world_size: int, slurm_cpus_per_task: Optional[str],
