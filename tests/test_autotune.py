@@ -151,3 +151,12 @@ def test_a_margin_inside_the_finalists_noise_is_a_tie():
     for p in (best, second):  # steady runs: the same 2% is a result
         p.runs[-1]["step_time_cv"] = 0.01
     assert "a tie" not in autotune_section({**autotune.summary([best, second], {}), "settings": out["settings"]}).text[0]
+
+
+def test_a_sweep_on_the_command_line_is_refused_with_the_quoted_form(tmp_path):
+    from conftest import run_sweep
+
+    done = run_sweep(tmp_path, "experiment=autotune", "strategy=ddp,zero3")
+    assert done.returncode != 0 and not list(tmp_path.glob("*/*/result.json"))
+    assert "a sweep on the command line (strategy=ddp,zero3) is not allowed" in done.stdout + done.stderr
+    assert "\"hydra.sweeper.autotune.space.strategy='ddp,zero3'\"" in done.stdout + done.stderr

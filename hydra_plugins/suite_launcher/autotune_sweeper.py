@@ -106,7 +106,8 @@ class AutotuneSearch:
         if sweeps:
             raise SweepRefused(f"experiment=autotune searches hydra.sweeper.autotune.space; a sweep on the command "
                                f"line ({', '.join(sweeps)}) is not allowed. Set the space instead, e.g. "
-                               f"hydra.sweeper.autotune.space.strategy=ddp,zero3. Nothing was started.")
+                               f"\"hydra.sweeper.autotune.space.strategy='ddp,zero3'\" (quoted: a value, not a sweep). "
+                               f"Nothing was started.")
         return [o.input_line for o in parsed]
 
     def _check_settings(self) -> None:
@@ -151,13 +152,13 @@ class AutotuneSearch:
 
     def _run_rung(self, points: List[Any], fixed: List[str], steps: Optional[int], final: bool) -> None:
         """One batch through the launcher; each point's run is appended to its `runs`."""
-        from suite import results
+        from suite import autotune, results
 
         extra = [] if steps is None else [f"train.timed_steps={steps}"]
         # a short rung's runs may be refused by the memory check like any run: the boundary
         # checks are meant to run, so their memory check is waived (submit.try_anyway)
         overrides = [fixed + p.overrides + extra
-                     + (["submit.try_anyway=true"] if p.required_bytes and p.outcome == "boundary" else [])
+                     + (["submit.try_anyway=true"] if p.outcome == autotune.BOUNDARY else [])
                      for p in points]
         returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
         self.job_idx += len(overrides)
