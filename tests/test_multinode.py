@@ -129,10 +129,14 @@ def test_a_node_that_dies_ends_its_run_as_node_fail_and_the_sweep_goes_on(tmp_pa
 
 
 def test_preflight_flags_the_slowed_node(tmp_path, monkeypatch):
-    # every timed region on node2 takes twice as long (a test-only setting, recorded)
+    # every timed region on node2 takes twice as long (a test-only setting, recorded). The two
+    # nodes of the local cluster share this machine's 2 cores: their jobs, run side by side as on a
+    # real cluster, measured each other's load (CI once saw node1 flagged too). Slurm's singleton
+    # dependency runs the sweep's jobs one after the other here.
     monkeypatch.setenv("SUITE_TEST_SLOW_HOST", "node2:1.0")
     done = run_sweep(tmp_path, "experiment=preflight", "cluster=slurm_local", "submit.repeats=1",
-                     "workload.gemm_sizes=[128,256]", "workload.message_bytes=[65536,1048576]", "workload.iters=5")
+                     "workload.gemm_sizes=[128,256]", "workload.message_bytes=[65536,1048576]", "workload.iters=5",
+                     "+cluster.sbatch_extra.dependency=singleton")
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]  # the acceptance check failed
     assert "submit.each_node: 1-node points run on each of 2 nodes: node1, node2" in done.stdout + done.stderr
     [sweep] = sweep_dirs(tmp_path)
