@@ -43,6 +43,7 @@ METRICS: Tuple[Metric, ...] = (
     Metric("step_time_min_s", "s", "step min (s)", ".4f", False),
     Metric("step_time_max_s", "s", "step max (s)", ".4f", False),
     Metric("timed_steps", "steps", "timed steps", ".0f"),
+    Metric("step_times_s", "s", "", kind="json"),  # each timed step's (slowest rank's) time
     # FLOPs and utilisation
     Metric("flops_per_token", "FLOP", "FLOPs/token", ".4g"),
     Metric("flops_per_token_causal", "FLOP", "FLOPs/token (causal)", ".4g"),

@@ -145,6 +145,7 @@ def run_metrics(*, model: Any, world_size: int, global_batch_size: int,
         **rates,
         **step_time_stats(step_times_s),
         "timed_steps": len(step_times_s),
+        "step_times_s": [float(t) for t in step_times_s],  # for intervals (A/B, ties), not a table
         "flops_per_token": model_flops,
         "flops_per_token_causal": models.flops_per_token(model, causal=True),
         **utilisation(model_flops, hw_flops, rates["tokens_per_s_per_device"],

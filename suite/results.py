@@ -323,12 +323,24 @@ def _plain_redacted(value: Any, name: str) -> Any:
     return redact(name, value)
 
 
+PREVIOUS_RESULT_FILE = "result.previous.json"
+
+
 def write_submission(run_dir: Path, *, run_id: str, sweep_id: str, config: Dict[str, Any],
-                     axes: Dict[str, Any], plan: Dict[str, Any], scheduler: str, job_id: str) -> Path:
+                     axes: Dict[str, Any], plan: Dict[str, Any], scheduler: str, job_id: Optional[str]) -> Path:
     """What the launcher knows of a run it started: the plan its ranks run (made once, shipped
-    here), and enough to write the run's record if the run never does (cancelled, killed)."""
+    here), and enough to write the run's record if the run never does (cancelled, killed).
+    Written before the job starts (job_id None), then again with the scheduler's job id. The
+    first write begins a new attempt: the folder's earlier record (a resumed or forced run) is
+    kept as result.previous.json and its ranks' error files are removed, so that nothing of
+    the earlier attempt can be read as this one's outcome."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if job_id is None:
+        if (run_dir / RESULT_FILE).exists():
+            os.replace(run_dir / RESULT_FILE, run_dir / PREVIOUS_RESULT_FILE)
+        for path in run_dir.glob(".rank*.error"):
+            path.unlink(missing_ok=True)
     data = {"run_id": run_id, "sweep_id": sweep_id, "scheduler": scheduler, "job_id": job_id,
             "submitted_at": now_iso(), "config_hash": config_hash(config), "axes": axes,
             "config": config, "plan": plan}

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from suite.report.analysis import (aggregate_repeats, best_configurations, configuration_key,
-                                   environment_diff, node_preflight, regressions, scaling_table,
-                                   stragglers)
+                                   environment_diff, model_vs_measured, node_preflight, regressions,
+                                   scaling_table, stragglers, trends)
 
 
 def run(**values):
@@ -16,8 +16,8 @@ def run(**values):
                 peak_memory_bytes=100.0, memory_capacity_bytes=1000.0, step_time_median_s=1.0)
     base.update(values)
     config = {"strategy": base["strategy"], "world": base["world_size"], "mode": base["scaling"],
-              "nodes": base["nodes"],
-              "train": {"repeat_index": base["repeat_index"]}}
+              "nodes": base["nodes"], "optimizer": base["optimizer"], "precision": base["precision"],
+              "train": {"repeat_index": base["repeat_index"], "micro_batch_size": base["micro_batch_size"]}}
     base["config_json"] = json.dumps(config)
     return base
 
@@ -73,6 +73,77 @@ def test_scaling_over_nodes_keeps_the_node_count_and_starts_from_the_fewest_node
     table = scaling_table(aggregate_repeats(pd.DataFrame(rows), max_cv=0.05))
     assert list(zip(table.world_size, table.nodes)) == [(1, 1), (2, 1), (2, 2)]
     assert table.efficiency.tolist() == pytest.approx([1.0, 0.9, 0.85])  # 900/1000, 850/1000
+
+
+def test_a_scaling_study_is_each_configuration_against_its_own_smallest_world():
+    # issue 16: one weak and one strong study per optimizer and micro-batch, not one per strategy
+    # against whichever run came first. Weak: the global batch follows the ranks; strong: the
+    # accumulation does.
+    weak = [("adamw", 2, 1, 1000.0), ("adamw", 2, 2, 1800.0), ("sgd_momentum", 2, 1, 2000.0),
+            ("sgd_momentum", 2, 2, 3000.0), ("adamw", 4, 2, 3200.0)]
+    rows = [run(scaling="weak", optimizer=o, micro_batch_size=mb, world_size=n, data_parallel=n,
+                global_batch_size=mb * n, grad_accum_steps=1, tokens_per_s=t, tokens_per_s_per_device=t / n)
+            for o, mb, n, t in weak]
+    strong = [("adamw", 1, 4.0), ("adamw", 2, 2.5), ("sgd_momentum", 1, 2.0), ("sgd_momentum", 2, 1.6)]
+    rows += [run(scaling="strong", optimizer=o, world_size=n, data_parallel=n, global_batch_size=16,
+                 grad_accum_steps=8 // n, step_time_median_s=t, tokens_per_s=100.0 / t, tokens_per_s_per_device=1.0)
+             for o, n, t in strong]
+    table = scaling_table(aggregate_repeats(pd.DataFrame(rows), max_cv=0.05))
+    # each study's N0 is 100%: three weak studies and two strong ones
+    weak, strong = table[table["mode"] == "weak"], table[table["mode"] == "strong"]
+    assert sorted(weak.efficiency) == pytest.approx([0.75, 0.9, 1.0, 1.0, 1.0])
+    assert sorted(strong.efficiency) == pytest.approx([0.625, 0.8, 1.0, 1.0])
+    # the table names what tells the studies apart
+    table = table.set_index(["mode", "configuration", "world_size"])
+    assert table.loc[("weak", "adamw / mb 2", 2), "efficiency"] == pytest.approx(0.9)           # 900 / 1000
+    assert table.loc[("weak", "sgd_momentum / mb 2", 2), "efficiency"] == pytest.approx(0.75)   # 1500 / 2000
+    assert table.loc[("weak", "adamw / mb 4", 2), "efficiency"] == pytest.approx(1.0)           # its own N0
+    assert table.loc[("strong", "adamw / mb 2", 2), "speedup"] == pytest.approx(1.6)            # 4 / 2.5
+    assert table.loc[("strong", "sgd_momentum / mb 2", 2), "speedup"] == pytest.approx(1.25)    # 2 / 1.6
+    assert table.loc[("strong", "sgd_momentum / mb 2", 2), "efficiency"] == pytest.approx(0.625)  # 2 / (1.6 x 2)
+
+
+def test_labels_name_every_axis_that_varies_and_nothing_that_follows():
+    from suite.report.analysis import configuration_labels
+
+    configs = pd.DataFrame([
+        run(strategy=s, zero_stage=z, optimizer=o, micro_batch_size=mb, world_size=2, data_parallel=2)
+        for s, z in (("ddp", 0), ("zero2", 2)) for o in ("adamw", "sgd_momentum") for mb in (2.0, 4.0)])
+    axes, labels = configuration_labels(configs)
+    # the stage follows from the strategy; precision and ranks do not vary
+    assert axes == ["strategy", "optimizer", "micro_batch_size"]
+    assert labels.iloc[0] == "ddp / adamw / mb 2" and labels.iloc[-1] == "zero2 / sgd_momentum / mb 4"
+    assert labels.is_unique
+    # shown axes are not named, nor what follows from them: dp from the ranks
+    scaled = pd.DataFrame([run(world_size=n, data_parallel=n, micro_batch_size=mb) for n in (1, 2) for mb in (2, 4)])
+    assert configuration_labels(scaled, shown=("world_size",))[0] == ["micro_batch_size"]
+    # an axis that follows only where it tells rows apart: tp set apart from the strategy
+    layouts = pd.DataFrame([run(strategy="tp", tensor_parallel=t) for t in (1, 2)])
+    assert configuration_labels(layouts)[1].tolist() == ["tp 1", "tp 2"]
+    # nothing varies: the strategy names the row
+    axes, labels = configuration_labels(configs.iloc[:1])
+    assert (axes, labels.tolist()) == ([], ["ddp"])
+
+
+def test_trends_keep_configurations_apart_that_differ_only_in_micro_batch():
+    past = pd.DataFrame([run(micro_batch_size=mb, sweep_id=f"night{i}", sweep_date=f"2026-11-0{i}",
+                             tokens_per_s_per_device=v * mb)
+                         for i, v in ((1, 100.0), (2, 110.0)) for mb in (2.0, 4.0)])
+    past["config_key"] = past.config_json.map(configuration_key)
+    table = trends(past)["tiny"]
+    assert list(table.columns) == ["mb 2", "mb 4"]
+    assert table["mb 4"].tolist() == [400.0, 440.0]
+
+
+def test_the_memory_table_names_the_optimizer_of_the_default_sweep():
+    # the default sweep: strategies x optimizers; each strategy's two rows looked identical
+    configs = pd.DataFrame([run(strategy=s, optimizer=o, accelerator="cpu", model_state_bytes_predicted=1.0,
+                                deepspeed_estimate_bytes=None, comm_bytes_per_step_json=None,
+                                comm_bytes_per_step_predicted=None)
+                            for s in ("ddp", "zero1") for o in ("adamw", "sgd_momentum")])
+    table = model_vs_measured(configs, [0.9, 4.0])
+    assert list(zip(table.strategy, table.configuration)) == [
+        ("ddp", "adamw"), ("ddp", "sgd_momentum"), ("zero1", "adamw"), ("zero1", "sgd_momentum")]
 
 
 def straggler_run(run_id, times, hosts, cv, forward_cv=None, **values):
@@ -245,6 +316,19 @@ def test_environment_diff_names_every_changed_field():
         "SUITE_TEST_SLOWDOWN_S: None -> 0.1")
 
 
+def test_per_job_values_are_no_change_in_the_environment():
+    # issue 16: every Slurm job has its own ids, array task, rendezvous address and port
+    before = pd.Series({"env_variables": json.dumps({
+        "SLURM_JOB_ID": "101", "SLURM_JOBID": "101", "SLURM_ARRAY_JOB_ID": "100", "SLURM_ARRAY_TASK_ID": "1",
+        "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_JOB_START_TIME": "1", "MASTER_ADDR": "node1",
+        "MASTER_PORT": "29500", "SLURM_NNODES": "1", "NCCL_ALGO": "Ring"})})
+    after = pd.Series({"env_variables": json.dumps({
+        "SLURM_JOB_ID": "205", "SLURM_JOBID": "205", "SLURM_ARRAY_JOB_ID": "203", "SLURM_ARRAY_TASK_ID": "2",
+        "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_JOB_START_TIME": "9", "MASTER_ADDR": "node7",
+        "MASTER_PORT": "29611", "SLURM_NNODES": "2", "NCCL_ALGO": "Ring"})})
+    assert environment_diff(before, after) == "SLURM_NNODES: 1 -> 2"
+
+
 def test_history_loads_sweeps_of_other_suite_versions_as_one_frame(tmp_path):
     from suite.report import history
 
@@ -291,8 +375,6 @@ def test_a_record_that_redacted_token_dtype_is_the_same_configuration_as_a_new_o
 
 
 def test_the_measured_peak_is_judged_against_the_memory_model_on_gpus_only():
-    from suite.report.analysis import model_vs_measured
-
     base = dict(model="m", strategy="zero3", world_size=8, model_state_bytes_predicted=50.0,
                 deepspeed_estimate_bytes=None, comm_bytes_per_step_json=None, comm_bytes_per_step_predicted=None)
     configs = pd.DataFrame([

@@ -52,7 +52,11 @@ def test_a_preempted_slurm_run_is_requeued_and_completes(tmp_path):
     deadline = time.monotonic() + 60
     while not state().startswith("RUNNING") and time.monotonic() < deadline:
         time.sleep(1)
-    time.sleep(4)  # into training
+    # until both ranks are past their imports and rendezvous (they load DeepSpeed's op then)
+    logs, deadline = sweep / ".submitit" / job, time.monotonic() + 120
+    while time.monotonic() < deadline and sum(
+            "built successfully" in p.read_text(errors="replace") for p in logs.glob("*_log.out")) < 2:
+        time.sleep(0.5)
     # what Slurm sends a job it preempts (submitit's signal); submitit requeues the job
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     deadline = time.monotonic() + 60

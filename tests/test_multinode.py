@@ -105,7 +105,11 @@ def test_a_node_that_dies_ends_its_run_as_node_fail_and_the_sweep_goes_on(tmp_pa
             if state and state[0] == "RUNNING":
                 break
             time.sleep(1)
-        time.sleep(10)
+        # until rank 1 hangs at step 3 (it says so in the job's log)
+        logs = next(tmp_path.glob("*/1_*/submission.json")).parent.parent / ".submitit" / job
+        while time.monotonic() < deadline and not any(
+                "train.fault=hang at step 3" in p.read_text(errors="replace") for p in logs.glob("*_log.out")):
+            time.sleep(0.5)
         subprocess.run([*CLUSTER, "kill-node", "node2"], check=True)
         # what a health check does on a real cluster (Slurm alone would wait SlurmdTimeout)
         subprocess.run(["scontrol", "update", "nodename=node2", "state=down", "reason=test: node2 died"], check=True)

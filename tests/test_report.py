@@ -1,21 +1,27 @@
 """Collation and report tables on hand-built record sets."""
+import dataclasses
+
 import pandas as pd
+import pytest
 
 from suite import results
 from suite.report.build import report_sweep
 from suite.report.collate import COLUMNS, load_sweep
 
 
-def write(sweep, name, status="ok", strategy="ddp", tokens=None, world=2, error=None, model="tiny"):
+def write(sweep, name, status="ok", strategy="ddp", tokens=None, world=2, error=None, model="tiny",
+          micro=2, accelerator="cpu", **figures):
     metrics = {} if tokens is None else {"tokens_per_s_per_device": tokens, "tokens_per_s": tokens * world,
                                          "step_time_median_s": 0.01, "step_time_cv": 0.05,
                                          "tflops_per_device": 0.01, "mfu": None,
-                                         "peak_memory_bytes": 200 * 2 ** 20}
+                                         "peak_memory_bytes": 200 * 2 ** 20, **figures}
     rec = results.make_record(
         run_id=f"{sweep.name}/{name}", sweep_id=sweep.name, status=status, error=error,
-        config={"strategy": strategy}, metrics=metrics, env={"torch": "2.13.0", "deepspeed": "0.19.8"},
+        config={"model": {"name": model}, "strategy": strategy, "train": {"micro_batch_size": micro}},
+        metrics=metrics,
+        env={"torch": "2.13.0", "deepspeed": "0.19.8"},
         axes={"model": model, "strategy": strategy, "optimizer": "adamw", "precision": "fp32",
-              "world_size": world, "micro_batch_size": 2, "grad_accum_steps": 1},
+              "world_size": world, "micro_batch_size": micro, "grad_accum_steps": 1, "accelerator": accelerator},
         started_at="t0", finished_at="t1")
     results.write_record(sweep / name, rec)
 
@@ -43,8 +49,9 @@ def test_report_holds_every_run_and_lists_failures(tmp_path):
     assert "1,500" in md and "RuntimeError: boom" in md
     # best per (model, world size): zero1 beats ddp for tiny on 2 ranks, by 50%
     best = md.split("## Best configuration")[1].split("\n## ")[0]
-    assert "| zero1 / adamw / fp32 / mb 2 |" in best and "| ddp / adamw / fp32 " in best
-    assert "50.0%" in best
+    # named by the axes that vary in the sweep: here the strategy alone
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in best.splitlines() if line.startswith("| tiny")]
+    assert rows == [["tiny", "2", "zero1", "1,500", "—", "ddp", "50.0%"]]
     html = report.html_path.read_text()
     assert html.count("data:image/png;base64,") == 2 and "RuntimeError: boom" in html
     assert (sweep / "report" / "throughput_tiny.png").stat().st_size > 1000
@@ -92,3 +99,88 @@ def test_a_layout_off_the_data_parallel_losses_fails_the_report_and_its_command(
     done = subprocess.run([sys.executable, "-m", "suite.report", str(sweep)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_plots_name_the_axes_that_vary_and_mfu_and_memory_stand_beside_throughput(tmp_path, monkeypatch):
+    # issue 16: two runs apart only in micro-batch shared the label "ddp / adamw / fp32 / 2 ranks"
+    # (one bar drawn over the other), and there was no MFU or memory plot
+    from suite.report import sections
+
+    drawn, real_png = {}, sections.png
+
+    def record_labels(fig):
+        ax = fig.axes[0]
+        drawn[ax.get_title()] = [t.get_text() for t in ax.get_yticklabels()]
+        return real_png(fig)
+
+    monkeypatch.setattr(sections, "png", record_labels)
+    sweep = tmp_path / "sweep"
+    for micro, tokens, mfu, predicted in ((2, 1000.0, 0.3, 150), (4, 1500.0, 0.45, 250)):
+        write(sweep, f"{micro}_ddp", tokens=tokens, micro=micro, accelerator="cuda", mfu=mfu,
+              memory_predicted_bytes=predicted * 2 ** 20)
+    write(sweep, "9_cpu", tokens=100.0, model="gpt_125m")  # on the CPU: no MFU, no comparable peak
+    report = report_sweep(sweep)
+    assert drawn["tiny: throughput per device"] == ["mb 2", "mb 4"]
+    assert drawn["tiny: model FLOPs utilisation"] == ["mb 2", "mb 4"]
+    assert drawn["tiny: peak memory, measured against the memory model"] == ["mb 2", "mb 4"]
+    assert {p.name for p in (sweep / "report").glob("*.png")} == {
+        "throughput_tiny.png", "mfu_tiny.png", "memory_tiny.png", "throughput_gpt_125m.png"}
+    md = report.markdown_path.read_text()
+    assert "No MFU plot for gpt_125m: MFU needs the device's datasheet peak" in md
+    assert "No memory plot for gpt_125m: its runs are on the CPU" in md
+    assert report.html_path.read_text().count("data:image/png;base64,") == 4
+
+
+def test_every_report_setting_is_an_option_of_the_report_command(tmp_path, capsys):
+    # issue 16: --max-cv, the straggler, preflight and memory settings had no option
+    from suite.config import ReportConfig
+    from suite.report import __main__ as command
+
+    with pytest.raises(SystemExit):
+        command.main(["--help"])
+    shown = capsys.readouterr().out
+    settings = [f.name for f in dataclasses.fields(ReportConfig)]
+    assert [name for name in settings if name != "enabled" and f"--{name.replace('_', '-')}" not in shown] == []
+    assert set(command.NOT_OPTIONS) == {"enabled"}  # whether a sweep reports: this command is the report
+    # each option sets its setting (a value other than the default)
+    defaults, argv, wanted = ReportConfig(), [str(tmp_path)], {}
+    for name in settings:
+        default, flag = getattr(defaults, name), f"--{name.replace('_', '-')}"
+        if name in command.NOT_OPTIONS:
+            continue
+        if isinstance(default, bool):
+            wanted[name], argv = not default, argv + [flag if not default else f"--no-{flag[2:]}"]
+        elif isinstance(default, list):
+            wanted[name], argv = [0.5, 2.0], argv + [flag, "0.5", "2.0"]
+        elif default is None:
+            wanted[name], argv = str(tmp_path / "history"), argv + [flag, str(tmp_path / "history")]
+        else:
+            wanted[name] = default + 1 if isinstance(default, int) else default / 2
+            argv += [flag, str(wanted[name])]
+    _, options = command.parse(argv)
+    assert {name: getattr(options, name) for name in wanted} == wanted
+    assert command.parse([str(tmp_path), "--history", "h"])[1].history_dir == "h"  # the older name
+
+
+@pytest.mark.parametrize("sacct", [None, "echo 'sacct: error: Problem talking to the database' >&2; exit 1"])
+def test_a_sweep_copied_off_the_cluster_reports_and_says_reconciliation_was_skipped(tmp_path, monkeypatch, sacct):
+    # issue 16: on a laptop (no sacct) or with accounting down, the report failed outright
+    sweep = tmp_path / "sweep"
+    write(sweep, "0_ddp", tokens=1000.0)
+    results.write_submission(sweep / "1_zero1", run_id="sweep/1_zero1", sweep_id="sweep", config={},
+                             axes={"strategy": "zero1"}, plan={}, scheduler="slurm", job_id="77_1")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if sacct:
+        (bin_dir / "sacct").write_text(f"#!/bin/sh\n{sacct}\n")
+        (bin_dir / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    report = report_sweep(sweep)
+    why = ("sacct failed (exit 1): sacct: error: Problem talking to the database" if sacct
+           else "sacct could not be run: [Errno 2] No such file or directory")
+    line = next(line for line in report.summary_text.splitlines() if "reconciliation" in line)
+    assert line.startswith(f"- reconciliation with the scheduler skipped (slurm: {why}")
+    assert line.endswith("runs without a record, their state unknown: 1 (1_zero1)")
+    assert "not finished yet" not in report.summary_text  # not known to be pending or running
+    assert report.unfinished == ["1_zero1"] and not report.all_ok
+    assert line in report.markdown_path.read_text()

@@ -56,12 +56,13 @@ def _report(sweep, history, *extra):
 
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory):
-    """Three nights of one configuration, the last deliberately slowed, each reported against
-    the history of the ones before: (sweep folders, the three report commands' results, the
-    history folder). The history and the browser tests share them."""
+    """Three nights of one configuration, two runs each, the last deliberately slowed, each
+    reported against the history of the ones before: (sweep folders, the three report commands'
+    results, the history folder). The history, A/B and browser tests share them."""
     root = tmp_path_factory.mktemp("nights")
     history = root / "history"
-    axes = ["strategy=ddp", "optimizer=sgd_momentum", "train.timed_steps=5", "report.enabled=false"]
+    axes = ["strategy=ddp", "optimizer=sgd_momentum", "train.timed_steps=5", "report.enabled=false",
+            "submit.repeats=2"]  # an A/B verdict needs two runs a side
     sweeps = []
     for name, env in (("first", {}), ("same", {}), ("slow", {"SUITE_TEST_SLOWDOWN_S": "0.2"})):
         os.environ.update(env)
@@ -108,3 +109,34 @@ def test_html_report_renders_in_a_headless_browser(tmp_path, nights):
     assert len(colours) > 50  # text, tables and a plot, not a blank page
     # the bar plot's blue (#3b75af) is on screen: the embedded image rendered
     assert any(abs(r - 0x3b) < 12 and abs(g - 0x75) < 12 and abs(b - 0xaf) < 12 for _, (r, g, b) in colours)
+
+
+def test_ab_comparison_finds_the_slowed_sweep_slower_and_the_same_one_unchanged(tmp_path, nights):
+    import pandas as pd
+
+    sweeps = nights[0]
+
+    def compare(base, new, name):
+        # Two sweeps of one configuration a minute apart on this shared 2-core machine ran at
+        # 2,680 and 3,400 tokens/s/device (two runs each, each run's steps within 15%): the
+        # machine drifts between sweeps, which no interval from one sweep per side can see. Here
+        # only a change beyond 50% is called (the slowed sweep loses ~80%); the default is 2%.
+        done = subprocess.run([sys.executable, "-m", "suite.compare", str(base), str(new), "--out", str(tmp_path / name),
+                               "--fail-on-slower", "--min-change", "0.5"], cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+        [row] = pd.read_csv(tmp_path / name / "compare.csv").to_dict("records")
+        return done, row
+
+    done, slow = compare(sweeps[0], sweeps[2], "slow")
+    assert done.returncode == 1, done.stdout + done.stderr      # --fail-on-slower: a configuration got slower
+    assert slow["verdict"] == "slower" and slow["low"] <= slow["change"] <= slow["high"] < -0.5, slow
+    assert slow["base_runs"] == slow["new_runs"] == 2 and slow["noise_seen"] == "steps and repeats"
+    assert "SUITE_TEST_SLOWDOWN_S: None -> 0.2" in slow["what_differs"]
+    md = (tmp_path / "slow" / "compare.md").read_text()
+    assert md.startswith("# A/B comparison") and "| slower " in md and "compare_change.png" in md
+    assert (tmp_path / "slow" / "compare_change.png").stat().st_size > 5000
+    done, same = compare(sweeps[0], sweeps[1], "same")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert same["verdict"] == "no detectable change" and same["low"] <= same["change"] <= same["high"], same
+    print(f"A/B slowed: {slow['change']:+.1%} [{slow['low']:+.1%}, {slow['high']:+.1%}]; "
+          f"identical: {same['change']:+.1%} [{same['low']:+.1%}, {same['high']:+.1%}]")

@@ -83,3 +83,28 @@ def test_a_write_that_fails_halfway_leaves_the_previous_record_whole(tmp_path, m
     monkeypatch.setattr(json, "dump", real_dump)
     assert path.read_text() == before and json.loads(before)["status"] == "ok"
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["result.json"]  # no temp file left
+
+
+def test_a_new_attempt_never_reads_the_previous_attempts_record(tmp_path):
+    """issue 16: a resumed (or forced) run goes into the folder of its earlier attempt. Its
+    submission begins the new attempt: the old record (and its ranks' error files) must not be
+    read as the new attempt's outcome by the launcher, the report's reconciliation or collation."""
+    run_dir = tmp_path / "sweep" / "0_tiny"
+    submission = dict(run_id="sweep/0_tiny", sweep_id="sweep", config={"model": {"name": "tiny"}},
+                      axes={"model": "tiny"}, plan={}, scheduler="slurm")
+    results.write_record(run_dir, record(status="oom", error="CUDA out of memory"))  # the first attempt
+    results.rank_error_file(run_dir, 1).write_text(json.dumps({"status": "oom", "message": "CUDA out of memory",
+                                                               "time": 1.0}))
+    results.write_submission(run_dir, **submission, job_id=None)  # before the new job starts
+    assert not (run_dir / results.RESULT_FILE).exists() and not results.read_rank_errors(run_dir)
+    assert results.read_record(run_dir / results.PREVIOUS_RESULT_FILE)["status"] == "oom"  # kept
+    results.write_submission(run_dir, **submission, job_id="42_0")  # the same attempt, its job id
+    # the new attempt ended without a record: it says so, not the old record's "oom"
+    results.write_record_from_submission(run_dir, status="cancelled",
+                                         error="Slurm job 42_0 ended CANCELLED without writing a record")
+    new = results.read_record(run_dir / results.RESULT_FILE)
+    assert (new["status"], new["error"]) == ("cancelled", "Slurm job 42_0 ended CANCELLED without writing a record")
+    # a record the new attempt wrote itself is not moved by the submission's second write
+    results.write_record(run_dir, record(status="ok"))
+    results.write_submission(run_dir, **submission, job_id="42_0")
+    assert results.read_record(run_dir / results.RESULT_FILE)["status"] == "ok"

@@ -102,3 +102,26 @@ def test_a_run_placed_on_a_node_asks_slurm_for_that_node(compose_cfg):
     assert slurm_parameters(cfg, plan_run(cfg, 0))["nodelist"] == "node2"
     cfg = to_object(compose_cfg("cluster=slurm_local"))
     assert "nodelist" not in slurm_parameters(cfg, plan_run(cfg, 0))
+
+
+def test_reconciliation_asks_slurm_about_a_rerun_whose_folder_holds_an_old_record(tmp_path, monkeypatch):
+    # issue 16: a resumed run that had failed before was taken as finished (its old record) while
+    # its new job was still pending; once that job ended without a record, the old status stood
+    from suite import results
+    from suite.schedulers import slurm
+
+    run_dir = tmp_path / "sweep" / "0_tiny"
+    submission = dict(run_id="sweep/0_tiny", sweep_id="sweep", config={}, axes={"model": "tiny"}, plan={},
+                      scheduler="slurm")
+    old = results.make_record(run_id="sweep/0_tiny", sweep_id="sweep", status="oom", error="out of memory",
+                              config={}, axes={}, metrics={}, env={}, started_at="t0", finished_at="t1")
+    results.write_record(run_dir, old)
+    results.write_submission(run_dir, **submission, job_id=None)  # the sweep run again: a new attempt
+    results.write_submission(run_dir, **submission, job_id="42_0")
+    state = {"42_0": slurm.SlurmJobState("42_0", "PENDING", "00:00:00", "0:0")}
+    monkeypatch.setattr(slurm, "sacct_states", lambda ids: {j: state[j] for j in ids if j in state})
+    assert schedulers.unfinished(tmp_path / "sweep") == ["0_tiny"]
+    state["42_0"] = slurm.SlurmJobState("42_0", "CANCELLED", "00:00:05", "0:15")
+    assert schedulers.unfinished(tmp_path / "sweep") == []
+    new = results.read_record(run_dir / results.RESULT_FILE)
+    assert new["status"] == "cancelled" and "without writing a record" in new["error"]

@@ -117,6 +117,14 @@ def test_timeout_cancel_and_exception_each_end_as_a_record(tmp_path):
             "built successfully" in p.read_text(errors="replace") for p in logs.glob("*_log.out")) < 2:
         time.sleep(0.5)
     subprocess.run(["scancel", cancel], check=True)
+    # the live status of the running sweep: the ddp job runs on towards its time limit
+    status = subprocess.run([os.sys.executable, "-m", "suite.status", str(long_sweep)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr[-2000:]
+    ddp = next(name for name in ids if "ddp" in name)
+    rows = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()[1:] if line.strip()}
+    assert rows[ddp] == "running" and f"job {ids[ddp]} RUNNING" in status.stdout, status.stdout
+    assert "/2 runs finished: " in status.stdout and "1 running" in status.stdout
 
     # Meanwhile a sweep whose second run raises in the training step.
     done = run_sweep(short_dir, *SLURM, "strategy=zero2", "optimizer=sgd_momentum",
@@ -142,23 +150,32 @@ def test_timeout_cancel_and_exception_each_end_as_a_record(tmp_path):
     assert by_strategy["ddp"]["status"] == "timeout", by_strategy["ddp"]["error"]
     md = (long_sweep / "report" / "report.md").read_text()
     assert "runs: 2, ok: 0, failed: 2" in md and "cancelled" in md and "timeout" in md
+    # and the finished sweep's status: each run's record
+    status = subprocess.run([os.sys.executable, "-m", "suite.status", str(long_sweep)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert "2/2 runs finished: 0 pending, 0 running, 0 ok, 1 cancelled, 1 timeout; done" in status.stdout, status.stdout
 
 
 def test_rerunning_a_sweep_submits_only_what_has_no_ok_record(tmp_path):
     sweep = tmp_path / "resumed"
     common = [*SLURM, f"hydra.sweep.dir={sweep}", "strategy=ddp", "optimizer=sgd_momentum", "train.timed_steps=2"]
-    first = run_sweep(tmp_path, *common, "train.seed=1")
+    first = run_sweep(tmp_path, *common, "train.seed=1,2")
     assert first.returncode == 0, first.stderr[-2000:]
     first_ids = set(job_ids(sweep).values())
+    # one of its runs failed: its record says so, as a crashed run's would. Only an ok record
+    # counts as done, so resuming runs that configuration again and keeps the other
+    failed = next(name for name, r in records(sweep).items() if r["config"]["train"]["seed"] == 2)
+    record = records(sweep)[failed]
+    (sweep / failed / "result.json").write_text(json.dumps({**record, "status": "error", "error": "planted"}))
     second = run_sweep(tmp_path, *common, "train.seed=1,2")
     assert second.returncode == 0, second.stderr[-2000:]
     assert "Resume: 1 of 2 runs already have an ok record" in second.stdout + second.stderr
     new_ids = set(job_ids(sweep).values()) - first_ids
-    assert len(new_ids) == 1
-    assert sorted(r["config"]["train"]["seed"] for r in records(sweep).values()) == [1, 2]
-    third = run_sweep(tmp_path, *common, "train.seed=1,2", "submit.force=true")
+    assert len(new_ids) == 1 and job_ids(sweep)[failed] in new_ids
+    assert sorted((r["config"]["train"]["seed"], r["status"]) for r in records(sweep).values()) == [(1, "ok"), (2, "ok")]
+    third = run_sweep(tmp_path, *common, "train.seed=1", "submit.force=true")
     assert third.returncode == 0
-    assert len(set(job_ids(sweep).values()) - first_ids - new_ids) == 2
+    assert len(set(job_ids(sweep).values()) - first_ids - new_ids) == 1
 
 
 def test_nightly_batch_job_runs_the_sweep_inside_slurm_and_builds_the_report(tmp_path):

@@ -119,6 +119,9 @@ class SuiteLauncher(BaseSubmititLauncher):
             self._print_dry_run(groups, scheduler, sweep_dir)
             returns.update({r.idx: _returned(r, "dry-run") for r in todo})
         elif todo:
+            from suite.status import write_sweep_file
+
+            write_sweep_file(sweep_dir, [{"name": r.run_dir.name, "label": r.label} for r in runs], scheduler.name)
             returns.update(self._submit(scheduler, groups, sweep_dir, submit.wait))
         for idx, (duplicate, first) in duplicates.items():
             returns[idx] = _returned(duplicate, returns[first].return_value)
@@ -265,12 +268,30 @@ class SuiteLauncher(BaseSubmititLauncher):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"Sweep folder: {sweep_dir} ({sum(map(len, groups))} runs)")
         job_function = SharedLauncher(self, sweep_dir / ".submitit")
+        if wait:  # the counts while it waits: a live line on a terminal, log lines otherwise
+            from suite.status import Progress
+
+            with Progress(sweep_dir):
+                submitted = self._submit_groups(scheduler, groups, job_function)
+                print(f"Sweep folder: {sweep_dir}", flush=True)
+                return {run.idx: self._outcome(scheduler, job, run) for run, job in submitted}
+        submitted = self._submit_groups(scheduler, groups, job_function)
+        print(f"Sweep folder: {sweep_dir}", flush=True)
+        print(f"Not waiting (submit.wait=false). Progress: python -m suite.status {sweep_dir}\n"
+              f"When the jobs have ended:\n  python -m suite.report {sweep_dir}", flush=True)
+        return {run.idx: _returned(run, "submitted") for run, _ in submitted}
+
+    def _submit_groups(self, scheduler, groups: List[List[PlannedRun]], job_function) -> List[tuple]:
+        """Each group to the scheduler (a local one runs it before returning); (run, job) pairs."""
+        from suite.schedulers import SchedulerRefused
+
         submitted = []
         for group in groups:
             for run in group:
                 self._record_submission(run, scheduler.name, None)
             try:
-                jobs = scheduler.submit(group, job_function, self._job_args)
+                jobs = scheduler.submit(group, job_function, self._job_args, started=lambda run, job:
+                                        self._record_submission(run, scheduler.name, str(job.job_id)))
             except SchedulerRefused as exc:
                 earlier = sorted({str(job.job_id).split("_")[0] for _, job in submitted})
                 raise SweepRefused(f"{exc}\n" + (f"Submitted before it: {', '.join(earlier)} (they run; "
@@ -279,12 +300,7 @@ class SuiteLauncher(BaseSubmititLauncher):
             for run, job in zip(group, jobs):
                 self._record_submission(run, scheduler.name, str(job.job_id))
                 submitted.append((run, job))
-        print(f"Sweep folder: {sweep_dir}", flush=True)
-        if not wait:
-            print(f"Not waiting (submit.wait=false). When the jobs have ended:\n"
-                  f"  python -m suite.report {sweep_dir}", flush=True)
-            return {run.idx: _returned(run, "submitted") for run, _ in submitted}
-        return {run.idx: self._outcome(scheduler, job, run) for run, job in submitted}
+        return submitted
 
     def _outcome(self, scheduler, job: Any, run: PlannedRun) -> JobReturn:
         """Wait for the job; if the run left no record, write one (from the scheduler's account)."""

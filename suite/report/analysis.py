@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from typing import Dict, List, Optional
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import pandas as pd
 
 from suite.metric_registry import BY_NAME
@@ -18,6 +20,27 @@ NOT_CONFIGURATION = ("repeat_index",)
 # Environment fields compared when a configuration regressed ("what changed").
 ENV_FIELDS = ["env_torch", "env_deepspeed", "env_cuda", "env_nccl", "env_driver",
               "env_device_name", "env_hostnames", "env_git_revision", "env_variables"]
+# Variables that differ between any two jobs and so say nothing of what changed: Slurm's job,
+# array and step ids, a job's times and node list (the hosts are compared as hostnames), the
+# rendezvous address and port.
+PER_JOB_VARIABLES = re.compile(r"SLURM_(JOB_?ID|ARRAY_\w+|JOB_(START|END)_TIME|JOB_NODELIST|JOB_GPUS|"
+                               r"STEP_\w+|PROCID|LOCALID|NODEID|TASK_PID)|MASTER_(ADDR|PORT)|"
+                               r"SUITE_RESULTS_DIR")  # where a sweep writes: no condition of a measurement
+
+# How a label names an axis: "mb 4", "ranks 8"; the axes not listed here by their value alone
+# ("zero2", "adamw", "bf16").
+AXIS_NAMES = {"world_size": "ranks", "nodes": "nodes", "ranks_per_node": "per node", "data_parallel": "dp",
+              "tensor_parallel": "tp", "pipeline_parallel": "pp", "sequence_parallel": "sp",
+              "zero_stage": "stage", "offload_optimizer": "offload optimizer", "offload_params": "offload params",
+              "activation_checkpointing": "recompute", "compile": "compiled", "check_parity": "parity",
+              "scaling": "scaling", "micro_batch_size": "mb", "grad_accum_steps": "accum",
+              "global_batch_size": "global batch", "seq_len": "seq", "n_params": "params"}
+# Axes that follow from others (the model's family and size, the strategy's engine, stage, layout
+# and offload, the device, the data-parallel degree, ranks per node, the batch arithmetic): a label
+# names one only where it tells apart rows that the other axes do not.
+FOLLOWING = ("model_family", "n_params", "engine", "zero_stage", "offload_optimizer", "offload_params",
+             "accelerator", "data_parallel", "tensor_parallel", "pipeline_parallel", "sequence_parallel",
+             "ranks_per_node", "grad_accum_steps", "global_batch_size")
 
 
 def configuration_key(config_json: str) -> str:
@@ -52,6 +75,45 @@ def _schema_defaults() -> Dict[str, dict]:
     return {group: values for group, values in asdict(SuiteConfig()).items() if isinstance(values, dict)}
 
 
+def _axis_value(value) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
+        return "—"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def configuration_labels(configs: pd.DataFrame, shown: Sequence[str] = ()) -> Tuple[List[str], pd.Series]:
+    """The configuration axes that vary among the rows, and a label per row naming them
+    ("zero2 / adamw / mb 4"), for every table and plot. `shown`: axes the caller shows on its
+    own (a column, a plot per model): never named, and what follows from them is not named
+    either. Returns ([] and each row's strategy) when no other axis varies."""
+    from suite.report.collate import AXES  # collate imports this module
+
+    if configs.empty:
+        return [], pd.Series(dtype="string", index=configs.index)
+    text = pd.DataFrame({a: configs[a].map(_axis_value) for a in AXES
+                         if a in configs.columns and a not in NOT_CONFIGURATION}, index=configs.index)
+    known = [a for a in shown if a in text]
+
+    def distinct(axes: List[str]) -> int:
+        return len(text[axes].drop_duplicates()) if axes else 1
+
+    named = [a for a in text if a not in known and a not in FOLLOWING and text[a].nunique() > 1]
+    for axis in (a for a in text if a in FOLLOWING and a not in known):
+        if distinct(known + named + [axis]) > distinct(known + named):
+            named.append(axis)
+    named = [a for a in text if a in named]  # in the axes' order
+    if not named:
+        fallback = configs.strategy if "strategy" in configs else pd.Series("", index=configs.index)
+        return [], fallback.map(_axis_value).astype("string")
+    labels = text[named].apply(lambda row: " / ".join(
+        f"{AXIS_NAMES[a]} {v}" if a in AXIS_NAMES else v for a, v in row.items()), axis=1)
+    return named, labels.astype("string")
+
+
 def aggregate_repeats(frame: pd.DataFrame, max_cv: float) -> pd.DataFrame:
     """One row per configuration (ok runs): the median of each metric over its repeats, the
     repeats' coefficient of variation of tokens/s per device, and whether it is too noisy."""
@@ -73,33 +135,54 @@ def aggregate_repeats(frame: pd.DataFrame, max_cv: float) -> pd.DataFrame:
     return out
 
 
+# What the device count changes in a scaling study: the ranks, their nodes, the data-parallel
+# degree, and what the mode derives from them (weak: the global batch grows with N; strong: the
+# accumulation shrinks). Every other configuration axis is held within a study.
+DEVICE_COUNT = ("world_size", "nodes", "ranks_per_node", "data_parallel")
+FOLLOWS_THE_DEVICE_COUNT = {"weak": ("global_batch_size",), "strong": ("grad_accum_steps",)}
+SCALING_COLUMNS = ["model", "strategy", "mode", "configuration", "world_size", "nodes", "global_batch_size",
+                   "tokens_per_s", "tokens_per_s_per_device", "step_time_median_s", "speedup",
+                   "efficiency", "noisy"]
+
+
 def scaling_table(configs: pd.DataFrame) -> pd.DataFrame:
-    """Speed-up and efficiency per (model, strategy, mode) against the smallest measured world
-    size N0 of the group. Weak: efficiency = (T(N)/N) / (T(N0)/N0), T = tokens/s. Strong (same
-    global batch): efficiency = t(N0) N0 / (t(N) N), t = step time; speed-up = t(N0)/t(N)."""
+    """Speed-up and efficiency per study against its smallest measured world size N0. A study:
+    the configurations of one mode equal in every axis but the device count (DEVICE_COUNT and
+    what follows from it), so a sweep over optimizer, precision or micro-batch makes a study of
+    each. Weak: efficiency = (T(N)/N) / (T(N0)/N0), T = tokens/s. Strong (same global batch):
+    efficiency = t(N0) N0 / (t(N) N), t = step time; speed-up = t(N0)/t(N). `configuration`
+    names the axes that tell studies of one model and strategy apart ("" if none)."""
+    from suite.report.collate import AXES  # collate imports this module
+
     study = configs[configs.scaling.isin(["weak", "strong"])]
+    varying, labels = configuration_labels(study, shown=("model", "strategy", "scaling", "global_batch_size")
+                                           + DEVICE_COUNT)
+    study = study.assign(configuration=labels if varying else "")
     rows = []
-    for (model, strategy, mode), group in study.groupby(["model", "strategy", "scaling"]):
-        group = group.sort_values(["world_size", "nodes"])
-        base = group.iloc[0]
-        n0 = base.world_size
-        for _, r in group.iterrows():
-            n = r.world_size
-            if mode == "weak":
-                speedup = r.tokens_per_s / base.tokens_per_s
-                efficiency = (r.tokens_per_s / n) / (base.tokens_per_s / n0)
-            else:
-                speedup = base.step_time_median_s / r.step_time_median_s
-                efficiency = base.step_time_median_s * n0 / (r.step_time_median_s * n)
-            rows.append({"model": model, "strategy": strategy, "mode": mode, "world_size": int(n),
-                         "nodes": None if pd.isna(r.nodes) else int(r.nodes),
-                         "global_batch_size": int(r.global_batch_size), "tokens_per_s": r.tokens_per_s,
-                         "tokens_per_s_per_device": r.tokens_per_s_per_device,
-                         "step_time_median_s": r.step_time_median_s, "speedup": speedup,
-                         "efficiency": efficiency, "noisy": bool(r.noisy)})
-    return pd.DataFrame(rows, columns=["model", "strategy", "mode", "world_size", "nodes", "global_batch_size",
-                                       "tokens_per_s", "tokens_per_s_per_device", "step_time_median_s",
-                                       "speedup", "efficiency", "noisy"])
+    for mode, studies in study.groupby("scaling"):
+        held = [a for a in AXES if a in studies and a not in DEVICE_COUNT + FOLLOWS_THE_DEVICE_COUNT[mode]
+                and a not in NOT_CONFIGURATION]
+        for _, group in studies.groupby(held, dropna=False):
+            group = group.sort_values(["world_size", "nodes"])
+            base = group.iloc[0]
+            n0 = base.world_size
+            for _, r in group.iterrows():
+                n = r.world_size
+                if mode == "weak":
+                    speedup = r.tokens_per_s / base.tokens_per_s
+                    efficiency = (r.tokens_per_s / n) / (base.tokens_per_s / n0)
+                else:
+                    speedup = base.step_time_median_s / r.step_time_median_s
+                    efficiency = base.step_time_median_s * n0 / (r.step_time_median_s * n)
+                rows.append({"model": r.model, "strategy": r.strategy, "mode": mode,
+                             "configuration": r.configuration, "world_size": int(n),
+                             "nodes": None if pd.isna(r.nodes) else int(r.nodes),
+                             "global_batch_size": int(r.global_batch_size), "tokens_per_s": r.tokens_per_s,
+                             "tokens_per_s_per_device": r.tokens_per_s_per_device,
+                             "step_time_median_s": r.step_time_median_s, "speedup": speedup,
+                             "efficiency": efficiency, "noisy": bool(r.noisy)})
+    table = pd.DataFrame(rows, columns=SCALING_COLUMNS)
+    return table.sort_values(["model", "strategy", "mode", "configuration"], kind="stable").reset_index(drop=True)
 
 
 STRAGGLER_COLUMNS = ["run_id", "model", "strategy", "world_size", "slowest_rank", "slowest_host",
@@ -147,9 +230,12 @@ def stragglers(frame: pd.DataFrame, min_excess: float, noise_sigmas: float
 
 def best_configurations(configs: pd.DataFrame) -> pd.DataFrame:
     """Per (model, world size): the fastest configuration by tokens/s per device, its memory
-    headroom (capacity - peak, per device) and how much faster it is than the runner-up."""
+    headroom (capacity - peak, per device) and how much faster it is than the runner-up. Both
+    are named by the axes that vary in the sweep (configuration_labels)."""
     rows = []
-    for (model, world), group in configs.dropna(subset=["tokens_per_s_per_device"]).groupby(["model", "world_size"]):
+    measured = configs.dropna(subset=["tokens_per_s_per_device"])
+    measured = measured.assign(label=configuration_labels(measured, shown=("model", "world_size"))[1])
+    for (model, world), group in measured.groupby(["model", "world_size"]):
         ranked = group.sort_values("tokens_per_s_per_device", ascending=False)
         best = ranked.iloc[0]
         runner = ranked.iloc[1] if len(ranked) > 1 else None
@@ -157,10 +243,10 @@ def best_configurations(configs: pd.DataFrame) -> pd.DataFrame:
                     if pd.notna(best.get("memory_capacity_bytes")) and pd.notna(best.peak_memory_bytes) else None)
         rows.append({
             "model": model, "world_size": int(world),
-            "configuration": f"{best.strategy} / {best.optimizer} / {best.precision} / mb {int(best.micro_batch_size)}",
+            "configuration": best.label,
             "tokens_per_s_per_device": best.tokens_per_s_per_device,
             "memory_headroom_bytes": headroom,
-            "runner_up": None if runner is None else f"{runner.strategy} / {runner.optimizer} / {runner.precision}",
+            "runner_up": None if runner is None else runner.label,
             "margin": None if runner is None else best.tokens_per_s_per_device / runner.tokens_per_s_per_device - 1,
         })
     return pd.DataFrame(rows, columns=["model", "world_size", "configuration", "tokens_per_s_per_device",
@@ -170,9 +256,11 @@ def best_configurations(configs: pd.DataFrame) -> pd.DataFrame:
 def model_vs_measured(configs: pd.DataFrame, bounds: List[float]) -> pd.DataFrame:
     """Predicted model-state memory (ZeRO paper and DeepSpeed's estimator) next to the measured
     peak, and predicted communication next to what the comms logger counted; flags disagreements.
-    On the CPU the peak is the process's resident set (the runtime included): not compared."""
+    On the CPU the peak is the process's resident set (the runtime included): not compared.
+    `configuration` names the other axes that vary (the optimizer in the default sweep)."""
+    varying, labels = configuration_labels(configs, shown=("model", "strategy", "world_size"))
     rows = []
-    for _, r in configs.iterrows():
+    for (_, r), label in zip(configs.iterrows(), labels if varying else [""] * len(configs)):
         on_gpu = isinstance(r.accelerator, str) and r.accelerator == "cuda"
         memory_ratio = (r.peak_memory_bytes / r.model_state_bytes_predicted
                         if on_gpu and pd.notna(r.model_state_bytes_predicted) and r.model_state_bytes_predicted
@@ -192,15 +280,15 @@ def model_vs_measured(configs: pd.DataFrame, bounds: List[float]) -> pd.DataFram
             flags.append(f"peak {peak_ratio:.2f}x the memory model: it under-predicts")
         if comm_ratio is not None and not 0.5 <= comm_ratio <= 2.0:
             flags.append(f"communication {comm_ratio:.2f}x model")
-        rows.append({"model": r.model, "strategy": r.strategy, "world_size": r.world_size,
-                     "model_state_bytes_predicted": r.model_state_bytes_predicted,
+        rows.append({"model": r.model, "strategy": r.strategy, "configuration": label,
+                     "world_size": r.world_size, "model_state_bytes_predicted": r.model_state_bytes_predicted,
                      "deepspeed_estimate_bytes": r.deepspeed_estimate_bytes,
                      "peak_memory_bytes": r.peak_memory_bytes, "memory_ratio": memory_ratio,
                      "memory_predicted_bytes": predicted, "peak_ratio": peak_ratio,
                      "comm_bytes_per_step_predicted": r.comm_bytes_per_step_predicted,
                      "comm_bytes_per_step_counted": counted, "comm_ratio": comm_ratio,
                      "flag": "; ".join(flags)})
-    return pd.DataFrame(rows, columns=["model", "strategy", "world_size", "model_state_bytes_predicted",
+    return pd.DataFrame(rows, columns=["model", "strategy", "configuration", "world_size", "model_state_bytes_predicted",
                                        "deepspeed_estimate_bytes", "peak_memory_bytes", "memory_ratio",
                                        "memory_predicted_bytes", "peak_ratio", "comm_bytes_per_step_predicted", "comm_bytes_per_step_counted",
                                        "comm_ratio", "flag"])
@@ -228,6 +316,8 @@ def regressions(current: pd.DataFrame, history: pd.DataFrame, *, metric: str = "
                                               latest_sweep=("sweep_id", "last"))
     deviation = (recent.value - recent.config_key.map(stats.baseline)).abs()
     stats["noise"] = 1.4826 * deviation.groupby(recent.config_key).median()
+    varying, labels = configuration_labels(current, shown=("model", "strategy", "optimizer", "precision", "world_size"))
+    current = current.assign(configuration=labels if varying else "")
     rows = current.dropna(subset=[metric]).join(stats, on="config_key", how="inner")
     rows["value"] = rows[metric]
     rows["allowed_drop"] = (min_drop * rows.baseline).where(
@@ -246,20 +336,21 @@ def regressions(current: pd.DataFrame, history: pd.DataFrame, *, metric: str = "
     return rows.reset_index(drop=True)[REGRESSION_COLUMNS]
 
 
-REGRESSION_COLUMNS = ["model", "strategy", "optimizer", "precision", "world_size", "config_key",
+REGRESSION_COLUMNS = ["model", "strategy", "optimizer", "precision", "world_size", "configuration", "config_key",
                       "value", "baseline", "noise", "allowed_drop", "change", "nights", "verdict",
                       "what_changed"]
 
 
 def environment_diff(before, after) -> str:
-    """'field: old -> new' for every environment field that differs (rows or named tuples)."""
+    """'field: old -> new' for every environment field that differs (rows or named tuples);
+    per-job values (PER_JOB_VARIABLES) are no change."""
     changes = []
     for column in ENV_FIELDS:
         old, new = getattr(before, column, None), getattr(after, column, None)
         if column == "env_variables":
             old_vars, new_vars = json.loads(old or "{}"), json.loads(new or "{}")
             for name in sorted(set(old_vars) | set(new_vars)):
-                if name in ("MASTER_PORT",) or old_vars.get(name) == new_vars.get(name):
+                if PER_JOB_VARIABLES.fullmatch(name) or old_vars.get(name) == new_vars.get(name):
                     continue
                 changes.append(f"{name}: {old_vars.get(name)} -> {new_vars.get(name)}")
             continue
@@ -275,14 +366,18 @@ def _missing(value: Optional[object]) -> bool:
 
 
 def trends(history: pd.DataFrame, metric: str = "tokens_per_s_per_device") -> Dict[str, pd.DataFrame]:
-    """Per model: one column per configuration, one row per sweep (its median), in time order."""
+    """Per model: one column per configuration (named by the axes that vary in the model's
+    history; configurations that no axis tells apart carry their key), one row per sweep (its
+    median), in time order."""
     out = {}
     for model, group in history.groupby("model"):
-        label = (group.strategy + " / " + group.optimizer + " / " + group.precision + " / "
-                 + group.world_size.astype("Int64").astype(str))
-        table = group.assign(label=label).pivot_table(index="sweep_date", columns="label", values=metric,
-                                                      aggfunc="median").sort_index()
-        out[model] = table
+        configs = group.drop_duplicates("config_key", keep="last")
+        names = configuration_labels(configs, shown=("model",))[1]
+        shared = names.duplicated(keep=False)
+        names = names.where(~shared, names + " #" + configs.config_key.str[:6])
+        label = group.config_key.map(dict(zip(configs.config_key, names)))
+        out[model] = group.assign(label=label).pivot_table(index="sweep_date", columns="label", values=metric,
+                                                           aggfunc="median").sort_index()
     return out
 
 
@@ -397,8 +492,10 @@ def parity_table(frame: pd.DataFrame) -> pd.DataFrame:
     difference, the precision's tolerance, and the verdict (yes, NO, run failed, no ddp run)."""
     columns = ["model", "strategy", "optimizer", "precision", "activation_checkpointing",
                "data_parallel", "tensor_parallel", "pipeline_parallel", "sequence_parallel",
-               "max_abs_diff", "tolerance", "matches"]
+               "configuration", "max_abs_diff", "tolerance", "matches"]
     runs = frame[frame.check_parity.fillna(False).astype(bool)]
+    varying, labels = configuration_labels(runs, shown=columns[:9])  # the other axes that vary
+    runs = runs.assign(configuration=labels if varying else "")
     rows = []
     keys = ["model", "optimizer", "precision", "global_batch_size", "world_size"]
     for _, group in runs.groupby(keys, dropna=False):
@@ -419,7 +516,7 @@ def parity_table(frame: pd.DataFrame) -> pd.DataFrame:
                 result = loss_parity(losses, reference, r.precision)
                 verdict = "yes" if result["matches"] else "NO"
                 diff, tol = result["max_abs_diff"], result["tolerance"]
-            rows.append({**{c: r[c] for c in columns[:9]}, "max_abs_diff": diff, "tolerance": tol,
+            rows.append({**{c: r[c] for c in columns[:10]}, "max_abs_diff": diff, "tolerance": tol,
                          "matches": verdict})
     return pd.DataFrame(rows, columns=columns)
 

@@ -23,22 +23,23 @@ class Report:
     html_path: Path
     summary_text: str
     all_ok: bool
-    unfinished: List[str]
+    unfinished: List[str]      # runs without a record: pending, running, or not looked up
     regressions: pd.DataFrame
+    reconciliation_skipped: Optional[str] = None  # why the scheduler's account was not asked
 
 
 def report_sweep(sweep_dir: Path, options: Optional[ReportConfig] = None) -> Report:
     options = options or ReportConfig()
     sweep_dir = Path(sweep_dir)
-    unfinished = schedulers.unfinished(sweep_dir)      # 1. every ended run has a record
+    reconciled = schedulers.reconcile(sweep_dir)       # 1. every ended run has a record
     frame = load_sweep(sweep_dir)                      # 2. one row per run
     if options.history_dir:                            # 3. the sweep joins the history
         history.append(Path(options.history_dir), frame)
-    return build_report(sweep_dir, frame, options, unfinished)  # 4-5. analyse, render
+    return build_report(sweep_dir, frame, options, reconciled)  # 4-5. analyse, render
 
 
 def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
-                 unfinished: List[str]) -> Report:
+                 reconciled: schedulers.Reconciliation) -> Report:
     """Analyse the collated runs (and the history, if any) and write SWEEP_DIR/report/."""
     out = Path(sweep_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +66,7 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
 
     straggling, slow_nodes = analysis.stragglers(frame, options.straggler_min_excess,
                                                  options.straggler_noise_sigmas)
-    header = sections.header_lines(Path(sweep_dir).name, frame, configs, parity, regress, unfinished, options)
+    header = sections.header_lines(Path(sweep_dir).name, frame, configs, parity, regress, reconciled, options)
     preflight_nodes, together = analysis.node_preflight(frame, options.preflight_tolerance,
                                                               options.preflight_noise_sigmas)
     for line in (sections.straggler_line(straggling, slow_nodes), sections.preflight_line(preflight_nodes)):
@@ -96,9 +97,10 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
     parity_ok = parity.empty or not bool((parity.matches == "NO").any())
     regression_ok = not (options.fail_on_regression and (regress.verdict == "regression").any())
     preflight_ok = not bool(preflight_nodes.flagged.any())  # an acceptance check that failed
+    unfinished = reconciled.unfinished + reconciled.unknown
     return Report(frame, markdown_path, html_path, summary,
                   all_ok=n_ok == len(frame) and not unfinished and parity_ok and regression_ok and preflight_ok,
-                  unfinished=unfinished, regressions=regress)
+                  unfinished=unfinished, regressions=regress, reconciliation_skipped=reconciled.skipped)
 
 
 def _autotune_summary(sweep_dir: Path) -> Optional[dict]:

@@ -24,7 +24,8 @@ COLUMNS = (["run_id", "sweep_id", "status", "error", "attempts", "config_hash", 
             "schema_version"] + AXES
            + METRICS + [f"env_{k}" for k in ENV]
            + ["started_at", "finished_at", "sweep_date", "config_json", "loss_per_step_json",
-              "comm_bytes_per_step_json", "micro_json", "per_rank_json", "throttle_reasons"])
+              "comm_bytes_per_step_json", "micro_json", "per_rank_json", "throttle_reasons",
+              "step_times_json"])
 # each rank's own figures (metric name -> key in per_rank_json)
 PER_RANK = {"rank_hosts": "hosts", "rank_step_time_s": "step_time_s",
             "rank_forward_time_s": "forward_time_s", "rank_forward_time_cv": "forward_time_cv",
@@ -69,6 +70,8 @@ def flatten(record: Dict[str, Any]) -> Dict[str, Any]:
     row["config_json"] = json.dumps(record.get("config"), sort_keys=True)
     row["config_key"] = configuration_key(row["config_json"])
     row["loss_per_step_json"] = json.dumps((record.get("metrics") or {}).get("loss_per_step"))
+    # each timed step's time, for confidence intervals (null in records from before they were kept)
+    row["step_times_json"] = json.dumps(metrics["step_times_s"]) if metrics.get("step_times_s") else None
     return row
 
 

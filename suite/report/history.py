@@ -10,6 +10,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from suite.report.collate import AXES
+
 
 def append(history_dir: Path, frame: pd.DataFrame) -> int:
     """Add the sweep's rows (idempotent: writing the same sweep again replaces its file)."""
@@ -23,11 +25,11 @@ def append(history_dir: Path, frame: pd.DataFrame) -> int:
     return len(frame)
 
 
-# What regressions, "what changed" and trends read of the history (not the configs and losses).
-COLUMNS = ["sweep_id", "status", "finished_at", "config_key", "model", "strategy",
-           "optimizer", "precision", "world_size", "tokens_per_s_per_device", "env_torch",
+# What regressions, "what changed" and trends read of the history (not the configs and losses);
+# the configuration axes name the trend plot's lines.
+COLUMNS = ["sweep_id", "status", "finished_at", "config_key", "tokens_per_s_per_device", "env_torch",
            "env_deepspeed", "env_cuda", "env_nccl", "env_driver", "env_device_name", "env_hostnames",
-           "env_git_revision", "env_variables"]
+           "env_git_revision", "env_variables"] + AXES
 
 
 def load(history_dir: Path, columns: Optional[List[str]] = None, ok_only: bool = False) -> pd.DataFrame:

@@ -74,8 +74,8 @@ def metric(name: str) -> Tuple[str, Callable]:
     return m.heading, formatter or fmt(m.fmt)
 
 
-def markdown(sections: List[Section], header: List[str]) -> str:
-    parts = ["# Benchmark report", "", *header, ""]
+def markdown(sections: List[Section], header: List[str], title: str = "Benchmark report") -> str:
+    parts = [f"# {title}", "", *header, ""]
     for s in sections:
         parts += [f"## {s.title}", ""] + [t + "\n" for t in s.text]
         for caption, table in s.tables:
@@ -86,8 +86,8 @@ def markdown(sections: List[Section], header: List[str]) -> str:
     return "\n".join(parts)
 
 
-def html_page(sections: List[Section], header: List[str]) -> str:
-    body = ["<h1>Benchmark report</h1><ul>"] + [f"<li>{html.escape(h.lstrip('- '))}</li>" for h in header] + ["</ul>"]
+def html_page(sections: List[Section], header: List[str], title: str = "Benchmark report") -> str:
+    body = [f"<h1>{html.escape(title)}</h1><ul>"] + [f"<li>{html.escape(h.lstrip('- '))}</li>" for h in header] + ["</ul>"]
     for s in sections:
         body.append(f"<h2>{html.escape(s.title)}</h2>")
         body += [f"<p>{html.escape(t)}</p>" for t in s.text]
@@ -104,7 +104,7 @@ def html_page(sections: List[Section], header: List[str]) -> str:
              "table.t{display:block;overflow-x:auto;max-width:100%}"
              ".t th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}"
              "h2{border-bottom:2px solid #3b75af;padding-bottom:.2em;margin-top:2em}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Benchmark report</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 

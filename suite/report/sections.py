@@ -7,7 +7,9 @@ from typing import Dict, List, Optional
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from suite.report.render import Section, fmt, metric, mib, pct, png, share, show
+from suite.metrics import implausible
+from suite.report.analysis import configuration_labels
+from suite.report.render import MIB, Section, fmt, metric, mib, pct, png, share, show
 
 PLOTTED = 30  # most configurations in one throughput or trend plot
 
@@ -30,6 +32,45 @@ def _layout(r) -> str:
     return " x ".join(fmt(".0f")(d) for d in (r.data_parallel, r.tensor_parallel, r.pipeline_parallel, sp))
 
 
+# The order of the throughput table's rows and plots' bars
+ORDER = ["world_size", "nodes", "strategy", "optimizer", "precision", "micro_batch_size"]
+# The axes the throughput table has a column for (the layout's four in one)
+THROUGHPUT_AXES = ("model", "strategy", "optimizer", "precision", "world_size", "nodes", "data_parallel",
+                   "tensor_parallel", "pipeline_parallel", "sequence_parallel", "micro_batch_size",
+                   "grad_accum_steps", "activation_checkpointing", "compile")
+
+
+def _with_configuration(columns: Dict[str, tuple], table: pd.DataFrame, after: str) -> Dict[str, tuple]:
+    """The display columns with `configuration` (the other axes that vary) after `after`, where
+    the table names any."""
+    if "configuration" not in table or not table.configuration.fillna("").astype(bool).any():
+        return columns
+    out = {}
+    for name, spec in columns.items():
+        out[name] = spec
+        if name == after:
+            out["configuration"] = ("configuration", None)
+    return out
+
+
+def _bars(labels: List[str], bars: Dict[str, list], xlabel: str, title: str) -> bytes:
+    """A horizontal bar plot, one row per label (kept apart even if two labels read the same),
+    one bar per entry of `bars` in each row."""
+    fig, ax = plt.subplots(figsize=(8, (0.25 + 0.2 * len(bars)) * max(len(labels), 2) + 1.2))
+    height = 0.8 / len(bars)
+    for k, ((name, values), colour) in enumerate(zip(bars.items(), ("#3b75af", "#999999"))):
+        ax.barh([i - 0.4 + height * (k + 0.5) for i in range(len(labels))], values, height=height,
+                color=colour, label=name)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    if len(bars) > 1:
+        ax.legend(fontsize=8)
+    return png(fig)
+
+
 def throughput_section(configs: pd.DataFrame) -> Section:
     section = Section("Throughput", ["One row per configuration: medians over its repeats. "
                                      "CV = coefficient of variation (step times within a run; "
@@ -40,10 +81,14 @@ def throughput_section(configs: pd.DataFrame) -> Section:
                                      "runs). A share above 100% cannot be true and reads 'error'. "
                                      "Tokens per joule: tokens trained in the timed steps over the "
                                      "GPUs' energy (NVML) in them; 'throttled': power or heat held "
-                                     "the clocks down during the timed steps."])
+                                     "the clocks down during the timed steps. Beside the throughput "
+                                     "plot: MFU (where a peak is known) and the memory model's "
+                                     "predicted peak against the measured one (GPUs)."])
     for model, group in configs.groupby("model"):
-        group = group.sort_values(["world_size", "nodes", "strategy", "optimizer", "precision"])
-        table = show(group.assign(layout=group.apply(_layout, axis=1)), {
+        group = group.sort_values(ORDER)
+        others, labels = configuration_labels(group, shown=THROUGHPUT_AXES)
+        group = group.assign(layout=group.apply(_layout, axis=1), configuration=labels if others else "")
+        table = show(group, _with_configuration({
             "strategy": ("strategy", None), "optimizer": ("optimizer", None),
             "precision": ("precision", None), "world_size": ("ranks", fmt(".0f")),
             "nodes": ("nodes", fmt(".0f")),
@@ -56,20 +101,38 @@ def throughput_section(configs: pd.DataFrame) -> Section:
             **{name: metric(name) for name in THROUGHPUT_METRICS[4:8]},
             "repeats": ("repeats", fmt(".0f")), "repeat_cv": ("repeat CV", pct),
             "noisy": ("too noisy", lambda v: "yes" if v else ""),
-            **{name: metric(name) for name in THROUGHPUT_METRICS[8:]}})
+            **{name: metric(name) for name in THROUGHPUT_METRICS[8:]}}, group, "compile"))
         section.tables.append((str(model), table))
-        group = group.nlargest(PLOTTED, "tokens_per_s_per_device").sort_values(
-            ["world_size", "nodes", "strategy", "optimizer", "precision"])
-        fig, ax = plt.subplots(figsize=(8, 0.4 * max(len(group), 2) + 1.2))
-        on_nodes = group.nodes.map(lambda n: f" on {int(n)} nodes" if pd.notna(n) and n > 1 else "")
-        labels = (group.strategy + " / " + group.optimizer + " / " + group.precision + " / "
-                  + group.world_size.astype(int).astype(str) + " ranks" + on_nodes).tolist()
-        ax.barh(labels, group.tokens_per_s_per_device.tolist(), color="#3b75af")
-        ax.invert_yaxis()
-        ax.set_xlabel("tokens/s per device")
-        ax.set_title(f"{model}: throughput per device" + (f" (fastest {PLOTTED})" if len(group) == PLOTTED else ""))
-        ax.grid(axis="x", alpha=0.3)
-        section.images.append((f"throughput_{model}", png(fig)))
+        group = group.nlargest(PLOTTED, "tokens_per_s_per_device").sort_values(ORDER)
+        group = group.assign(label=configuration_labels(group, shown=("model",))[1])
+        fastest = f" (fastest {PLOTTED})" if len(group) == PLOTTED else ""
+        section.images.append((f"throughput_{model}", _bars(
+            group.label.tolist(), {"tokens/s per device": group.tokens_per_s_per_device.tolist()},
+            "tokens/s per device", f"{model}: throughput per device{fastest}")))
+        measured = group[group.mfu.notna()]
+        mfu = measured[~measured.mfu.map(implausible).astype(bool)]  # above 100%: an error, not a figure
+        errors = f" ({len(measured) - len(mfu)} above 100% left out: an error)" if len(mfu) < len(measured) else ""
+        if len(mfu):
+            section.images.append((f"mfu_{model}", _bars(
+                mfu.label.tolist(), {"MFU": (mfu.mfu * 100).tolist()}, "MFU (%)",
+                f"{model}: model FLOPs utilisation{fastest}{errors}")))
+        else:
+            section.text.append(f"No MFU plot for {model}: " + (
+                "its MFU figures are above 100%, a measurement error." if len(measured) else
+                "MFU needs the device's datasheet peak, and none is known for its runs (a CPU, or a "
+                "GPU not in the peak table)."))
+        on_gpu = group[group.accelerator.astype("string").fillna("") == "cuda"]
+        memory = on_gpu.dropna(subset=["peak_memory_bytes", "memory_predicted_bytes"])
+        if len(memory):
+            section.images.append((f"memory_{model}", _bars(
+                memory.label.tolist(), {"measured peak": (memory.peak_memory_bytes / MIB).tolist(),
+                                        "predicted (memory model)": (memory.memory_predicted_bytes / MIB).tolist()},
+                "MiB per device", f"{model}: peak memory, measured against the memory model{fastest}")))
+        else:
+            section.text.append(f"No memory plot for {model}: " + (
+                "its runs are on the CPU, where the measured peak is the whole process's resident "
+                "set (the runtime included), which the memory model does not predict." if on_gpu.empty
+                else "its GPU runs have no measured or no predicted peak."))
     return section
 
 
@@ -77,28 +140,32 @@ def scaling_section(scaling: pd.DataFrame) -> Optional[Section]:
     if scaling.empty:
         return None
     section = Section("Scaling", [
-        "Against the smallest measured world size N0 of each (model, strategy, mode). "
+        "Against the smallest measured world size N0 of each study: the runs of one mode equal in "
+        "every configuration axis but the device count (ranks, nodes, and what follows from them: "
+        "the global batch in weak scaling, the accumulation in strong scaling); 'configuration' "
+        "names the axes that tell a model's studies of one strategy apart. "
         "Weak scaling (per-device micro-batch fixed): speed-up = T(N)/T(N0), efficiency = "
         "(T(N)/N) / (T(N0)/N0), T = tokens/s. Strong scaling (global batch fixed): speed-up = "
         "t(N0)/t(N), efficiency = t(N0)·N0 / (t(N)·N), t = median step time. 100% is ideal."])
-    table = show(scaling, {
+    table = show(scaling, _with_configuration({
         "model": ("model", None), "strategy": ("strategy", None), "mode": ("mode", None),
         "world_size": ("ranks", fmt(".0f")), "nodes": ("nodes", fmt(".0f")),
         "global_batch_size": ("global batch", fmt(".0f")),
         "tokens_per_s": ("tokens/s", fmt(",.0f")), "tokens_per_s_per_device": ("tokens/s/device", fmt(",.0f")),
         "speedup": ("speed-up", fmt(".2f")), "efficiency": ("efficiency", pct),
-        "noisy": ("too noisy", lambda v: "yes" if v else "")})
+        "noisy": ("too noisy", lambda v: "yes" if v else "")}, scaling, "mode"))
     section.tables.append(("", table))
     for (model, mode), group in scaling.groupby(["model", "mode"]):
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-        for strategy, lines in group.groupby("strategy"):
+        for (strategy, configuration), lines in group.groupby(["strategy", "configuration"], sort=False):
+            label = " / ".join(part for part in (strategy, configuration) if part)
             lines = lines.sort_values("world_size")
-            left.plot(lines.world_size, lines.tokens_per_s, marker="o", label=strategy)
+            left.plot(lines.world_size, lines.tokens_per_s, marker="o", label=label)
             base = lines.iloc[0]
             # ideal in both modes: throughput proportional to the world size
             ideal = base.tokens_per_s * lines.world_size / base.world_size
             left.plot(lines.world_size, ideal, linestyle="--", color="grey", alpha=0.6)
-            right.plot(lines.world_size, lines.efficiency * 100, marker="o", label=strategy)
+            right.plot(lines.world_size, lines.efficiency * 100, marker="o", label=label)
         left.set(xlabel="world size", ylabel="tokens/s", title=f"{model}, {mode}: throughput (dashed: ideal)")
         right.axhline(100, linestyle="--", color="grey", alpha=0.6)
         right.set(xlabel="world size", ylabel="efficiency (%)", title=f"{model}, {mode}: efficiency")
@@ -121,7 +188,7 @@ def best_section(best: pd.DataFrame) -> Section:
 
 
 def model_section(model: pd.DataFrame) -> Section:
-    table = show(model, {
+    table = show(model, _with_configuration({
         "model": ("model", None), "strategy": ("strategy", None), "world_size": ("ranks", fmt(".0f")),
         "model_state_bytes_predicted": ("model states, ZeRO paper (MiB)", mib),
         "deepspeed_estimate_bytes": ("DeepSpeed estimate (MiB)", mib),
@@ -130,7 +197,7 @@ def model_section(model: pd.DataFrame) -> Section:
         "peak_ratio": ("measured/predicted peak", fmt(".2f")),
         "comm_bytes_per_step_predicted": ("comm/step, model (MiB)", mib),
         "comm_bytes_per_step_counted": ("comm/step, comms logger (MiB)", mib),
-        "comm_ratio": ("logged/model", fmt(".2f")), "flag": ("flag", None)})
+        "comm_ratio": ("logged/model", fmt(".2f")), "flag": ("flag", None)}, model, "strategy"))
     return Section("Memory and communication: model vs measured", [
         "Model states per device (ZeRO paper): stage 0 (P+G+O)Ψ, 1 (P+G)Ψ+OΨ/N, 2 PΨ+(G+O)Ψ/N, "
         "3 (P+G+O)Ψ/N bytes, with P, G the parameter and gradient bytes, O the optimizer's "
@@ -148,13 +215,13 @@ def model_section(model: pd.DataFrame) -> Section:
 
 def history_sections(regress: pd.DataFrame, trend: Dict[str, pd.DataFrame]) -> List[Section]:
     sections = []
-    table = show(regress, {
+    table = show(regress, _with_configuration({
         "model": ("model", None), "strategy": ("strategy", None), "optimizer": ("optimizer", None),
         "precision": ("precision", None), "world_size": ("ranks", fmt(".0f")),
         "value": ("tokens/s/device", fmt(",.0f")), "baseline": ("baseline", fmt(",.0f")),
         "change": ("change", pct), "allowed_drop": ("allowed drop", fmt(",.0f")),
         "nights": ("nights", fmt(".0f")), "verdict": ("verdict", None),
-        "what_changed": ("what changed", None)})
+        "what_changed": ("what changed", None)}, regress, "world_size"))
     sections.append(Section("Regressions against history", [
         "Baseline: median of the configuration's last nights; noise: 1.4826 x their median "
         "absolute deviation. A regression is a drop below baseline - max(min_drop x baseline, "
@@ -292,11 +359,12 @@ def environment_section(frame: pd.DataFrame) -> Section:
 def parity_section(parity: pd.DataFrame) -> Optional[Section]:
     if parity.empty:
         return None
-    table = show(parity.assign(layout=parity.apply(_layout, axis=1)), {
+    parity = parity.assign(layout=parity.apply(_layout, axis=1))
+    table = show(parity, _with_configuration({
         "model": ("model", None), "strategy": ("strategy", None), "optimizer": ("optimizer", None),
         "precision": ("precision", None), "activation_checkpointing": ("recompute", None),
         "layout": (LAYOUT, None), "max_abs_diff": ("max |loss - ddp loss|", fmt(".2e")),
-        "tolerance": ("tolerance", fmt(".0e")), "matches": ("matches", None)})
+        "tolerance": ("tolerance", fmt(".0e")), "matches": ("matches", None)}, parity, "layout"))
     return Section("Loss parity against plain data parallel", [
         "Per-step losses (warm-up included) against the plain data-parallel run of the same "
         "model, optimizer, precision, global batch and world size; tolerance per precision."],
@@ -316,16 +384,19 @@ def straggler_line(runs: pd.DataFrame, nodes: pd.DataFrame) -> Optional[str]:
 
 
 def header_lines(sweep_name: str, frame: pd.DataFrame, configs: pd.DataFrame, parity: pd.DataFrame,
-                 regress: pd.DataFrame, unfinished: List[str], options) -> List[str]:
-    """The sweep in a few lines: counts, what is not finished, history verdicts, noise, parity,
+                 regress: pd.DataFrame, reconciled, options) -> List[str]:
+    """The sweep in a few lines: counts, what is not finished, whether the scheduler's account
+    was asked (reconciled: suite.schedulers.Reconciliation), history verdicts, noise, parity,
     measurement errors, unknown GPUs, throttling, versions."""
     from suite.report import analysis
 
     n_ok = int((frame.status == "ok").sum())
     lines = [f"- sweep: {sweep_name}", f"- runs: {len(frame)}, ok: {n_ok}, failed: {len(frame) - n_ok}"]
-    if unfinished:
-        shown = ", ".join(unfinished[:5]) + (", ..." if len(unfinished) > 5 else "")
-        lines.append(f"- not finished yet (pending or running in Slurm): {len(unfinished)} ({shown})")
+    if reconciled.unfinished:
+        lines.append(f"- not finished yet (pending or running in Slurm): {_names(reconciled.unfinished)}")
+    if reconciled.skipped:
+        lines.append(f"- reconciliation with the scheduler skipped ({reconciled.skipped}): "
+                     f"runs without a record, their state unknown: {_names(reconciled.unknown)}")
     if options.history_dir:
         n_reg = int((regress.verdict == "regression").sum())
         n_imp = int((regress.verdict == "improvement").sum())
@@ -341,10 +412,11 @@ def header_lines(sweep_name: str, frame: pd.DataFrame, configs: pd.DataFrame, pa
                      f"match plain data parallel" + (f"; NOT: {', '.join(mismatched.strategy)}" if len(mismatched) else "")
                      + (f"; not compared (no ddp run or the run failed): {len(parity) - len(compared)}"
                         if len(parity) > len(compared) else ""))
+    configs = configs.assign(label=configuration_labels(configs)[1])
     errors = configs[configs.measurement_error.fillna("") != ""] if "measurement_error" in configs else configs.iloc[:0]
     if len(errors):
         lines.append("- measurement error: a share of a ceiling above 100% (shown as 'error', not "
-                     "a result) in " + "; ".join(f"{r.strategy}/{r.optimizer} ({r.measurement_error})"
+                     "a result) in " + "; ".join(f"{r.label} ({r.measurement_error})"
                                                  for r in errors.itertuples()))
     unknown = analysis.unknown_gpus(frame)
     if unknown:
@@ -353,12 +425,16 @@ def header_lines(sweep_name: str, frame: pd.DataFrame, configs: pd.DataFrame, pa
     throttled = configs[configs.throttled.fillna(False).astype(bool)] if "throttled" in configs else configs.iloc[:0]
     if len(throttled):
         lines.append(f"- clocks throttled (power or heat) during the timed steps of {len(throttled)} "
-                     "configuration(s): " + ", ".join(f"{r.strategy}/{r.optimizer}" for r in throttled.itertuples()))
+                     "configuration(s): " + ", ".join(throttled.label))
     measured = frame.dropna(subset=["env_torch"])
     if len(measured):
         v = measured.iloc[0]
         lines.append(f"- torch {v.env_torch}, DeepSpeed {v.env_deepspeed}, device {v.env_device_name}")
     return lines
+
+
+def _names(names: List[str]) -> str:
+    return f"{len(names)} ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
 
 
 def _count(n: int, noun: str) -> str:

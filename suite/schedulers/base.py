@@ -17,6 +17,11 @@ class SchedulerRefused(Exception):
     unless the message says otherwise."""
 
 
+class AccountingUnavailable(RuntimeError):
+    """The scheduler's accounting cannot be asked here (a sweep folder copied off the cluster:
+    no sacct, or sacct failing); the message says why."""
+
+
 @dataclass
 class PlannedRun:
     """A sweep point, planned: what the launcher hands a scheduler."""
@@ -54,8 +59,10 @@ class Scheduler(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, group: Sequence[PlannedRun], job_function: Callable,
-               job_args: Callable[[PlannedRun], tuple]) -> List[Any]:
-        """Submit a group (equal resources); one submitit job per run, in order."""
+               job_args: Callable[[PlannedRun], tuple],
+               started: Optional[Callable[[PlannedRun, Any], None]] = None) -> List[Any]:
+        """Submit a group (equal resources); one submitit job per run, in order. A scheduler
+        that waits for a run before returning calls `started(run, job)` once it is submitted."""
 
     def node_names(self, partition: Optional[str]) -> List[str]:
         """The nodes a run can be placed on by name (cluster.nodelist; submit.each_node)."""
@@ -78,7 +85,8 @@ class Scheduler(abc.ABC):
 
     def unfinished(self, run_dirs: Sequence[Path]) -> List[str]:
         """Of runs submitted earlier that have no record yet: write a record for those whose
-        job has ended (from the scheduler's own account) and return the names of the others."""
+        job has ended (from the scheduler's own account) and return the names of the others.
+        Raises AccountingUnavailable where the scheduler's account cannot be asked."""
         return []
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from suite import results
-from suite.schedulers.base import PlannedRun, Scheduler, SchedulerRefused
+from suite.schedulers.base import AccountingUnavailable, PlannedRun, Scheduler, SchedulerRefused
 
 def asks_for_gpus(cfg: Any, plan: Any) -> bool:
     if cfg.cluster.request_gpus is not None:
@@ -117,10 +117,14 @@ def sacct_states(job_ids: List[str]) -> Dict[str, SlurmJobState]:
     # Ask by array: sacct says nothing of a task id that never started ('33_5'), only of
     # the array's summary line ('33_[5-99%1]').
     arrays = sorted({j.split("_")[0] for j in job_ids})
-    out = subprocess.run(["sacct", "-X", "-P", "-n", "-o", "JobID,State,Elapsed,ExitCode",
-                          "-j", ",".join(arrays)], capture_output=True, text=True, timeout=60)
+    try:
+        out = subprocess.run(["sacct", "-X", "-P", "-n", "-o", "JobID,State,Elapsed,ExitCode",
+                              "-j", ",".join(arrays)], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:  # not installed here, or hanging
+        raise AccountingUnavailable(f"sacct could not be run: {exc}") from exc
     if out.returncode != 0:
-        raise RuntimeError(f"sacct failed: {out.stderr.strip()}")
+        raise AccountingUnavailable(f"sacct failed (exit {out.returncode}): "
+                                    f"{out.stderr.strip() or out.stdout.strip()}")
     states = parse_sacct(out.stdout)
     return {j: states[j] for j in job_ids if j in states}
 
@@ -244,7 +248,8 @@ class SlurmScheduler(Scheduler):
                                        f"\n  {reason}\nNothing was submitted.")
 
     def submit(self, group: Sequence[PlannedRun], job_function: Callable,
-               job_args: Callable[[PlannedRun], tuple]) -> List[Any]:
+               job_args: Callable[[PlannedRun], tuple],
+               started: Optional[Callable[[PlannedRun, Any], None]] = None) -> List[Any]:
         import submitit
         from submitit.core.utils import FailedJobError
 

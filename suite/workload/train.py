@@ -7,6 +7,7 @@ import contextlib
 import os
 import resource
 import signal
+import sys
 import socket
 import statistics
 import time
@@ -91,6 +92,7 @@ def _fault(step: int, cfg: SuiteConfig, rank: int) -> None:
     if cfg.train.fault == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if cfg.train.fault == "hang":
+        print(f"injected fault: train.fault=hang at step {step}: rank {rank} stops here", file=sys.stderr, flush=True)
         while True:
             time.sleep(3600)
     if cfg.train.fault == "raise":
