@@ -15,7 +15,7 @@ import pandas as pd
 
 from suite.report import compare as ab
 from suite.report.collate import load_sweep
-from suite.report.render import Section, fmt, html_page, markdown, pct, png, show
+from suite.report.render import Section, fmt, html_page, markdown, png, show
 
 
 def plot(table: pd.DataFrame) -> bytes:

@@ -10,9 +10,8 @@ import json
 import os
 import sys
 import threading
-import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 

@@ -51,7 +51,8 @@ def test_report_holds_every_run_and_lists_failures(tmp_path):
     best = md.split("## Best configuration")[1].split("\n## ")[0]
     # named by the axes that vary in the sweep: here the strategy alone
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in best.splitlines() if line.startswith("| tiny")]
-    assert rows == [["tiny", "2", "zero1", "1,500", "—", "ddp", "50.0%"]]
+    # these records keep no step times: no interval, no verdict (never a guess)
+    assert rows == [["tiny", "2", "zero1", "1,500", "—", "ddp", "50.0%", "—", "—"]]
     html = report.html_path.read_text()
     assert html.count("data:image/png;base64,") == 2 and "RuntimeError: boom" in html
     assert (sweep / "report" / "throughput_tiny.png").stat().st_size > 1000

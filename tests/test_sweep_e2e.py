@@ -43,6 +43,17 @@ def test_default_sweep_trains_every_zero_stage_and_reports_every_run(tmp_path):
     throughput = md.split("### tiny")[1].split("\n## ")[0]
     assert sum(line.startswith("| zero") or line.startswith("| ddp") for line in throughput.splitlines()) == 8
     assert str(sweep / "report" / "report.md") in done.stdout  # the command says where it is
+    # every comparison says whether it stands out of the noise: ddp against ZeRO-3 (2-3x apart
+    # on the CPU) is a clear gap; the report's best configuration has its interval and verdict
+    from suite.report import intervals
+
+    runs_of = intervals.runs_by_configuration(frame)
+    key = {(r.strategy, r.optimizer): r.config_key for r in frame.itertuples()}
+    change, low, high = intervals.change_interval(runs_of[key["zero3", "adamw"]], runs_of[key["ddp", "adamw"]])
+    assert low > 0, (change, low, high)
+    best = md.split("## Best configuration")[1].split("\n## ")[0]
+    assert "95% interval" in best and ("| clear " in best or "| tie: inside the noise" in best), best
+    assert "- best configuration: " in md and throughput.count("95% interval") == 1
 
 
 def test_an_invalid_sweep_is_refused_before_any_run_starts(tmp_path):

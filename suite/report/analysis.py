@@ -14,6 +14,7 @@ import pandas as pd
 from suite.metric_registry import BY_NAME
 from suite.memory import ALLOCATOR_ALLOWANCE
 from suite.metrics import device_key, implausible, loss_parity
+from suite.report import intervals
 
 # Axes that tell two runs of one configuration apart without changing what is measured.
 NOT_CONFIGURATION = ("repeat_index",)
@@ -142,16 +143,18 @@ DEVICE_COUNT = ("world_size", "nodes", "ranks_per_node", "data_parallel")
 FOLLOWS_THE_DEVICE_COUNT = {"weak": ("global_batch_size",), "strong": ("grad_accum_steps",)}
 SCALING_COLUMNS = ["model", "strategy", "mode", "configuration", "world_size", "nodes", "global_batch_size",
                    "tokens_per_s", "tokens_per_s_per_device", "step_time_median_s", "speedup",
-                   "efficiency", "noisy"]
+                   "efficiency", "efficiency_low", "efficiency_high", "noisy"]
 
 
-def scaling_table(configs: pd.DataFrame) -> pd.DataFrame:
+def scaling_table(configs: pd.DataFrame, runs: Optional[Dict[str, list]] = None) -> pd.DataFrame:
     """Speed-up and efficiency per study against its smallest measured world size N0. A study:
     the configurations of one mode equal in every axis but the device count (DEVICE_COUNT and
     what follows from it), so a sweep over optimizer, precision or micro-batch makes a study of
     each. Weak: efficiency = (T(N)/N) / (T(N0)/N0), T = tokens/s. Strong (same global batch):
     efficiency = t(N0) N0 / (t(N) N), t = step time; speed-up = t(N0)/t(N). `configuration`
-    names the axes that tell studies of one model and strategy apart ("" if none)."""
+    names the axes that tell studies of one model and strategy apart ("" if none). With `runs`
+    (intervals.runs_by_configuration), each efficiency beyond N0 carries the bootstrap interval
+    of its runs' rate against N0's (efficiency_low, efficiency_high; null without step times)."""
     from suite.report.collate import AXES  # collate imports this module
 
     study = configs[configs.scaling.isin(["weak", "strong"])]
@@ -174,13 +177,18 @@ def scaling_table(configs: pd.DataFrame) -> pd.DataFrame:
                 else:
                     speedup = base.step_time_median_s / r.step_time_median_s
                     efficiency = base.step_time_median_s * n0 / (r.step_time_median_s * n)
+                low = high = None
+                if runs and r.config_key != base.config_key and runs.get(r.config_key) and runs.get(base.config_key):
+                    change, lo, hi = intervals.change_interval(runs[base.config_key], runs[r.config_key])
+                    low, high = intervals.scaled(efficiency, change, lo, hi)
                 rows.append({"model": r.model, "strategy": r.strategy, "mode": mode,
                              "configuration": r.configuration, "world_size": int(n),
                              "nodes": None if pd.isna(r.nodes) else int(r.nodes),
                              "global_batch_size": int(r.global_batch_size), "tokens_per_s": r.tokens_per_s,
                              "tokens_per_s_per_device": r.tokens_per_s_per_device,
                              "step_time_median_s": r.step_time_median_s, "speedup": speedup,
-                             "efficiency": efficiency, "noisy": bool(r.noisy)})
+                             "efficiency": efficiency, "efficiency_low": low, "efficiency_high": high,
+                             "noisy": bool(r.noisy)})
     table = pd.DataFrame(rows, columns=SCALING_COLUMNS)
     return table.sort_values(["model", "strategy", "mode", "configuration"], kind="stable").reset_index(drop=True)
 
@@ -228,10 +236,15 @@ def stragglers(frame: pd.DataFrame, min_excess: float, noise_sigmas: float
     return pd.DataFrame(runs, columns=STRAGGLER_COLUMNS), nodes
 
 
-def best_configurations(configs: pd.DataFrame) -> pd.DataFrame:
+TIE, CLEAR = "tie: inside the noise, add submit.repeats", "clear"
+
+
+def best_configurations(configs: pd.DataFrame, runs: Optional[Dict[str, list]] = None) -> pd.DataFrame:
     """Per (model, world size): the fastest configuration by tokens/s per device, its memory
     headroom (capacity - peak, per device) and how much faster it is than the runner-up. Both
-    are named by the axes that vary in the sweep (configuration_labels)."""
+    are named by the axes that vary in the sweep (configuration_labels). With `runs`
+    (intervals.runs_by_configuration) the margin carries its bootstrap interval, and a margin
+    whose interval reaches zero is a tie, not a winner (verdict)."""
     rows = []
     measured = configs.dropna(subset=["tokens_per_s_per_device"])
     measured = measured.assign(label=configuration_labels(measured, shown=("model", "world_size"))[1])
@@ -241,16 +254,40 @@ def best_configurations(configs: pd.DataFrame) -> pd.DataFrame:
         runner = ranked.iloc[1] if len(ranked) > 1 else None
         headroom = (best.memory_capacity_bytes - best.peak_memory_bytes
                     if pd.notna(best.get("memory_capacity_bytes")) and pd.notna(best.peak_memory_bytes) else None)
+        margin = None if runner is None else best.tokens_per_s_per_device / runner.tokens_per_s_per_device - 1
+        low = high = verdict = None
+        if runner is not None and runs and runs.get(best.config_key) and runs.get(runner.config_key):
+            change, lo, hi = intervals.change_interval(runs[runner.config_key], runs[best.config_key])
+            low, high = (x - 1 for x in intervals.scaled(1 + margin, change, lo, hi))
+            verdict = CLEAR if low > 0 else TIE
         rows.append({
             "model": model, "world_size": int(world),
             "configuration": best.label,
             "tokens_per_s_per_device": best.tokens_per_s_per_device,
             "memory_headroom_bytes": headroom,
             "runner_up": None if runner is None else runner.label,
-            "margin": None if runner is None else best.tokens_per_s_per_device / runner.tokens_per_s_per_device - 1,
+            "margin": margin, "margin_low": low, "margin_high": high, "verdict": verdict,
         })
     return pd.DataFrame(rows, columns=["model", "world_size", "configuration", "tokens_per_s_per_device",
-                                       "memory_headroom_bytes", "runner_up", "margin"])
+                                       "memory_headroom_bytes", "runner_up", "margin", "margin_low",
+                                       "margin_high", "verdict"])
+
+
+def rate_intervals(configs: pd.DataFrame, runs: Dict[str, list]) -> pd.DataFrame:
+    """tokens/s per device's bootstrap interval per configuration (tokens_per_s_per_device_low,
+    _high; null without step times): steps per second's interval x tokens per step and device
+    (global batch x sequence length / world size)."""
+    low, high = [], []
+    for r in configs.itertuples():
+        steps = runs.get(r.config_key)
+        if not steps:
+            low.append(None), high.append(None)
+            continue
+        per_step = r.global_batch_size * r.seq_len / r.world_size
+        lo, hi = intervals.rate_interval(steps)
+        low.append(lo * per_step), high.append(hi * per_step)
+    return configs.assign(tokens_per_s_per_device_low=pd.Series(low, index=configs.index, dtype="float64"),
+                          tokens_per_s_per_device_high=pd.Series(high, index=configs.index, dtype="float64"))
 
 
 def model_vs_measured(configs: pd.DataFrame, bounds: List[float]) -> pd.DataFrame:

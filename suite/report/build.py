@@ -12,7 +12,7 @@ import pandas as pd
 
 from suite import schedulers
 from suite.config import ReportConfig
-from suite.report import analysis, history, render, sections
+from suite.report import analysis, history, intervals, render, sections
 from suite.report.collate import load_sweep
 
 
@@ -53,6 +53,8 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
         final = {r["run_id"] for p in search["points"] for r in p["runs"] if r["final"]}
         training = training[training.run_id.isin(final)]
     configs = analysis.aggregate_repeats(training, options.max_cv)
+    runs = intervals.runs_by_configuration(training)  # each run's step times: the intervals
+    configs = analysis.rate_intervals(configs, runs)
     configs["of_gemm_ceiling"] = analysis.of_gemm_ceiling(configs, ceilings)
     configs["measurement_error"] = analysis.measurement_errors(configs)
     parity = analysis.parity_table(training)
@@ -72,11 +74,14 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
     for line in (sections.straggler_line(straggling, slow_nodes), sections.preflight_line(preflight_nodes)):
         if line:
             header.insert(len(header) - 1 if header[-1].startswith("- torch") else len(header), line)
+    best = analysis.best_configurations(configs, runs)
+    if sections.ties_line(best):
+        header.insert(len(header) - 1 if header[-1].startswith("- torch") else len(header), sections.ties_line(best))
     throughput = sections.throughput_section(configs)
-    shown = [sections.autotune_section(search), sections.best_section(analysis.best_configurations(configs))]
+    shown = [sections.autotune_section(search), sections.best_section(best)]
     if options.history_dir:
         shown += sections.history_sections(regress, trend)
-    shown += [throughput, sections.scaling_section(analysis.scaling_table(configs)),
+    shown += [throughput, sections.scaling_section(analysis.scaling_table(configs, runs)),
               sections.preflight_section(preflight_nodes, together, options),
               sections.ceilings_section(ceilings),
               sections.model_section(analysis.model_vs_measured(configs, options.memory_ratio_bounds)),

@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
 import pandas as pd
 
+from suite.report import intervals
 from suite.report.analysis import configuration_labels, environment_diff
 from suite.report.collate import AXES
 
@@ -34,29 +34,12 @@ def step_times(frame: pd.DataFrame) -> pd.Series:
     return frame.step_times_json.map(lambda text: json.loads(text) if isinstance(text, str) else [])
 
 
-def rate(runs: Sequence[Sequence[float]]) -> float:
-    """A side's rate in steps per second: the mean over its runs of 1 / mean step time."""
-    return float(np.mean([1.0 / np.mean(r) for r in runs]))
-
-
-def bootstrap_change(base: Sequence[Sequence[float]], new: Sequence[Sequence[float]], *, draws: int = 4000,
-                     level: float = 0.95, seed: int = 0) -> Tuple[float, float, float]:
-    """(change, low, high): rate(new) / rate(base) - 1 and its percentile-bootstrap interval at
-    `level`. Each draw resamples a side's runs (when it has several) and each run's steps."""
-    rng = np.random.default_rng(seed)
-
-    def side(runs) -> np.ndarray:
-        per_run = np.stack([1.0 / rng.choice(np.asarray(r, dtype=float), size=(draws, len(r))).mean(axis=1)
-                            for r in runs])  # runs x draws
-        if len(runs) == 1:
-            return per_run[0]
-        pick = rng.integers(0, len(runs), size=(draws, len(runs)))
-        return per_run[pick, np.arange(draws)[:, None]].mean(axis=1)
-
-    changes = side(new) / side(base) - 1.0
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(changes, [tail, 100.0 - tail])
-    return rate(new) / rate(base) - 1.0, float(low), float(high)
+def bootstrap_change(base: Sequence[Sequence[float]], new: Sequence[Sequence[float]], *,
+                     draws: int = intervals.DRAWS, level: float = intervals.LEVEL,
+                     seed: int = intervals.SEED) -> Tuple[float, float, float]:
+    """(change, low, high): rate(NEW) / rate(BASE) - 1 and its percentile-bootstrap interval
+    (suite/report/intervals.py: repeats and each run's steps resampled)."""
+    return intervals.change_interval(base, new, draws=draws, level=level, seed=seed)
 
 
 def verdict(change: float, low: float, high: float, min_change: float) -> str:

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from suite.metrics import implausible
-from suite.report.analysis import configuration_labels
+from suite.report.analysis import TIE, configuration_labels
 from suite.report.render import MIB, Section, fmt, metric, mib, pct, png, share, show
 
 PLOTTED = 30  # most configurations in one throughput or trend plot
@@ -81,13 +81,18 @@ def throughput_section(configs: pd.DataFrame) -> Section:
                                      "runs). A share above 100% cannot be true and reads 'error'. "
                                      "Tokens per joule: tokens trained in the timed steps over the "
                                      "GPUs' energy (NVML) in them; 'throttled': power or heat held "
-                                     "the clocks down during the timed steps. Beside the throughput "
+                                     "the clocks down during the timed steps. The 95% interval of "
+                                     "tokens/s per device: a bootstrap over the repeats and each "
+                                     "run's timed steps (docs/report.md, 'Noise'). Beside the throughput "
                                      "plot: MFU (where a peak is known) and the memory model's "
                                      "predicted peak against the measured one (GPUs)."])
     for model, group in configs.groupby("model"):
         group = group.sort_values(ORDER)
         others, labels = configuration_labels(group, shown=THROUGHPUT_AXES)
-        group = group.assign(layout=group.apply(_layout, axis=1), configuration=labels if others else "")
+        group = group.assign(layout=group.apply(_layout, axis=1), configuration=labels if others else "",
+                             tps_interval=[_interval(lo, hi, ",.0f") for lo, hi in zip(
+                                 group.get("tokens_per_s_per_device_low", [None] * len(group)),
+                                 group.get("tokens_per_s_per_device_high", [None] * len(group)))])
         table = show(group, _with_configuration({
             "strategy": ("strategy", None), "optimizer": ("optimizer", None),
             "precision": ("precision", None), "world_size": ("ranks", fmt(".0f")),
@@ -96,7 +101,9 @@ def throughput_section(configs: pd.DataFrame) -> Section:
             "grad_accum_steps": ("accum", fmt(".0f")),
             "activation_checkpointing": ("recompute", None),
             "compile": ("compiled", lambda v: "" if pd.isna(v) or not v else "yes"),
-            **{name: metric(name) for name in THROUGHPUT_METRICS[:4]},
+            **{name: metric(name) for name in THROUGHPUT_METRICS[:1]},
+            "tps_interval": ("95% interval", None),
+            **{name: metric(name) for name in THROUGHPUT_METRICS[1:4]},
             "of_gemm_ceiling": ("of GEMM ceiling", share),
             **{name: metric(name) for name in THROUGHPUT_METRICS[4:8]},
             "repeats": ("repeats", fmt(".0f")), "repeat_cv": ("repeat CV", pct),
@@ -146,14 +153,18 @@ def scaling_section(scaling: pd.DataFrame) -> Optional[Section]:
         "names the axes that tell a model's studies of one strategy apart. "
         "Weak scaling (per-device micro-batch fixed): speed-up = T(N)/T(N0), efficiency = "
         "(T(N)/N) / (T(N0)/N0), T = tokens/s. Strong scaling (global batch fixed): speed-up = "
-        "t(N0)/t(N), efficiency = t(N0)·N0 / (t(N)·N), t = median step time. 100% is ideal."])
+        "t(N0)/t(N), efficiency = t(N0)·N0 / (t(N)·N), t = median step time. 100% is ideal. "
+        "An efficiency's 95% interval: a bootstrap of its runs' rate against N0's (repeats and "
+        "timed steps)."])
     table = show(scaling, _with_configuration({
         "model": ("model", None), "strategy": ("strategy", None), "mode": ("mode", None),
         "world_size": ("ranks", fmt(".0f")), "nodes": ("nodes", fmt(".0f")),
         "global_batch_size": ("global batch", fmt(".0f")),
         "tokens_per_s": ("tokens/s", fmt(",.0f")), "tokens_per_s_per_device": ("tokens/s/device", fmt(",.0f")),
         "speedup": ("speed-up", fmt(".2f")), "efficiency": ("efficiency", pct),
-        "noisy": ("too noisy", lambda v: "yes" if v else "")}, scaling, "mode"))
+        "efficiency_interval": ("95% interval", None),
+        "noisy": ("too noisy", lambda v: "yes" if v else "")}, scaling.assign(efficiency_interval=[
+            _interval(lo, hi, "pct0") for lo, hi in zip(scaling.efficiency_low, scaling.efficiency_high)]), "mode"))
     section.tables.append(("", table))
     for (model, mode), group in scaling.groupby(["model", "mode"]):
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -177,14 +188,40 @@ def scaling_section(scaling: pd.DataFrame) -> Optional[Section]:
 
 
 def best_section(best: pd.DataFrame) -> Section:
-    table = show(best, {"model": ("model", None), "world_size": ("ranks", fmt(".0f")),
-                         "configuration": ("best configuration", None),
-                         "tokens_per_s_per_device": ("tokens/s/device", fmt(",.0f")),
-                         "memory_headroom_bytes": ("memory headroom (MiB)", mib),
-                         "runner_up": ("runner-up", None), "margin": ("ahead by", pct)})
+    table = show(best.assign(margin_interval=[_interval(lo, hi, "pct") for lo, hi in zip(best.margin_low, best.margin_high)]),
+                 {"model": ("model", None), "world_size": ("ranks", fmt(".0f")),
+                  "configuration": ("best configuration", None),
+                  "tokens_per_s_per_device": ("tokens/s/device", fmt(",.0f")),
+                  "memory_headroom_bytes": ("memory headroom (MiB)", mib),
+                  "runner_up": ("runner-up", None), "margin": ("ahead by", pct),
+                  "margin_interval": ("95% interval", None), "verdict": ("verdict", lambda v: v or "—")})
     return Section("Best configuration per model and world size",
                    ["Ranked by tokens/s per device; headroom = device memory (CPU: RAM / local "
-                    "ranks) - peak memory."], [("", table)])
+                    "ranks) - peak memory. The margin's 95% interval is a bootstrap over both "
+                    "configurations' repeats and timed steps; where it reaches zero the two are a "
+                    "tie, not a winner and a loser: more repeats (submit.repeats) narrow it."], [("", table)])
+
+
+def _interval(low, high, form: str) -> str:
+    """'[a, b]' of an interval ('—' without one): a format spec, or pct for shares."""
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return "—"
+    if form == "pct":
+        return f"[{low * 100:+.1f}%, {high * 100:+.1f}%]"
+    if form == "pct0":  # a share, not a change
+        return f"[{low * 100:.1f}%, {high * 100:.1f}%]"
+    return f"[{format(low, form)}, {format(high, form)}]"
+
+
+def ties_line(best: pd.DataFrame) -> Optional[str]:
+    """How many best-configuration margins are inside the noise (None when none was judged)."""
+    judged = best.dropna(subset=["verdict"]) if "verdict" in best else best.iloc[:0]
+    if judged.empty:
+        return None
+    ties = judged[judged.verdict == TIE]
+    return (f"- best configuration: {len(ties)} of {_count(len(judged), 'margin')} over the runner-up "
+            f"inside the noise (a tie: add submit.repeats)" if len(ties) else
+            f"- best configuration: {_count(len(judged), 'margin')} over the runner-up beyond the noise")
 
 
 def model_section(model: pd.DataFrame) -> Section:
