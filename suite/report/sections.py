@@ -53,20 +53,29 @@ def _with_configuration(columns: Dict[str, tuple], table: pd.DataFrame, after: s
     return out
 
 
-def _bars(labels: List[str], bars: Dict[str, list], xlabel: str, title: str) -> bytes:
+def _bars(labels: List[str], bars: Dict[str, list], xlabel: str, title: str,
+          intervals: Optional[tuple] = None) -> bytes:
     """A horizontal bar plot, one row per label (kept apart even if two labels read the same),
-    one bar per entry of `bars` in each row."""
+    one bar per entry of `bars` in each row; `intervals` = (lows, highs) of the first entry's
+    bars, drawn as error bars where known."""
     fig, ax = plt.subplots(figsize=(8, (0.25 + 0.2 * len(bars)) * max(len(labels), 2) + 1.2))
     height = 0.8 / len(bars)
     for k, ((name, values), colour) in enumerate(zip(bars.items(), ("#3b75af", "#999999"))):
         ax.barh([i - 0.4 + height * (k + 0.5) for i in range(len(labels))], values, height=height,
                 color=colour, label=name)
+        if k == 0 and intervals is not None:
+            known = [i for i, (lo, hi) in enumerate(zip(*intervals)) if pd.notna(lo) and pd.notna(hi)]
+            if known:
+                ax.errorbar([values[i] for i in known], [i - 0.4 + height * 0.5 for i in known],
+                            xerr=[[values[i] - intervals[0][i] for i in known],
+                                  [intervals[1][i] - values[i] for i in known]],
+                            fmt="none", ecolor="#222222", capsize=3, linewidth=1, label="95% interval")
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
-    if len(bars) > 1:
+    if len(bars) > 1 or intervals is not None:
         ax.legend(fontsize=8)
     return png(fig)
 
@@ -111,11 +120,14 @@ def throughput_section(configs: pd.DataFrame) -> Section:
             **{name: metric(name) for name in THROUGHPUT_METRICS[8:]}}, group, "compile"))
         section.tables.append((str(model), table))
         group = group.nlargest(PLOTTED, "tokens_per_s_per_device").sort_values(ORDER)
-        group = group.assign(label=configuration_labels(group, shown=("model",))[1])
+        group = group.assign(label=configuration_labels(group, shown=("model",))[1],
+                             tps_interval_low=group.get("tokens_per_s_per_device_low", pd.Series(None, index=group.index)),
+                             tps_interval_high=group.get("tokens_per_s_per_device_high", pd.Series(None, index=group.index)))
         fastest = f" (fastest {PLOTTED})" if len(group) == PLOTTED else ""
         section.images.append((f"throughput_{model}", _bars(
             group.label.tolist(), {"tokens/s per device": group.tokens_per_s_per_device.tolist()},
-            "tokens/s per device", f"{model}: throughput per device{fastest}")))
+            "tokens/s per device", f"{model}: throughput per device{fastest}",
+            (group.tps_interval_low.tolist(), group.tps_interval_high.tolist()))))
         measured = group[group.mfu.notna()]
         mfu = measured[~measured.mfu.map(implausible).astype(bool)]  # above 100%: an error, not a figure
         errors = f" ({len(measured) - len(mfu)} above 100% left out: an error)" if len(mfu) < len(measured) else ""
