@@ -293,8 +293,15 @@ class ClusterConfig:
     sbatch_extra: Dict[str, str] = field(default_factory=dict)
     #: the site's GPUs per node (null = not checked): more in cluster.gpus_per_node is refused
     max_gpus_per_node: Optional[int] = None
-    #: memory per GPU in GB (null = not checked): runs whose model states cannot fit are refused
+    #: memory per GPU in GB (null = the smallest of the GPUs a local run uses, read through
+    #: NVML; not checked for a Slurm GPU sweep): a run the memory model says will not fit is
+    #: refused (docs/memory.md). Set on a CPU run, it is checked as each rank's device memory
     gpu_memory_gb: Optional[float] = None
+    #: host memory per node in GB that a CPU run's ranks share (null = cluster.mem_gb on Slurm
+    #: when set, or this machine's MemAvailable at planning for a local run; else not checked).
+    #: Each rank is checked against its share (this / ranks per node) before anything starts,
+    #: and limits its own memory to it (docs/memory.md)
+    host_memory_gb: Optional[float] = None
     #: Slurm: most array tasks running at once (%N in --array)
     array_parallelism: int = 64
     #: Slurm: seconds before the time limit when the job is signalled (the run records
@@ -309,6 +316,8 @@ class ClusterConfig:
         _positive("cluster.timeout_min", self.timeout_min)
         _positive("cluster.init_timeout_s", self.init_timeout_s)
         _positive("cluster.mem_gb", self.mem_gb, allow_zero=True)
+        _positive("cluster.gpu_memory_gb", self.gpu_memory_gb)
+        _positive("cluster.host_memory_gb", self.host_memory_gb)
         _positive("cluster.cpus_per_task", self.cpus_per_task)
         _positive("cluster.array_parallelism", self.array_parallelism)
         _positive("cluster.signal_delay_s", self.signal_delay_s, allow_zero=True)
@@ -372,7 +381,7 @@ class TrainConfig:
     #: parallel run of the same model, data and optimizer (conf/experiment/parity.yaml)
     check_parity: bool = False
     #: test-only fault injection: raise (an exception in the step), nan (non-finite loss),
-    #: oom (an out-of-memory error; simulated, a real one would take the CPU machine down),
+    #: oom (an out-of-memory error, simulated; a real one on the CPU meets the rank's memory limit),
     #: kill (the rank SIGKILLs itself), hang (the rank stops making progress), slow (a
     #: straggler: the rank's forward passes take train.fault_slowdown longer, every step)
     fault: str = "none"
@@ -484,7 +493,8 @@ class SubmitConfig:
     repeats: int = 1
     #: record invalid points as `invalid` records and run the rest (default: refuse the sweep)
     skip_invalid: bool = False
-    #: run points the memory model says cannot fit (cluster.gpu_memory_gb) anyway
+    #: run points the memory model says cannot fit (GPU memory, or host memory per rank on the
+    #: CPU) anyway; a CPU rank still limits its memory to its share, so such a run ends `oom`
     try_anyway: bool = False
     #: run every 1-node point once on each node that is up (cluster.nodelist set per run; Slurm:
     #: the partition's idle, mixed or allocated nodes): the cluster acceptance check
@@ -529,9 +539,27 @@ class ReportConfig:
     preflight_noise_sigmas: float = 3.0
     #: a memory measurement outside [lower, upper] x the analytic model is flagged
     memory_ratio_bounds: List[float] = field(default_factory=lambda: [0.9, 4.0])
+    #: what decides a nightly regression: otava (Apache Otava's E-Divisive with t-tests over a
+    #: configuration's nights; bench/changepoint_error_rates.py: the closer of the two to the
+    #: targets) or median_mad (the rule above over the last `window` nights); both are shown
+    change_method: str = "otava"
+    #: Otava: its split step's sliding window (nights) ...
+    otava_window: int = 30
+    #: ... the largest p-value of a change point's t-test ...
+    otava_max_pvalue: float = 0.0005
+    #: ... the smallest relative change a change point must have ...
+    otava_min_magnitude: float = 0.04
+    #: ... the fewest nights Otava judges a configuration on (fewer: the median/MAD rule does)
+    otava_min_nights: int = 6
 
     def __post_init__(self) -> None:
         _positive("report.window", self.window)
+        _choice("report.change_method", self.change_method, ("otava", "median_mad"))
+        for name in ("otava_window", "otava_min_nights"):
+            _positive(f"report.{name}", getattr(self, name))
+        for name in ("otava_max_pvalue", "otava_min_magnitude"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"report.{name}={getattr(self, name)} must be a fraction in [0, 1)")
         for name in ("noise_sigmas", "max_cv", "straggler_min_excess", "straggler_noise_sigmas",
                      "preflight_noise_sigmas"):
             _positive(f"report.{name}", getattr(self, name), allow_zero=True)

@@ -5,12 +5,17 @@ bytes on one device at the step's peak; docs/memory.md gives the formulas and wh
 
 What a block keeps for backward comes from its family (`activation_elements(m)` in
 suite/models/<family>/__init__.py), measured against torch's saved tensors in
-tests/test_memory.py; this module scales it by tokens, layers and the parallel layout."""
+tests/test_memory.py; this module scales it by tokens, layers and the parallel layout.
+
+At its end: host memory per rank on the CPU (host_memory_per_rank), the limit a CPU rank sets
+on itself (rank_memory_limit), and the only functions here that read the machine or files:
+this machine's memory (read_local_memory: /proc/meminfo, NVML) and the model presets."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from suite import models
 from suite.metrics import model_state_memory
@@ -251,3 +256,185 @@ def predict_memory(cfg: Any, plan: Any) -> Dict[str, float]:
     return {"model_state_bytes": float(states), "activation_bytes": activations,
             "logits_bytes": logits, "buffer_bytes": buffers,
             "predicted_bytes": predicted, "required_bytes": required}
+
+
+# --- host memory on the CPU --------------------------------------------------------------------
+# On the CPU accelerator a rank's "device" is the host: what predict_memory counts for a device
+# lives in host memory, and so does what offload would move off a GPU. The check below is the
+# one the plan makes for CPU runs (suite.plan.memory_need); the readers after it are the only
+# code here that reads the machine (the launcher calls them once per sweep, at planning time).
+
+#: What a CPU rank holds besides its model: the interpreter with torch, DeepSpeed, submitit
+#: and Hydra imported, gloo's process group, and what the engine loads later. Measured on the
+#: default sweep (torch 2.13 CPU, DeepSpeed 0.19.8, 2 ranks): 0.25 GiB resident when the
+#: process group is up, 0.35 GiB at the peak of a plain data-parallel run of the tiny GPT
+#: (whose own terms are 6 MiB); counted as 0.5 GiB (docs/memory.md).
+CPU_RANK_RUNTIME_BYTES = 1 << 29
+
+#: fp32: a rank builds its model's weights in fp32 before the engine casts or shards them
+BUILD_BYTES_PER_PARAM = 4
+
+
+def build_bytes(cfg: Any, plan: Any) -> float:
+    """Bytes of the weights a rank builds before its engine shards or casts them, in fp32 on the
+    host (CPU runs): its pipeline stage's share (total / pp) of the whole model, tensor parallel
+    included (AutoTP splits a model built whole); 0 under DeepSpeed ZeRO-3, whose zero.Init
+    partitions each layer as it is built (suite/workload/train.py, _build_context). PyTorch's
+    baselines build the whole model on every rank too (FSDP2 shards it afterwards)."""
+    engine = _engine(cfg.strategy)
+    if engine == "deepspeed" and cfg.strategy.zero_stage == 3:
+        return 0.0
+    return float(models.param_count(cfg.model)["total"] * BUILD_BYTES_PER_PARAM / plan.pipeline_parallel)
+
+
+def host_memory_per_rank(cfg: Any, plan: Any) -> Dict[str, float]:
+    """Host memory one rank of a CPU run (plan.accelerator cpu) needs at its peak: the terms of
+    predict_memory with nothing offloaded (offloaded optimizer states and parameters, and `cpu`
+    activation checkpoints, stay in the same host memory: offload frees nothing on the CPU), the
+    larger of that and the fp32 weights built before the engine shards them (build_bytes), with
+    ALLOCATOR_ALLOWANCE on top, plus CPU_RANK_RUNTIME_BYTES.
+
+    Returns predict_memory's keys (for the host: model states counted without offload) and
+    build_bytes, runtime_bytes, required_bytes."""
+    s, t = cfg.strategy, cfg.train
+    host_cfg = cfg
+    if s.offload_optimizer or s.offload_params or t.activation_checkpointing == "cpu":
+        host_cfg = dataclasses.replace(
+            cfg, strategy=dataclasses.replace(s, offload_optimizer=False, offload_params=False),
+            train=dataclasses.replace(t, activation_checkpointing="partitioned"
+                                      if t.activation_checkpointing == "cpu" else t.activation_checkpointing))
+    need = predict_memory(host_cfg, dataclasses.replace(plan, accelerator="cpu"))
+    build = build_bytes(cfg, plan)
+    peak = max(need["predicted_bytes"], build)
+    return {**need, "build_bytes": build, "runtime_bytes": float(CPU_RANK_RUNTIME_BYTES),
+            "required_bytes": peak * (1 + ALLOCATOR_ALLOWANCE) + CPU_RANK_RUNTIME_BYTES}
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalMemory:
+    """What the machine that plans a local sweep has, read once at planning time
+    (read_local_memory). None where it could not be read."""
+
+    #: /proc/meminfo MemTotal and MemAvailable
+    host_total_bytes: Optional[int] = None
+    host_available_bytes: Optional[int] = None
+    #: the smallest total memory among the GPUs a local run would use, and its name (NVML)
+    gpu_bytes: Optional[int] = None
+    gpu_name: Optional[str] = None
+
+
+def parse_meminfo(text: str) -> Dict[str, int]:
+    """/proc/meminfo (or /proc/self/status) as {field: bytes}, for the fields given in kB."""
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        parts = value.split()
+        if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
+            out[key.strip()] = int(parts[0]) * 1024
+    return out
+
+
+def gpu_memory(nvml: Any, visible: Optional[str], device_order: Optional[str] = None
+               ) -> Optional[Tuple[int, str]]:
+    """(bytes, name) of the smallest GPU a local run would use, from NVML's total memory per
+    device (NVML creates no CUDA context, so the launcher holds no GPU memory during the sweep);
+    None where NVML cannot say. `visible`: CUDA_VISIBLE_DEVICES. Its UUIDs select those
+    devices; its indices select NVML's devices of those indices only under
+    CUDA_DEVICE_ORDER=PCI_BUS_ID (NVML's order; CUDA's default order is fastest first), else
+    every GPU is considered, which is the same on a machine of one GPU model."""
+    try:
+        nvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        count = nvml.nvmlDeviceGetCount()
+        entries = None if visible is None else [e.strip() for e in visible.split(",") if e.strip()]
+        if entries is not None and not entries:
+            return None  # CUDA_VISIBLE_DEVICES="": no GPU for the runs
+        if entries is None or (all(e.isdigit() for e in entries) and device_order != "PCI_BUS_ID"):
+            handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        else:
+            handles = [nvml.nvmlDeviceGetHandleByIndex(int(e)) if e.isdigit()
+                       else nvml.nvmlDeviceGetHandleByUUID(e) for e in entries]
+        if not handles:
+            return None
+        sizes = [(int(nvml.nvmlDeviceGetMemoryInfo(h).total), nvml.nvmlDeviceGetName(h)) for h in handles]
+        size, name = min(sizes, key=lambda s: s[0])
+        return size, name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # an index or UUID NVML does not know, a MIG instance, a driver error
+        return None
+    finally:
+        try:
+            nvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def read_local_memory(query_gpus: bool, meminfo: str = "/proc/meminfo") -> LocalMemory:
+    """This machine's host memory and, with `query_gpus`, its GPUs' (NVML, nvidia-ml-py)."""
+    import os
+
+    try:
+        with open(meminfo) as f:
+            info = parse_meminfo(f.read())
+    except OSError:  # not Linux: not checked
+        info = {}
+    gpu = None
+    if query_gpus:
+        try:
+            import pynvml
+        except ImportError:
+            pynvml = None
+        if pynvml is not None:
+            gpu = gpu_memory(pynvml, os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("CUDA_DEVICE_ORDER"))
+    return LocalMemory(host_total_bytes=info.get("MemTotal"), host_available_bytes=info.get("MemAvailable"),
+                       gpu_bytes=None if gpu is None else gpu[0], gpu_name=None if gpu is None else gpu[1])
+
+
+def kernel_counts_mmap_as_data(release: str) -> bool:
+    """Linux counts private writable mappings (mmap, not only brk) against RLIMIT_DATA since
+    4.7; before that only the heap, which torch's large tensors (mmap) bypass."""
+    import re
+
+    found = re.match(r"(\d+)\.(\d+)", release)
+    return found is not None and (int(found.group(1)), int(found.group(2))) >= (4, 7)
+
+
+def rank_memory_limit(share_bytes: float, status: Dict[str, int], kernel_release: str) -> Tuple[str, int]:
+    """(resource name, limit in bytes) that holds a CPU rank to `share_bytes` of host memory
+    from this point on: what it already maps, plus what its share leaves beyond what it already
+    holds resident (share - VmRSS, at least 0). RLIMIT_DATA (against VmData: private writable
+    mappings, which is where tensors and the heap live; shared libraries and reserved but
+    unusable address space do not count) where the kernel counts mmap in it, else RLIMIT_AS
+    (against VmSize, every mapping). `status`: /proc/self/status as parse_meminfo reads it."""
+    budget = max(float(share_bytes) - status["VmRSS"], 0.0)
+    if kernel_counts_mmap_as_data(kernel_release):
+        return "RLIMIT_DATA", int(status["VmData"] + budget)
+    return "RLIMIT_AS", int(status["VmSize"] + budget)
+
+
+def model_presets(conf_dir: Optional[str] = None) -> Dict[str, Any]:
+    """The model presets of conf/model (name -> ModelConfig), for the plan's "a smaller model
+    would fit" (read once; {} where the folder is not there, as in an installed copy)."""
+    from pathlib import Path
+
+    folder = Path(conf_dir) if conf_dir else Path(__file__).resolve().parent.parent / "conf" / "model"
+    return dict(_presets(str(folder)))
+
+
+@functools.lru_cache(maxsize=None)
+def _presets(folder: str) -> Tuple[Tuple[str, Any], ...]:
+    from pathlib import Path
+
+    import yaml
+
+    from suite.config import ModelConfig
+
+    found = []
+    for path in sorted(Path(folder).glob("*.yaml")):
+        fields = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "defaults"}
+        try:
+            found.append((path.stem, ModelConfig(**fields)))
+        except (TypeError, ValueError):  # not a plain preset: skipped, not guessed
+            continue
+    return tuple(found)

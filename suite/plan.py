@@ -41,6 +41,15 @@ class RunPlan:
     #: a PyTorch baseline's engine as suite/workload/torch_engine.py builds it (torch_config());
     #: {} for DeepSpeed runs, and in plans shipped before the baselines existed
     torch_config: Dict[str, Any] = field(default_factory=dict)
+    #: the memory the run is checked against (None: unknown, not checked), each with where it
+    #: comes from or why it is unknown: per GPU (cluster.gpu_memory_gb, else the local GPUs'),
+    #: and host memory per node (cluster.host_memory_gb, Slurm's cluster.mem_gb, or this
+    #: machine's MemAvailable at planning). A CPU rank is checked against, and limits itself
+    #: to, host_memory_bytes / ranks_per_node (docs/memory.md); absent in older plans
+    gpu_memory_bytes: Optional[float] = None
+    gpu_memory_source: str = ""
+    host_memory_bytes: Optional[float] = None
+    host_memory_source: str = ""
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -173,40 +182,289 @@ def check_site(cfg: SuiteConfig, per_node: int) -> None:
 
 @dataclass(frozen=True)
 class MemoryNeed:
-    """The memory model's verdict on one run: bytes per device it needs (allowance included),
-    what the device has (None: not declared), and why it does not fit (None: it fits, or
-    nothing to compare with)."""
+    """The memory model's verdict on one run: bytes it needs (allowance included) per device,
+    or per rank of host memory on the CPU (`kind`: "device" or "host"), what it has (None: not
+    known), and why it does not fit (None: it fits, or nothing to compare with)."""
 
     required_bytes: float
     available_bytes: Optional[float]
     problem: Optional[str]
+    kind: str = "device"
+    #: where available_bytes comes from, or why it is unknown
+    source: str = ""
+
+
+def available_memory(cfg: SuiteConfig, accelerator: str, local_memory: Any = None
+                     ) -> Tuple[Optional[float], str, Optional[float], str]:
+    """(bytes per GPU, its source, host bytes per node, its source): what the run will have,
+    from the config, else from `local_memory` (suite.memory.LocalMemory: this machine's, read
+    by the launcher at planning time) for a local run; a source says why a figure is unknown.
+
+    Host memory of this machine is MemAvailable, not MemTotal: what can be given to the run
+    now without swapping or taking it from other work (the kernel, page cache it cannot drop,
+    other processes); the local scheduler runs one run at a time, each with all of it."""
+    c, gib = cfg.cluster, 2 ** 30
+    local = c.scheduler == "local"
+    if c.gpu_memory_gb is not None:
+        gpu, gpu_source = c.gpu_memory_gb * gib, f"cluster.gpu_memory_gb={c.gpu_memory_gb:g}"
+    elif accelerator != "cuda":
+        gpu, gpu_source = None, "no GPU"
+    elif local and local_memory is not None and local_memory.gpu_bytes:
+        gpu = float(local_memory.gpu_bytes)
+        gpu_source = f"{local_memory.gpu_name or 'GPU'}: the smallest GPU of this machine, read through NVML"
+    else:
+        gpu, gpu_source = None, ("not checked: the GPUs' memory is not declared (cluster.gpu_memory_gb)"
+                                 + ("" if local else "; a Slurm sweep cannot read the compute nodes'"))
+    if c.host_memory_gb is not None:
+        host, host_source = c.host_memory_gb * gib, f"cluster.host_memory_gb={c.host_memory_gb:g}"
+    elif not local and c.mem_gb > 0:
+        host, host_source = c.mem_gb * gib, f"cluster.mem_gb={c.mem_gb} (Slurm --mem per node)"
+    elif local and local_memory is not None and local_memory.host_available_bytes:
+        host = float(local_memory.host_available_bytes)
+        total = local_memory.host_total_bytes
+        host_source = (f"MemAvailable {host / gib:.2f} GiB of this machine at planning"
+                       + (f", of MemTotal {total / gib:.2f} GiB" if total else ""))
+    else:
+        host, host_source = None, ("not checked: the nodes' host memory is not declared "
+                                   "(cluster.host_memory_gb, or cluster.mem_gb for Slurm's --mem)"
+                                   if not local else "not checked: this machine's memory was not read")
+    return gpu, gpu_source, host, host_source
+
+
+def _gib(v: float) -> str:
+    return f"{v / 2 ** 30:.2f} GiB"
+
+
+def _requirement(kind: str, cfg: SuiteConfig, plan: "RunPlan") -> Dict[str, float]:
+    from suite.memory import host_memory_per_rank, predict_memory
+
+    return host_memory_per_rank(cfg, plan) if kind == "host" else predict_memory(cfg, plan)
 
 
 def memory_need(cfg: SuiteConfig, plan: "RunPlan") -> MemoryNeed:
     """Compare the memory model (suite/memory.py: model states, activations, logits and loss,
-    buffers, the allocator allowance, the CUDA context) with cluster.gpu_memory_gb."""
-    from suite.memory import ALLOCATOR_ALLOWANCE, predict_memory
+    buffers, the allocator allowance, the CUDA context) with what the run has: each GPU's
+    memory (plan.gpu_memory_bytes; on a CPU run a declared cluster.gpu_memory_gb stands for a
+    rank's device memory), and on the CPU each rank's share of its node's host memory
+    (plan.host_memory_bytes / ranks per node) against host_memory_per_rank. The first check
+    that fails is the verdict, with what would fit instead (by the same model); with none
+    failing, the device check's figures where there is one."""
+    checks = []
+    if getattr(plan, "gpu_memory_bytes", None) is not None:
+        checks.append(("device", plan.gpu_memory_bytes, plan.gpu_memory_source))
+    if plan.accelerator == "cpu" and getattr(plan, "host_memory_bytes", None) is not None:
+        checks.append(("host", plan.host_memory_bytes / plan.ranks_per_node,
+                       f"{plan.host_memory_source}, / {plan.ranks_per_node} ranks per node"))
+    verdicts = []
+    for kind, available, source in checks:
+        need = _requirement(kind, cfg, plan)
+        if need["required_bytes"] > available:
+            return MemoryNeed(need["required_bytes"], available,
+                              _memory_problem(cfg, plan, kind, need, available, source), kind, source)
+        verdicts.append(MemoryNeed(need["required_bytes"], available, None, kind, source))
+    if verdicts:
+        return verdicts[0]
+    # nothing to compare with: predict_memory's per-device figure, as before host memory was
+    # checked (the autotune search records it), and why the run's own kind is not checked
+    kind = "host" if plan.accelerator == "cpu" else "device"
+    source = getattr(plan, "host_memory_source" if kind == "host" else "gpu_memory_source", "") or "not checked"
+    return MemoryNeed(_requirement("device", cfg, plan)["required_bytes"], None, None, kind, source)
 
-    need = predict_memory(cfg, plan)
-    c, m, s = cfg.cluster, cfg.model, cfg.strategy
-    available = None if c.gpu_memory_gb is None else c.gpu_memory_gb * 2 ** 30
-    if available is None or need["required_bytes"] <= available:
-        return MemoryNeed(need["required_bytes"], available, None)
-    gib = lambda v: f"{v / 2 ** 30:.2f} GiB"  # noqa: E731
-    terms = (f"model states {gib(need['model_state_bytes'])}, activations {gib(need['activation_bytes'])}, "
-             f"logits and loss {gib(need['logits_bytes'])}, buffers {gib(need['buffer_bytes'])}, "
-             f"+{ALLOCATOR_ALLOWANCE:.0%} allocator allowance" + (" + the CUDA context" if plan.accelerator == "cuda" else ""))
-    advice = (["a higher ZeRO stage or FSDP2"] if s.zero_stage < 3 else []) + [
-        "offload", "a smaller train.micro_batch_size", "train.activation_checkpointing=full", "more GPUs"]
-    if need["buffer_bytes"] > need["required_bytes"] / 3:
-        advice.insert(0, f"a smaller strategy.reduce_bucket_size (now {s.reduce_bucket_size:.3g} elements: "
-                         "DeepSpeed allocates the whole bucket)")
-    return MemoryNeed(need["required_bytes"], available, (
-        f"model={m.name} with strategy={s.name} ({plan.precision}, {cfg.optimizer.name}, micro-batch "
-        f"{plan.micro_batch_size}, recompute {cfg.train.activation_checkpointing}, sharding over "
-        f"{plan.sharding_size} ranks) needs {gib(need['required_bytes'])} per device by the memory model "
-        f"({terms}; docs/memory.md), more than cluster.gpu_memory_gb={c.gpu_memory_gb:g}; try "
-        f"{', '.join(advice)}, or submit.try_anyway=true"))
+
+def _layout(cfg: SuiteConfig, plan: "RunPlan") -> str:
+    s = cfg.strategy
+    engine = {"torch_ddp": "torch DDP", "fsdp2": "FSDP2"}.get(s.engine, f"ZeRO-{s.zero_stage}")
+    if s.offload_optimizer or s.offload_params:
+        engine += " offload " + "+".join(n for n, on in (("optimizer", s.offload_optimizer),
+                                                          ("params", s.offload_params)) if on)
+    parallel = "".join(f", {name} {d}" for name, d in (("tensor parallel", plan.tensor_parallel),
+                                                       ("pipeline parallel", plan.pipeline_parallel),
+                                                       ("sequence parallel", plan.sequence_parallel)) if d > 1)
+    return (f"{engine}, {plan.nodes} node{'s' if plan.nodes > 1 else ''} x {plan.ranks_per_node} ranks"
+            f"{parallel}, sharding over {plan.sharding_size} ranks, {plan.precision}, {cfg.optimizer.name}, "
+            f"micro-batch {plan.micro_batch_size}, recompute {cfg.train.activation_checkpointing}")
+
+
+def _memory_problem(cfg: SuiteConfig, plan: "RunPlan", kind: str, need: Dict[str, float],
+                    available: float, source: str) -> str:
+    from suite.memory import ALLOCATOR_ALLOWANCE
+
+    m, s = cfg.model, cfg.strategy
+    terms = (f"model states {_gib(need['model_state_bytes'])}, activations {_gib(need['activation_bytes'])}, "
+             f"logits and loss {_gib(need['logits_bytes'])}, buffers {_gib(need['buffer_bytes'])}, "
+             f"+{ALLOCATOR_ALLOWANCE:.0%} allocator allowance")
+    if kind == "host":
+        if need["build_bytes"] > need["predicted_bytes"]:
+            terms += f"; the fp32 weights built before the engine shards them, {_gib(need['build_bytes'])}, are the peak"
+        terms += f", + {_gib(need['runtime_bytes'])} for the rank's runtime (Python, torch, DeepSpeed)"
+        what, has = "of host memory per rank", f"the {_gib(available)} each rank has ({source})"
+    else:
+        terms += " + the CUDA context" if plan.accelerator == "cuda" else ""
+        what = "per device"
+        has = (f"{source}" if source.startswith("cluster.") else f"the {_gib(available)} per device ({source})")
+    try:
+        fits = what_would_fit(cfg, plan, kind, available)
+    except (ConfigError, ValueError):  # a variant its own schema refuses: no suggestion, same refusal
+        fits = []
+    advice = ("; ".join(fits) if fits else
+              "nothing this check tries fits (a smaller preset, more nodes, a higher ZeRO stage"
+              + (", offload" if plan.accelerator == "cuda" else "") + ", micro-batch 1, recompute full)")
+    return (f"model={m.name} ({_params(m)} parameters) with strategy={s.name} ({_layout(cfg, plan)}) "
+            f"needs {_gib(need['required_bytes'])} {what} by the memory model ({terms}; docs/memory.md), "
+            f"more than {has}. Would fit, by the same model: {advice}; or submit.try_anyway=true "
+            "runs it anyway")
+
+
+def _params(m: Any) -> str:
+    return f"{models.param_count(m)['total']:,}"
+
+
+#: the most nodes the "more nodes" suggestion looks at
+SUGGEST_MAX_NODES = 1024
+#: the reduce bucket (elements) the suggestions try: a tenth of DeepSpeed's default
+SMALL_REDUCE_BUCKET = 50_000_000
+
+
+def what_would_fit(cfg: SuiteConfig, plan: "RunPlan", kind: str, available: float) -> List[str]:
+    """What would fit in `available` bytes (per device, or per rank of host memory: `kind`)
+    instead, each computed with the memory model of the check, one change at a time: a higher
+    ZeRO stage (FSDP2 for torch DDP), offload (GPUs only: on the CPU offloaded states stay in
+    the same host memory), more nodes of the same memory (ranks per node unchanged: more ranks
+    on one node share its memory), micro-batch 1, full recompute, the largest smaller model
+    preset of the family (conf/model) in the same layout. When none fits alone: the most
+    sharded layout (ZeRO-3 or FSDP2, with offload on GPUs) on more nodes. Each entry names the
+    override and the bytes it would need."""
+    import dataclasses
+
+    from suite.memory import model_presets
+
+    s, t = cfg.strategy, cfg.train
+
+    def need(c: SuiteConfig, p: "RunPlan") -> float:
+        return _requirement(kind, c, p)["required_bytes"]
+
+    def with_strategy(**fields: Any) -> SuiteConfig:
+        return dataclasses.replace(cfg, strategy=dataclasses.replace(s, **fields))
+
+    def on_nodes(p: "RunPlan", nodes: int) -> Optional["RunPlan"]:
+        world = nodes * p.ranks_per_node
+        if world % (p.tensor_parallel * p.pipeline_parallel * p.sequence_parallel):
+            return None
+        return dataclasses.replace(p, nodes=nodes, world_size=world, data_parallel_size=world // (
+            p.tensor_parallel * p.pipeline_parallel * p.sequence_parallel))
+
+    def fewest_nodes(c: SuiteConfig) -> Optional[Tuple[int, float]]:
+        """The fewest nodes (more than now) on which `c` fits: a search over a requirement
+        that does not grow with the nodes (sharding only divides)."""
+        top = on_nodes(plan, SUGGEST_MAX_NODES) if plan.nodes < SUGGEST_MAX_NODES else None
+        if top is None or need(c, top) > available:
+            return None
+        lo, hi = plan.nodes, SUGGEST_MAX_NODES  # lo does not fit, hi does
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            p = on_nodes(plan, mid)
+            if p is not None and need(c, p) <= available:
+                hi = mid
+            else:
+                lo = mid
+        return hi, need(c, on_nodes(plan, hi))
+
+    def nodes_text(n: int) -> str:
+        return (f"cluster.nodes={n}" if cfg.cluster.scheduler == "slurm"
+                else f"{n} nodes like this machine (a Slurm cluster, cluster.nodes={n})")
+
+    fits: List[str] = []
+    sharded: Optional[Tuple[str, SuiteConfig]] = None
+    if s.engine == "deepspeed":
+        for stage in range(s.zero_stage + 1, 4):
+            if plan.pipeline_parallel > 1 and stage >= 2:
+                break
+            c = with_strategy(zero_stage=stage)
+            sharded = (f"strategy.zero_stage={stage}", c)
+            if need(c, plan) <= available:
+                fits.append(f"strategy.zero_stage={stage} ({_gib(need(c, plan))})")
+                break
+    elif s.engine == "torch_ddp":
+        c = with_strategy(engine="fsdp2", zero_stage=3)
+        sharded = ("strategy=fsdp2", c)
+        if need(c, plan) <= available:
+            fits.append(f"strategy=fsdp2 ({_gib(need(c, plan))})")
+    offloadable = (plan.accelerator == "cuda" and s.engine == "deepspeed" and plan.tensor_parallel == 1
+                   and plan.pipeline_parallel == 1 and cfg.optimizer.name in OFFLOADABLE_OPTIMIZERS)
+    if offloadable:
+        for stage, params in sorted({(max(s.zero_stage, 1), False), (max(s.zero_stage, 2), False), (3, True)}):
+            fields = dict(zero_stage=stage, offload_optimizer=True, offload_params=params)
+            if all(getattr(s, k) == v for k, v in fields.items()):
+                continue
+            c = with_strategy(**fields)
+            override = (f"strategy.zero_stage={stage} strategy.offload_optimizer=true"
+                        + (" strategy.offload_params=true" if params else ""))
+            sharded = (override, c)
+            if need(c, plan) <= available:
+                fits.append(f"{override} ({_gib(need(c, plan))})")
+                break
+    if s.engine == "deepspeed" and s.zero_stage > 0 and s.reduce_bucket_size > SMALL_REDUCE_BUCKET:
+        c = with_strategy(reduce_bucket_size=SMALL_REDUCE_BUCKET)  # DeepSpeed allocates it whole
+        if need(c, plan) <= available:
+            fits.append(f"strategy.reduce_bucket_size={SMALL_REDUCE_BUCKET:.0e} ({_gib(need(c, plan))})")
+    more = fewest_nodes(cfg)
+    if more:
+        fits.append(f"{nodes_text(more[0])} ({_gib(more[1])} per rank)")
+    if plan.micro_batch_size > 1 and (t.global_batch_size is None or t.grad_accum_steps is None):
+        # a set global batch stays: accumulation takes up the micro-batch's samples
+        accum = plan.grad_accum_steps * (plan.micro_batch_size if t.global_batch_size is not None else 1)
+        p = dataclasses.replace(plan, micro_batch_size=1, grad_accum_steps=accum)
+        if need(cfg, p) <= available:
+            fits.append(f"train.micro_batch_size=1 ({_gib(need(cfg, p))})")
+    if t.activation_checkpointing == "none":
+        c = dataclasses.replace(cfg, train=dataclasses.replace(t, activation_checkpointing="full"))
+        if need(c, plan) <= available:
+            fits.append(f"train.activation_checkpointing=full ({_gib(need(c, plan))})")
+    smaller = _smaller_preset(cfg, plan, need, available, model_presets())
+    if smaller:
+        fits.append(smaller)
+    if not fits and sharded is not None:
+        more = fewest_nodes(sharded[1])
+        if more:
+            fits.append(f"{sharded[0]} on {nodes_text(more[0])} ({_gib(more[1])} per rank)")
+    return fits
+
+
+def _smaller_preset(cfg: SuiteConfig, plan: "RunPlan", need, available: float, presets: Dict[str, Any]
+                    ) -> Optional[str]:
+    """The largest model preset of the same family with fewer parameters that fits this layout."""
+    import dataclasses
+
+    from suite.config import ConfigError
+
+    m = cfg.model
+    size = models.param_count(m)["total"]
+    candidates = sorted(((models.param_count(p)["total"], name, p) for name, p in presets.items()
+                         if p.family == m.family and models.param_count(p)["total"] < size), reverse=True)
+    for params, name, preset in candidates:
+        try:
+            models.family(preset.family).check_layout(preset, plan.tensor_parallel, plan.sequence_parallel,
+                                                      plan.pipeline_parallel)
+        except ConfigError:
+            continue
+        if preset.n_layers < plan.pipeline_parallel:
+            continue
+        required = need(dataclasses.replace(cfg, model=preset), plan)
+        if required <= available:
+            return f"model={name} ({params:,} parameters, {_gib(required)})"
+    return None
+
+
+def memory_line(cfg: SuiteConfig, plan: "RunPlan") -> str:
+    """What the memory check says of a planned run, for the dry run: the figures it compared,
+    or why it did not check."""
+    need = memory_need(cfg, plan)
+    what = "host memory per rank" if need.kind == "host" else "memory per device"
+    if need.available_bytes is None:
+        return f"{what}: {need.source}"
+    verdict = "does NOT fit" if need.problem else "fits"
+    return (f"{what}: needs {_gib(need.required_bytes)} of {_gib(need.available_bytes)} ({need.source}): "
+            f"{verdict}")
 
 
 def check_combination(cfg: SuiteConfig, accelerator: str, precision: str) -> None:
@@ -488,10 +746,13 @@ def torch_config(cfg: SuiteConfig, accelerator: str, precision: str, micro: int,
     return config
 
 
-def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0, check_memory: bool = True) -> RunPlan:
+def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0, check_memory: bool = True,
+             local_memory: Any = None) -> RunPlan:
     """Validate one run's config and derive its plan. `local_gpus`: GPUs the submitting
     machine sees (used only where the config leaves accelerator or ranks to be detected).
-    `check_memory`: refuse a run the memory model says will not fit (unless
+    `local_memory`: the submitting machine's memory (suite.memory.LocalMemory, read by the
+    launcher), for local runs whose config does not declare it; without it such a run is not
+    checked. `check_memory`: refuse a run the memory model says will not fit (unless
     submit.try_anyway); the autotune search asks for the verdict itself (memory_need)."""
     typed = to_object(cfg)
     accelerator = resolve_accelerator(typed.cluster.accelerator, local_gpus)
@@ -509,6 +770,7 @@ def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0, check_memory: b
                                              typed.train.grad_accum_steps,
                                              typed.train.global_batch_size, dp)
     baseline = typed.strategy.engine != "deepspeed"
+    gpu_memory, gpu_source, host_memory, host_source = available_memory(typed, accelerator, local_memory)
     plan = RunPlan(
         accelerator=accelerator,
         precision=precision,
@@ -527,6 +789,8 @@ def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0, check_memory: b
         compiled_ops=compiled_ops(typed, accelerator),
         torch_config=torch_config(typed, accelerator, precision, micro, accum, global_batch)
         if baseline else {},
+        gpu_memory_bytes=gpu_memory, gpu_memory_source=gpu_source,
+        host_memory_bytes=host_memory, host_memory_source=host_source,
     )
     if check_memory and not typed.submit.try_anyway and typed.workload.name == "train":
         need = memory_need(typed, plan)

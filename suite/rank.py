@@ -75,6 +75,66 @@ def _prepare_process(plan: planning.RunPlan, local_world_size: int, extra_env: D
     torch.set_num_threads(threads)
 
 
+#: the host memory limit this rank set on itself: {"which", "previous", "note"}; empty: none
+_host_limit: Dict[str, Any] = {}
+
+
+def _limit_host_memory(plan: planning.RunPlan) -> Optional[str]:
+    """On the CPU, hold this rank to its share of its node's host memory (the plan's
+    host_memory_bytes / ranks per node, what the plan checked it against), so that a run that
+    outgrows it fails in this rank with a MemoryError (torch: "can't allocate memory"), an
+    `oom` record, instead of waking the kernel's OOM killer, which may kill anything on the
+    machine. Called once the process group is up and before the model is built: the limit is
+    what the process maps at this point plus the share's remainder beyond what it already
+    holds resident (suite.memory.rank_memory_limit). Linux only; a lower limit already set is
+    kept. Returns a description, also printed to the rank's log."""
+    if plan.accelerator != "cpu" or not getattr(plan, "host_memory_bytes", None):
+        return None
+    import platform
+
+    from suite import memory
+
+    if platform.system() != "Linux":
+        print("host memory limit: not set (the suite sets it on Linux only)", file=sys.stderr)
+        return None
+    import resource
+
+    share = plan.host_memory_bytes / plan.ranks_per_node
+    try:
+        with open("/proc/self/status") as f:
+            status = memory.parse_meminfo(f.read())
+        name, limit = memory.rank_memory_limit(share, status, platform.release())
+        which = getattr(resource, name)
+        soft, hard = resource.getrlimit(which)
+    except (OSError, KeyError, ValueError, AttributeError) as exc:  # a safety net never fails a run
+        print(f"host memory limit: not set ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    gib = lambda v: f"{v / 2 ** 30:.2f} GiB"  # noqa: E731
+    mapped = status["VmData" if name == "RLIMIT_DATA" else "VmSize"]
+    if soft != resource.RLIM_INFINITY and soft <= limit:
+        note = f"{name} {gib(soft)}, set before the run started (lower than this rank's share, {gib(share)})"
+    else:
+        resource.setrlimit(which, (limit, hard))
+        _host_limit.update(which=which, previous=soft)
+        note = (f"{name} {gib(limit)} = {gib(mapped)} mapped before the model is built + its share "
+                f"{gib(share)} ({plan.host_memory_source}, / {plan.ranks_per_node} ranks) - "
+                f"{gib(status['VmRSS'])} already resident")
+    _host_limit["note"] = note
+    print(f"host memory limit: {note}", file=sys.stderr, flush=True)
+    return note
+
+
+def _lift_host_memory_limit() -> None:
+    """The limit back where it was (a failed rank still writes its error and the record)."""
+    if "which" in _host_limit:
+        import resource
+
+        which, previous = _host_limit.pop("which"), _host_limit.pop("previous")
+        resource.setrlimit(which, (previous, resource.getrlimit(which)[1]))
+
+
 def _shipped_plan(run_dir: Path, typed: Any) -> planning.RunPlan:
     """The plan the launcher made and the dry run showed (submission.json), not a new one: a
     rank's view of the hardware or of its environment must not change what runs."""
@@ -211,6 +271,7 @@ def _run_workload(typed: Any, plan: planning.RunPlan, dist: Dict[str, Any], watc
     watchdog.start()
     deepspeed.init_distributed(auto_mpi_discovery=False, timeout=datetime.timedelta(
         seconds=planning.collective_timeout_s(typed.cluster.init_timeout_s, typed.train.step_timeout_s)))
+    _limit_host_memory(plan)  # before the model (or a micro-benchmark's buffers) is built
     if typed.workload.name != "train":  # no steps to beat: the whole benchmark is one
         watchdog.expect("steps", typed.train.step_timeout_s)
         from suite.workload.micro import run_micro_benchmark
@@ -230,8 +291,11 @@ def _failure(exc: Exception, typed: Any, run_dir: Path, rank: int, world: int
     """A rank other than 0 leaves its error and exits; rank 0 returns the run's (status, error,
     every rank's errors), the root cause across ranks."""
     failed_at = time.time()  # when it failed, not when it got round to saying so
+    _lift_host_memory_limit()
     status = results.classify_exception(exc)
     message = f"{type(exc).__name__}: {exc}"
+    if status == "oom" and _host_limit.get("note"):
+        message += f" (this rank's host memory limit: {_host_limit['note']}; docs/memory.md)"
     if status == "timeout":
         message = (f"reached the time limit (cluster.timeout_min={typed.cluster.timeout_min}): "
                    f"Slurm signalled {typed.cluster.signal_delay_s} s before it ({message})")

@@ -71,7 +71,9 @@ def classify_exception(exc: BaseException) -> str:
 
     if type(exc).__name__ == "UncompletedJobError":  # submitit, on Slurm's pre-limit signal
         return "timeout" if "timed-out" in str(exc) else "preempted"
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower():
+    text = str(exc).lower()
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text \
+            or "can't allocate memory" in text:  # torch's CPU allocator under a memory limit
         return "oom"
     return "error"
 

@@ -61,6 +61,8 @@ def test_unknown_keys_and_wrong_types_are_rejected_by_name(compose_cfg, override
     ("train.fault=segv", "train.fault='segv' is not allowed"),
     ("strategy=ddp strategy.offload_optimizer=true", "strategy.offload_optimizer=true needs"),
     ("cluster.accelerator=tpu", "cluster.accelerator='tpu' is not allowed"),
+    ("cluster.host_memory_gb=0", "cluster.host_memory_gb=0.0 must be > 0"),
+    ("cluster.gpu_memory_gb=-80", "cluster.gpu_memory_gb=-80.0 must be > 0"),
 ])
 def test_out_of_range_values_fail_naming_field_and_allowed_values(compose_cfg, override, message):
     with pytest.raises(ConfigError) as err:

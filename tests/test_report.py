@@ -155,6 +155,8 @@ def test_every_report_setting_is_an_option_of_the_report_command(tmp_path, capsy
             wanted[name], argv = [0.5, 2.0], argv + [flag, "0.5", "2.0"]
         elif default is None:
             wanted[name], argv = str(tmp_path / "history"), argv + [flag, str(tmp_path / "history")]
+        elif isinstance(default, str):  # change_method, the one choice: the other method
+            wanted[name], argv = "median_mad", argv + [flag, "median_mad"]
         else:
             wanted[name] = default + 1 if isinstance(default, int) else default / 2
             argv += [flag, str(wanted[name])]

@@ -203,7 +203,12 @@ class SuiteLauncher(BaseSubmititLauncher):
             return None
         try:
             typed = planning.to_object(cfg)
-            plan = planning.plan_run(typed, self._local_gpus(typed))
+            if not hasattr(self, "_memory_here"):  # this machine's memory, read once per sweep
+                from suite.memory import read_local_memory
+
+                self._memory_here = read_local_memory(
+                    query_gpus=typed.cluster.scheduler == "local" and bool(gpu_device_files()))
+            plan = planning.plan_run(typed, self._local_gpus(typed), local_memory=self._memory_here)
             if typed.data.name == "tokens":  # the one check that reads: is the file there?
                 from suite.workload.tokens import source_problem
 
@@ -367,6 +372,7 @@ class SuiteLauncher(BaseSubmititLauncher):
 
 def _memory_line(run: PlannedRun) -> str:
     """The memory model's prediction per device, for the dry run (docs/memory.md)."""
+    from suite import plan as planning
     from suite.memory import predict_memory
 
     need = predict_memory(run.typed, run.plan)
@@ -374,7 +380,7 @@ def _memory_line(run: PlannedRun) -> str:
     return (f"memory model: {gib(need['required_bytes'])} GiB per device with allowance (model states "
             f"{gib(need['model_state_bytes'])}, activations {gib(need['activation_bytes'])}, logits "
             f"{gib(need['logits_bytes'])}, buffers {gib(need['buffer_bytes'])})"
-            + (f" of cluster.gpu_memory_gb={run.typed.cluster.gpu_memory_gb:g}" if run.typed.cluster.gpu_memory_gb else ""))
+            + f"; {planning.memory_line(run.typed, run.plan)}")
 
 
 def gpu_device_files(dev: Path = Path("/dev")) -> List[str]:

@@ -385,7 +385,8 @@ def environment_diff(before, after) -> str:
     for column in ENV_FIELDS:
         old, new = getattr(before, column, None), getattr(after, column, None)
         if column == "env_variables":
-            old_vars, new_vars = json.loads(old or "{}"), json.loads(new or "{}")
+            # a record without variables (pd.NA in the frame, whose truth value is an error)
+            old_vars, new_vars = ({} if _missing(v) else json.loads(v) for v in (old, new))
             for name in sorted(set(old_vars) | set(new_vars)):
                 if PER_JOB_VARIABLES.fullmatch(name) or old_vars.get(name) == new_vars.get(name):
                     continue
@@ -399,7 +400,7 @@ def environment_diff(before, after) -> str:
 
 
 def _missing(value: Optional[object]) -> bool:
-    return value is None or (isinstance(value, float) and pd.isna(value))
+    return value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value))
 
 
 def trends(history: pd.DataFrame, metric: str = "tokens_per_s_per_device") -> Dict[str, pd.DataFrame]:

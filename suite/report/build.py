@@ -12,7 +12,7 @@ import pandas as pd
 
 from suite import schedulers
 from suite.config import ReportConfig
-from suite.report import analysis, history, intervals, render, sections
+from suite.report import analysis, changepoints, history, intervals, render, sections
 from suite.report.collate import load_sweep
 
 
@@ -59,11 +59,18 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
     configs["measurement_error"] = analysis.measurement_errors(configs)
     parity = analysis.parity_table(training)
     regress, trend = pd.DataFrame(columns=analysis.REGRESSION_COLUMNS), {}
+    changes = pd.DataFrame(columns=changepoints.CHANGE_COLUMNS)
     if options.history_dir:  # the sweep's own rows are skipped by regressions()
         ok = history.load(Path(options.history_dir), history.COLUMNS, ok_only=True)
         regress = analysis.regressions(configs, ok, window=options.window, min_drop=options.min_drop,
                                        noise_sigmas=options.noise_sigmas,
                                        max_allowed_drop=options.max_allowed_drop)
+        # Otava's change points beside the median/MAD rule; report.change_method decides
+        changes = changepoints.changes_per_configuration(
+            ok, "otava", otava_window=options.otava_window, max_pvalue=options.otava_max_pvalue,
+            min_magnitude=options.otava_min_magnitude)
+        regress = changepoints.decide(regress, changes, options.change_method,
+                                      min_nights=options.otava_min_nights, recent_nights=options.window)
         trend = analysis.trends(ok)
 
     straggling, slow_nodes = analysis.stragglers(frame, options.straggler_min_excess,
@@ -80,7 +87,7 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
     throughput = sections.throughput_section(configs)
     shown = [sections.autotune_section(search), sections.best_section(best)]
     if options.history_dir:
-        shown += sections.history_sections(regress, trend)
+        shown += sections.history_sections(regress, trend, changes, options)
     shown += [throughput, sections.scaling_section(analysis.scaling_table(configs, runs)),
               sections.preflight_section(preflight_nodes, together, options),
               sections.ceilings_section(ceilings),

@@ -262,20 +262,45 @@ def model_section(model: pd.DataFrame) -> Section:
         "the resident set of the whole process, so memory is not compared there."], [("", table)])
 
 
-def history_sections(regress: pd.DataFrame, trend: Dict[str, pd.DataFrame]) -> List[Section]:
+def history_sections(regress: pd.DataFrame, trend: Dict[str, pd.DataFrame], changes: pd.DataFrame,
+                     options) -> List[Section]:
     sections = []
-    table = show(regress, _with_configuration({
+    columns = {
         "model": ("model", None), "strategy": ("strategy", None), "optimizer": ("optimizer", None),
         "precision": ("precision", None), "world_size": ("ranks", fmt(".0f")),
         "value": ("tokens/s/device", fmt(",.0f")), "baseline": ("baseline", fmt(",.0f")),
         "change": ("change", pct), "allowed_drop": ("allowed drop", fmt(",.0f")),
-        "nights": ("nights", fmt(".0f")), "verdict": ("verdict", None),
-        "what_changed": ("what changed", None)}, regress, "world_size"))
+        "nights": ("nights", fmt(".0f")), "verdict": ("verdict", None)}
+    if "method" in regress:
+        columns.update({"median_mad_verdict": ("median/MAD", None), "otava": ("Otava's latest change", None),
+                        "method": ("decided by", None)})
+    columns["what_changed"] = ("what changed", None)
+    table = show(regress, _with_configuration(columns, regress, "world_size"))
     sections.append(Section("Regressions against history", [
-        "Baseline: median of the configuration's last nights; noise: 1.4826 x their median "
-        "absolute deviation. A regression is a drop below baseline - max(min_drop x baseline, "
-        "noise_sigmas x noise), the allowed drop capped at max_allowed_drop x baseline; an "
-        "improvement likewise upwards."], [("", table)]))
+        "Two rules, side by side. Median/MAD: baseline = median of the configuration's last "
+        f"{options.window} nights, noise = 1.4826 x their median absolute deviation; a regression "
+        "is a drop below baseline - max(min_drop x baseline, noise_sigmas x noise), the allowed "
+        "drop capped at max_allowed_drop x baseline; an improvement likewise upwards. Otava "
+        "(Apache Otava's E-Divisive with t-tests over all of the configuration's nights, window "
+        f"{options.otava_window}, p < {options.otava_max_pvalue:g}, change > "
+        f"{options.otava_min_magnitude:.0%}): a regression when its latest change point is a drop "
+        f"that started within the last {options.window} nights. The verdict is "
+        f"report.change_method's ({options.change_method}); Otava judges configurations with at "
+        f"least {options.otava_min_nights} nights, the median/MAD rule the others. Their error "
+        "rates on synthetic histories: bench/RESULTS.md, 'Change-point detection'."], [("", table)]))
+    found = changes.dropna(subset=["change"]) if len(changes) else changes
+    if len(found):
+        sections.append(Section("Change points (Apache Otava)", [
+            "Every configuration of the history with a change point: the night its latest change "
+            "started, its size (mean after / mean before - 1) and the t-test's p-value."],
+            [("", show(found, {"model": ("model", None), "strategy": ("strategy", None),
+                               "optimizer": ("optimizer", None), "precision": ("precision", None),
+                               "world_size": ("ranks", fmt(".0f")), "nights": ("nights", fmt(".0f")),
+                               "change_sweep_date": ("change started", None),
+                               "change_sweep_id": ("first sweep after it", None),
+                               "nights_since": ("nights ago", fmt(".0f")), "change": ("size", pct),
+                               "before": ("before", fmt(",.0f")), "after": ("after", fmt(",.0f")),
+                               "pvalue": ("p-value", fmt(".1g"))}))]))
     trends = Section("History trends", ["Median tokens/s per device per sweep, one line per configuration."])
     for model, table in trend.items():
         # the configurations fastest in the latest sweep: a plot of hundreds of lines says nothing
