@@ -69,3 +69,8 @@ def test_scaling_efficiencies_carry_the_interval_of_their_rate_against_n0():
     assert table.loc[2, "efficiency"] == pytest.approx(0.8)  # (2/0.125/2) / (1/0.1/1)
     assert (table.loc[2, "efficiency_low"], table.loc[2, "efficiency_high"]) == pytest.approx((0.8, 0.8))
     assert pd.isna(table.loc[1, "efficiency_low"])  # N0 is 100% by definition
+    # and the report's Scaling table shows it
+    from suite.report import sections
+
+    [(_, shown)] = sections.scaling_section(table.reset_index()).tables
+    assert shown["95% interval"].tolist() == ["—", "[80.0%, 80.0%]"]

@@ -99,8 +99,10 @@ def configuration_labels(configs: pd.DataFrame, shown: Sequence[str] = ()) -> Tu
                          if a in configs.columns and a not in NOT_CONFIGURATION}, index=configs.index)
     known = [a for a in shown if a in text]
 
+    values = {a: text[a].tolist() for a in text}  # plain lists: a set of tuples is ~100x a pandas drop_duplicates
+
     def distinct(axes: List[str]) -> int:
-        return len(text[axes].drop_duplicates()) if axes else 1
+        return len(set(zip(*(values[a] for a in axes)))) if axes else 1
 
     named = [a for a in text if a not in known and a not in FOLLOWING and text[a].nunique() > 1]
     for axis in (a for a in text if a in FOLLOWING and a not in known):

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import pandas as pd
-from otava.analysis import compute_change_points
 
 from suite.report.analysis import regressions
 
@@ -57,6 +56,9 @@ def otava_changes(values: Sequence[float], window: int = OTAVA_WINDOW, max_pvalu
         raise ValueError("otava_changes: every night needs a finite value")
     if len(series) < 2:
         return []
+    # imported here: otava brings scipy.stats (~0.6 s), which a report without a history never needs
+    from otava.analysis import compute_change_points
+
     points, _weak = compute_change_points(series, window_len=window, max_pvalue=max_pvalue,
                                           min_magnitude=min_magnitude)
     return [Change(index=int(p.index), change=float(p.stats.forward_rel_change()),

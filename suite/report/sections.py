@@ -168,6 +168,8 @@ def scaling_section(scaling: pd.DataFrame) -> Optional[Section]:
         "t(N0)/t(N), efficiency = t(N0)·N0 / (t(N)·N), t = median step time. 100% is ideal. "
         "An efficiency's 95% interval: a bootstrap of its runs' rate against N0's (repeats and "
         "timed steps)."])
+    scaling = scaling.assign(efficiency_interval=[
+        _interval(lo, hi, "pct0") for lo, hi in zip(scaling.efficiency_low, scaling.efficiency_high)])
     table = show(scaling, _with_configuration({
         "model": ("model", None), "strategy": ("strategy", None), "mode": ("mode", None),
         "world_size": ("ranks", fmt(".0f")), "nodes": ("nodes", fmt(".0f")),
@@ -175,8 +177,7 @@ def scaling_section(scaling: pd.DataFrame) -> Optional[Section]:
         "tokens_per_s": ("tokens/s", fmt(",.0f")), "tokens_per_s_per_device": ("tokens/s/device", fmt(",.0f")),
         "speedup": ("speed-up", fmt(".2f")), "efficiency": ("efficiency", pct),
         "efficiency_interval": ("95% interval", None),
-        "noisy": ("too noisy", lambda v: "yes" if v else "")}, scaling.assign(efficiency_interval=[
-            _interval(lo, hi, "pct0") for lo, hi in zip(scaling.efficiency_low, scaling.efficiency_high)]), "mode"))
+        "noisy": ("too noisy", lambda v: "yes" if v else "")}, scaling, "mode"))
     section.tables.append(("", table))
     for (model, mode), group in scaling.groupby(["model", "mode"]):
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
