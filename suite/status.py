@@ -191,6 +191,10 @@ class Progress:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        try:  # the counts it ended with, whatever the last poll saw
+            print(f"[sweep] {counts_line(sweep_states(self.sweep_dir))}", file=self.stream, flush=True)
+        except Exception as error:  # a progress line must never stop the sweep
+            print(f"[sweep] progress unavailable: {type(error).__name__}: {error}", file=self.stream, flush=True)
 
     def _loop(self) -> None:
         live = None

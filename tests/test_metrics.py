@@ -77,6 +77,13 @@ def test_loss_parity_within_the_precision_tolerance():
     assert loss_parity([6.0], [6.0, 5.9], "fp32")["matches"] is False  # steps differ in number
     assert loss_parity([float("nan")], [6.0], "fp32")["matches"] is False
     assert PARITY_TOLERANCE["fp32"] < PARITY_TOLERANCE["bf16"]
+    # the tolerances themselves, at their edges: fp32 1e-4 (the layouts' largest difference
+    # measured is 7e-7; Ulysses without the suite's 1/sp loss scaling missed by 1.3e-2), bf16 5e-2
+    assert loss_parity([6.0, 5.9], [6.0, 5.9 + 0.9e-4], "fp32")["matches"] is True
+    assert loss_parity([6.0, 5.9], [6.0, 5.9 + 1.2e-4], "fp32")["matches"] is False
+    assert loss_parity([6.0, 5.9], [6.0, 5.9 + 1.3e-2], "fp32")["matches"] is False
+    assert loss_parity([6.0, 5.9], [6.0, 5.9 + 0.049], "bf16")["matches"] is True
+    assert loss_parity([6.0, 5.9], [6.0, 5.9 + 0.06], "bf16")["matches"] is False
 
 
 def test_gemm_and_bus_bandwidth_formulas():

@@ -43,6 +43,11 @@ def test_default_sweep_trains_every_zero_stage_and_reports_every_run(tmp_path):
     throughput = md.split("### tiny")[1].split("\n## ")[0]
     assert sum(line.startswith("| zero") or line.startswith("| ddp") for line in throughput.splitlines()) == 8
     assert str(sweep / "report" / "report.md") in done.stdout  # the command says where it is
+    # while it waited, the driver logged the counts (not a terminal: a line when they change),
+    # and the counts it ended with
+    progress = [line for line in done.stderr.splitlines() if line.startswith("[sweep] ")]
+    assert progress[0].startswith("[sweep] 0/8 runs finished: ") and len(progress) >= 3, progress
+    assert progress[-1] == "[sweep] 8/8 runs finished: 0 pending, 0 running, 8 ok; done"
     # every comparison says whether it stands out of the noise: ddp against ZeRO-3 (2-3x apart
     # on the CPU) is a clear gap; the report's best configuration has its interval and verdict
     from suite.report import intervals
