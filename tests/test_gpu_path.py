@@ -193,7 +193,18 @@ def test_each_python_environment_builds_deepspeed_ops_in_its_own_folder():
     assert device.extensions_environment({}, "/work/a/.venv", writable=True) == {
         "TORCH_EXTENSIONS_DIR": "/work/a/.venv/torch_extensions"}
     assert device.extensions_environment({"TORCH_EXTENSIONS_DIR": "/scratch/ops"}, "/work/a/.venv", True) == {}
-    assert device.extensions_environment({}, "/usr", writable=False) == {}  # torch's default then
+    assert device.extensions_environment({"PATH": "/usr/bin:/bin"}, "/usr", writable=False) == {}  # torch's default
+
+
+def test_every_build_in_an_environment_uses_its_own_ninja(tmp_path):
+    # pip's ninja (1.13) in the venv and Debian's (1.11) in /usr/bin each rebuilt the op the other
+    # had built: a sweep run from an activated venv, then `make test`, cost a 70 s rebuild
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "ninja").touch()
+    env = device.extensions_environment({"PATH": "/usr/bin:/bin", "TORCH_EXTENSIONS_DIR": "/x"}, str(tmp_path), True)
+    assert env == {"PATH": f"{tmp_path}/bin:/usr/bin:/bin"}
+    assert device.extensions_environment({"PATH": f"{tmp_path}/bin:/usr/bin", "TORCH_EXTENSIONS_DIR": "/x"},
+                                         str(tmp_path), True) == {}  # already first
 
 
 def test_the_launcher_asks_torch_for_gpus_only_where_a_gpu_driver_is(tmp_path):

@@ -27,9 +27,16 @@ def extensions_environment(environ: dict, prefix: str, writable: bool) -> dict:
     two environments (two checkouts, a nightly and a dev venv) write different build files into
     it, and each run then rebuilds the op (25-60 s on the CPU) under a file lock
     (docs/behaviour.md)."""
-    if environ.get("TORCH_EXTENSIONS_DIR") or not writable:
-        return {}
-    return {"TORCH_EXTENSIONS_DIR": os.path.join(prefix, "torch_extensions")}
+    out = {}
+    if not environ.get("TORCH_EXTENSIONS_DIR") and writable:
+        out["TORCH_EXTENSIONS_DIR"] = os.path.join(prefix, "torch_extensions")
+    # torch builds with the first `ninja` on PATH; two ninjas (pip's in the environment, the
+    # system's) keep rebuilding each other's builds (their logs' command hashes differ): the
+    # environment's own comes first, whether or not the environment was activated
+    bin_dir, path = os.path.join(prefix, "bin"), environ.get("PATH", "")
+    if os.path.exists(os.path.join(bin_dir, "ninja")) and path.split(os.pathsep)[0] != bin_dir:
+        out["PATH"] = bin_dir + (os.pathsep + path if path else "")
+    return out
 
 
 # torch builds and loads a just-in-time op under a lock file in its build folder (FileBaton),
