@@ -13,7 +13,6 @@ would call noise a change; with one run per side the interval is shown, the verd
 given. Pure: frames in, frames out."""
 from __future__ import annotations
 
-import json
 from typing import List, Optional, Sequence, Tuple
 
 import pandas as pd
@@ -27,11 +26,6 @@ FEW_RUNS, UNKNOWN = "one run per side: add submit.repeats", "no step times"
 MIN_RUNS = 2  # per side, for a verdict
 COLUMNS = ["config_key", "label", "base_runs", "new_runs", "base_tokens_per_s_per_device",
            "new_tokens_per_s_per_device", "change", "low", "high", "verdict", "noise_seen", "what_differs"]
-
-
-def step_times(frame: pd.DataFrame) -> pd.Series:
-    """Each run's timed step times (a list; empty where the record predates them)."""
-    return frame.step_times_json.map(lambda text: json.loads(text) if isinstance(text, str) else [])
 
 
 def bootstrap_change(base: Sequence[Sequence[float]], new: Sequence[Sequence[float]], *,
@@ -55,13 +49,13 @@ def verdict(change: float, low: float, high: float, min_change: float) -> str:
 def compare(base: pd.DataFrame, new: pd.DataFrame, *, min_change: float = 0.02, level: float = 0.95,
             draws: int = 4000, seed: int = 0) -> Tuple[pd.DataFrame, List[str], List[str]]:
     """(table, keys only in BASE, keys only in NEW) over the ok training runs of two sweeps."""
-    base, new = (f[(f.status == "ok") & (f.workload == "train")].assign(steps=lambda g: step_times(g))
-                 for f in (base, new))
+    base, new = (f[(f.status == "ok") & (f.workload == "train")] for f in (base, new))
+    base_steps, new_steps = intervals.runs_by_configuration(base), intervals.runs_by_configuration(new)
     shared = [k for k in dict.fromkeys(new.config_key) if k in set(base.config_key)]
     rows = []
     for key in shared:
         b, n = base[base.config_key == key], new[new.config_key == key]
-        b_runs, n_runs = [s for s in b.steps if s], [s for s in n.steps if s]
+        b_runs, n_runs = base_steps.get(key, []), new_steps.get(key, [])
         row = {"config_key": key, "base_runs": len(b), "new_runs": len(n),
                "base_tokens_per_s_per_device": b.tokens_per_s_per_device.mean(),
                "new_tokens_per_s_per_device": n.tokens_per_s_per_device.mean(),
