@@ -114,10 +114,15 @@ def test_a_node_that_dies_ends_its_run_as_node_fail_and_the_sweep_goes_on(tmp_pa
         # what a health check does on a real cluster (Slurm alone would wait SlurmdTimeout)
         subprocess.run(["scontrol", "update", "nodename=node2", "state=down", "reason=test: node2 died"], check=True)
         output, _ = sweep.communicate(timeout=180)
+        # Slurm requeues a job whose node failed; the driver cancels that attempt (a rerun
+        # would hang again once node2 is back, and hold every later job of the same name)
+        left = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True).stdout.strip()
     finally:
         if sweep.poll() is None:
             sweep.kill()
+        subprocess.run(["scancel", "--user", "root"], capture_output=True)  # whatever a failure left
         subprocess.run([*CLUSTER, "up"], check=True, capture_output=True)  # node2 back
+    assert left == "", left
     assert sweep.returncode == 1, output[-3000:]  # not every run is ok
     [folder] = sweep_dirs(tmp_path)
     runs = {r["config"]["train"]["fault"]: r for r in records(folder)}
@@ -132,15 +137,39 @@ def test_a_node_that_dies_ends_its_run_as_node_fail_and_the_sweep_goes_on(tmp_pa
     assert nodes_up() == ["node1", "node2"]
 
 
+def test_a_job_that_lost_a_rank_before_slurm_saw_its_node_die_is_a_node_failure():
+    # The survivors of a dead node can end the job before Slurm declares the node dead (the
+    # accounting database lags slurmctld; on a real cluster SlurmdTimeout is minutes): the
+    # driver then looks for one of the job's nodes going down, for a few seconds.
+    from suite.schedulers.slurm import node_failure_of
+
+    job = subprocess.run(["sbatch", "--parsable", "-N", "2", "--output=/dev/null", "--wrap", "false"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and subprocess.run(["squeue", "-h", "-j", job], capture_output=True,
+                                                         text=True).stdout.strip():
+        time.sleep(0.5)
+    assert node_failure_of(job, peer_lost=True, grace_s=1) is None  # both nodes up: a plain failure
+    try:
+        subprocess.run(["scontrol", "update", "nodename=node2", "state=drain", "reason=test: gone"], check=True)
+        error, details = node_failure_of(job, peer_lost=True, grace_s=1)
+        assert node_failure_of(job, peer_lost=False) is None  # no NODE_FAIL, and nobody saw a peer go
+    finally:
+        subprocess.run(["scontrol", "update", "nodename=node2", "state=resume"], check=True)
+    assert f"job {job} on node[1-2] lost a rank while a node of it went down; failed node: node2 (drain" in error
+    assert details["failed_nodes"] == ["node2"] and details["slurm_state"] is None
+
+
 def test_preflight_flags_the_slowed_node(tmp_path, monkeypatch):
     # every timed region on node2 takes twice as long (a test-only setting, recorded). The two
     # nodes of the local cluster share this machine's 2 cores: their jobs, run side by side as on a
     # real cluster, measured each other's load (CI once saw node1 flagged too). Slurm's singleton
-    # dependency runs the sweep's jobs one after the other here.
+    # dependency runs the sweep's jobs one after the other here, under a job name of their own
+    # (singleton waits on every job of that name and user).
     monkeypatch.setenv("SUITE_TEST_SLOW_HOST", "node2:1.0")
     done = run_sweep(tmp_path, "experiment=preflight", "cluster=slurm_local", "submit.repeats=1",
                      "workload.gemm_sizes=[128,256]", "workload.message_bytes=[65536,1048576]", "workload.iters=5",
-                     "+cluster.sbatch_extra.dependency=singleton")
+                     "+cluster.sbatch_extra.dependency=singleton", f"+cluster.sbatch_extra.job_name={tmp_path.name}")
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]  # the acceptance check failed
     assert "submit.each_node: 1-node points run on each of 2 nodes: node1, node2" in done.stdout + done.stderr
     [sweep] = sweep_dirs(tmp_path)

@@ -93,6 +93,7 @@ def test_every_bad_sweep_is_refused_before_submission(tmp_path):
     for overrides, named, done in outcomes:
         assert done.returncode != 0, overrides
         assert named in done.stdout + done.stderr, (overrides, (done.stdout + done.stderr)[-1500:])
+        assert "Traceback" not in done.stdout + done.stderr, (overrides, (done.stdout + done.stderr)[-1500:])
     assert not list(tmp_path.glob("*/*/*/submission.json")) and not list(tmp_path.glob("*/*/*/result.json"))
     # no job was submitted: compared by job id, since sacct lists an earlier test's array tasks
     # that had not started as one line ('101_[2-5%1]') and then one line per task once they run

@@ -138,8 +138,15 @@ class SuiteLauncher(BaseSubmititLauncher):
 
         started = time.perf_counter()
         from suite import plan as planning
+        from suite.config import ConfigError
 
-        submit = planning.to_object(self.config).submit
+        try:
+            submit = planning.to_object(self.config).submit
+        except ConfigError:  # a bad value outside the swept axes: each point names it below
+            try:
+                submit = planning.submit_settings(self.config)
+            except ConfigError as exc:
+                raise SweepRefused(f"The sweep was refused, nothing was started: {exc}") from None
         if submit.repeats > 1:  # each configuration k times, as separate jobs
             job_overrides = [list(o) + [f"train.repeat_index={i}"]
                              for o in job_overrides for i in range(submit.repeats)]
@@ -315,9 +322,10 @@ class SuiteLauncher(BaseSubmititLauncher):
 
         error = "the run ended without writing a record"
         failure = wait_until_done(job, check=lambda: scheduler.node_failure(job))
-        if failure is None and (run.run_dir / results.RESULT_FILE).exists() \
-                and results.read_record(run.run_dir / results.RESULT_FILE)["status"] != "ok":
-            failure = scheduler.node_failure(job)  # the survivors wrote first: did a node die?
+        if failure is None and (run.run_dir / results.RESULT_FILE).exists():
+            status = results.read_record(run.run_dir / results.RESULT_FILE)["status"]
+            if status != "ok":  # the survivors wrote first: did a node die?
+                failure = scheduler.node_failure(job, peer_lost=status in ("killed", "hang"))
         if failure is not None:
             results.write_node_failure(run.run_dir, *failure)
             return _returned(run, "node_fail")

@@ -78,9 +78,10 @@ class Scheduler(abc.ABC):
         """(status, details) of a job that ended without its run writing a record."""
         return "error", {}
 
-    def node_failure(self, job: Any) -> Optional[Tuple[str, Dict[str, Any]]]:
-        """While a job waits or runs: if a node under it failed, stop what is left of the job
-        and return (error naming the node, details); else None."""
+    def node_failure(self, job: Any, peer_lost: bool = False) -> Optional[Tuple[str, Dict[str, Any]]]:
+        """While a job waits or runs, or after its surviving ranks wrote that a peer vanished
+        (`peer_lost`): if a node under it failed, stop what is left of the job and return
+        (error naming the node, details); else None."""
         return None
 
     def unfinished(self, run_dirs: Sequence[Path]) -> List[str]:

@@ -154,9 +154,10 @@ def parse_down_nodes(text: str) -> List[Tuple[str, str]]:
     return down
 
 
-def _wait_until_gone(job_id: str, limit_s: float = 300.0) -> None:
-    """Until the job has left Slurm's queue: its processes ended (signalled, then killed after
-    KillWait), so nothing of the run writes after this."""
+def _cancel_until_gone(job_id: str, limit_s: float = 300.0) -> None:
+    """Cancel the job until it has left Slurm's queue: its processes ended (signalled, then
+    killed after KillWait), so nothing of the run writes after this. Once is not enough after a
+    node failure: a job still completing ignores scancel, then Slurm requeues it (PENDING)."""
     import time
 
     deadline = time.monotonic() + limit_s
@@ -164,27 +165,51 @@ def _wait_until_gone(job_id: str, limit_s: float = 300.0) -> None:
         out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=60)
         if out.returncode == 0 and not out.stdout.strip():
             return
+        if out.stdout.strip() != "COMPLETING":
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
         time.sleep(1)
 
 
-def node_failure_of(job_id: str) -> Optional[Tuple[str, Dict[str, Any]]]:
-    """If an attempt of the job ended NODE_FAIL: cancel what Slurm requeued (a benchmark run
-    whose node died is recorded, not rerun behind the sweep's back) and name the failed
-    nodes: those of the attempt's nodes that are down or not responding now."""
-    out = subprocess.run(["sacct", "-D", "-X", "-P", "-n", "-o", "State,NodeList", "-j", job_id],
-                         capture_output=True, text=True, timeout=60)
-    failed = [nodes for state, nodes in parse_attempts(out.stdout) if state == "NODE_FAIL"]
-    if out.returncode != 0 or not failed:
-        return None
-    subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
-    _wait_until_gone(job_id)  # a surviving rank 0 may still be writing its own record
-    info = subprocess.run(["sinfo", "-h", "-N", "-n", failed[0], "-o", "%N|%t|%E"],
-                          capture_output=True, text=True, timeout=60)
-    down = parse_down_nodes(info.stdout)
-    named = ", ".join(f"{n} ({why})" for n, why in down) or f"one of {failed[0]} (none is down now)"
-    return (f"node failure: Slurm ended job {job_id} NODE_FAIL on {failed[0]}; failed node: {named}. "
-            "Slurm's requeued attempt was cancelled",
-            {"slurm_state": "NODE_FAIL", "job_nodes": failed[0], "failed_nodes": [n for n, _ in down]})
+def node_failure_of(job_id: str, peer_lost: bool = False,
+                    grace_s: float = 10.0) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """If a node under the job failed: cancel what Slurm requeued (a benchmark run whose node
+    died is recorded, not rerun behind the sweep's back) and name the failed nodes: those of
+    the job's nodes that are down or not responding now.
+
+    A failed node shows as an attempt that ended NODE_FAIL. `peer_lost`: the surviving ranks
+    wrote that a peer vanished (a killed or hung run of several nodes). Then the job may have
+    ended before Slurm declared the node dead (the accounting database lags slurmctld), so for
+    up to `grace_s` we also look for one of the job's nodes going down."""
+    import time
+
+    deadline = time.monotonic() + (grace_s if peer_lost else 0.0)
+    while True:
+        out = subprocess.run(["sacct", "-D", "-X", "-P", "-n", "-o", "State,NodeList", "-j", job_id],
+                             capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            return None
+        attempts = parse_attempts(out.stdout)
+        failed = [nodes for state, nodes in attempts if state == "NODE_FAIL"]
+        job_nodes = failed[0] if failed else next(
+            (nodes for _, nodes in reversed(attempts) if nodes and nodes != "None assigned"), "")
+        down: List[Tuple[str, str]] = []
+        if job_nodes:
+            info = subprocess.run(["sinfo", "-h", "-N", "-n", job_nodes, "-o", "%N|%t|%E"],
+                                  capture_output=True, text=True, timeout=60)
+            down = parse_down_nodes(info.stdout)
+        several = "," in job_nodes or "[" in job_nodes
+        if failed or (peer_lost and several and down):
+            break
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(1.0)
+    _cancel_until_gone(job_id)  # and a surviving rank 0 has written its own record
+    named = ", ".join(f"{n} ({why})" for n, why in down) or f"one of {job_nodes} (none is down now)"
+    how = (f"Slurm ended job {job_id} NODE_FAIL on {job_nodes}" if failed
+           else f"job {job_id} on {job_nodes} lost a rank while a node of it went down")
+    return (f"node failure: {how}; failed node: {named}. Slurm's requeued attempt was cancelled",
+            {"slurm_state": "NODE_FAIL" if failed else None, "job_nodes": job_nodes,
+             "failed_nodes": [n for n, _ in down]})
 
 
 def sbatch_refusal(script: str) -> Optional[str]:
@@ -286,8 +311,8 @@ class SlurmScheduler(Scheduler):
         return (status_from_slurm(state.state) or "error",
                 {"slurm_state": state.state, "elapsed": state.elapsed, "exit_code": state.exit_code})
 
-    def node_failure(self, job: Any) -> Optional[Tuple[str, Dict[str, Any]]]:
-        return node_failure_of(str(job.job_id))
+    def node_failure(self, job: Any, peer_lost: bool = False) -> Optional[Tuple[str, Dict[str, Any]]]:
+        return node_failure_of(str(job.job_id), peer_lost=peer_lost)
 
     def unfinished(self, run_dirs: Sequence[Path]) -> List[str]:
         return reconcile(run_dirs)
