@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
         return 0
     os.environ.update(device.accelerator_environment(accelerator))
     os.environ.update(device.extensions_environment(os.environ, sys.prefix, os.access(sys.prefix, os.W_OK)))
+    device.ask_for_the_cpu_once()
     from deepspeed.accelerator import get_accelerator
 
     for name in OPS[accelerator]:

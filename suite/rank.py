@@ -68,6 +68,7 @@ def _prepare_process(plan: planning.RunPlan, local_world_size: int, extra_env: D
     os.environ.update(device.extensions_environment(os.environ, sys.prefix, os.access(sys.prefix, os.W_OK)))
     for lock in device.clear_stale_build_locks(os.environ.get("TORCH_EXTENSIONS_DIR"), time.time()):
         print(f"removed a stale op-build lock (its holder was killed): {lock}", file=sys.stderr)
+    device.ask_for_the_cpu_once()  # before DeepSpeed loads an op
     threads = device.threads_per_rank(local_world_size, os.environ.get("SLURM_CPUS_PER_TASK"), os.cpu_count())
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch

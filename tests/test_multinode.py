@@ -80,7 +80,7 @@ def test_the_slowed_rank_and_its_node_are_named(across):
     assert "- stragglers: 4 of 4 runs (rank 1 on node2); slow node(s): node2" in md
     stragglers = md.split("## Stragglers")[1].split("\n## ")[0]
     assert stragglers.count("| YES ") == 4 + 1  # four runs, and node2 in the nodes table
-    # without the fault, nothing is flagged: the 2 x 2 sweep, and tests/test_parallel.py's 19 runs
+    # without the fault, nothing is flagged: the 2 x 2 sweep, and tests/test_parallel.py's parity sweeps
 
 
 def test_a_node_that_dies_ends_its_run_as_node_fail_and_the_sweep_goes_on(tmp_path):

@@ -13,13 +13,14 @@ import pytest
 
 from conftest import REPO, run_sweep, sweep_dirs
 
-# Every CPU layout is checked against plain data parallel with AdamW here or with SGD below
+# Every CPU layout is checked against plain data parallel once, with AdamW here or with SGD
 # (SGD_LAYOUTS; the gradient-scale check): DeepSpeed's layouts and PyTorch's own engines (torch
-# DDP, FSDP2). ZeRO-3 and the torch engines run with both optimizers (the report's side-by-side
-# section reads this sweep); zero2, tp2, sp2 and sp2_zero3 run with SGD only (ZeRO-2's and
-# Ulysses' sharding of Adam's states run here in zero2_offload, tp2_zero2 and sp2_zero2).
-LAYOUTS = {"ddp", "zero1", "zero3", "zero2_offload", "zero3_offload", "pp2", "pp2_zero1",
-           "tp2_zero1", "tp2_zero2", "tp2_zero3", "sp2_zero2", "torch_ddp", "fsdp2"}
+# DDP, FSDP2). The AdamW sweep holds the layouts that shard or offload Adam's states (ZeRO-1/2/3
+# in zero1, zero2_offload, zero3_offload, tp2_zero*, sp2_zero2, pp2_zero1); the SGD sweep the
+# others, the torch engines among them (the report's side-by-side section reads that sweep).
+# Each layout runs once (9 + 9 Llama runs, each ~10 s on 2 cores, most of it imports).
+LAYOUTS = {"ddp", "zero1", "zero2_offload", "zero3_offload", "pp2_zero1",
+           "tp2_zero1", "tp2_zero2", "tp2_zero3", "sp2_zero2"}
 SGD_LAYOUTS = {"ddp", "zero2", "zero3", "pp2", "tp2", "sp2", "sp2_zero3", "torch_ddp", "fsdp2"}
 GPT_LAYOUTS = {"ddp", "zero3", "pp2", "tp2_zero3", "sp2_zero3"}
 
@@ -34,8 +35,8 @@ def max_difference(a, b):
 
 @pytest.fixture(scope="module")
 def parity(tmp_path_factory):
-    """The parity sweeps (AdamW): records by (model, strategy), and each family's report (the
-    sweep folders: parity.folders)."""
+    """The AdamW parity sweeps of both families: records by (model, strategy), and each
+    family's report."""
     runs, reports = {}, {}
     for model, layouts in (("llama_tiny", LAYOUTS), ("tiny", GPT_LAYOUTS)):
         results = tmp_path_factory.mktemp(model)
@@ -44,11 +45,23 @@ def parity(tmp_path_factory):
         [sweep] = sweep_dirs(results)
         runs.update({(r["model"], r["strategy"]): r for r in records(sweep)})
         reports[model] = (sweep / "report" / "report.md").read_text()
-        FOLDERS.update({(r["model"], r["strategy"]): sweep / r["run_id"].split("/")[1] for r in records(sweep)})
     return runs, reports
 
 
-FOLDERS = {}  # (model, strategy) -> the parity sweep's run folder
+@pytest.fixture(scope="module")
+def sgd(tmp_path_factory):
+    """The Llama's SGD parity sweep (SGD_LAYOUTS): records by strategy, its report, and each
+    run's folder by strategy."""
+    # Adam's update hardly changes when every gradient is off by a constant factor, and clipping
+    # hides it too; plain SGD with momentum, a large learning rate and no clipping does not.
+    results = tmp_path_factory.mktemp("sgd")
+    done = run_sweep(results, "experiment=parity", "model=llama_tiny", "optimizer=sgd_momentum", "optimizer.lr=0.1",
+                     "optimizer.gradient_clipping=0", f"strategy={','.join(sorted(SGD_LAYOUTS))}")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [sweep] = sweep_dirs(results)
+    runs = {r["strategy"]: r for r in records(sweep)}
+    folders = {r["strategy"]: sweep / r["run_id"].split("/")[1] for r in runs.values()}
+    return runs, (sweep / "report" / "report.md").read_text(), folders
 
 
 def test_every_cpu_layout_is_checked_with_one_optimizer_or_both():
@@ -62,11 +75,11 @@ def test_every_cpu_layout_trains_the_same_model_as_data_parallel(parity):
     assert {r["status"] for r in runs.values()} == {"ok"}
     assert {r["model_family"] for r in runs.values()} == {"gpt", "llama"}
     for model, layouts in (("llama_tiny", LAYOUTS), ("tiny", GPT_LAYOUTS)):
-        sp = "sp2_zero3" if model == "tiny" else "sp2_zero2"
+        sp, pp = ("sp2_zero3", "pp2") if model == "tiny" else ("sp2_zero2", "pp2_zero1")
         layout = {s: (runs[model, s]["data_parallel"], runs[model, s]["tensor_parallel"],
                       runs[model, s]["pipeline_parallel"], runs[model, s]["sequence_parallel"],
-                      runs[model, s]["grad_accum_steps"]) for s in ("pp2", "tp2_zero3", sp)}
-        assert layout == {"pp2": (1, 1, 2, 1, 4), "tp2_zero3": (1, 2, 1, 1, 4), sp: (1, 1, 1, 2, 4)}
+                      runs[model, s]["grad_accum_steps"]) for s in (pp, "tp2_zero3", sp)}
+        assert layout == {pp: (1, 1, 2, 1, 4), "tp2_zero3": (1, 2, 1, 1, 4), sp: (1, 1, 1, 2, 4)}
         reference = runs[model, "ddp"]["metrics"]["loss_per_step"]
         for strategy in layouts:
             r = runs[model, strategy]
@@ -116,7 +129,7 @@ def test_recomputation_trains_the_same_model_and_counts_in_hfu(tmp_path, parity)
         if r["model"] == "tiny":  # (895,488 + 298,496) / 895,488 with recomputation
             assert ratio == pytest.approx(1_193_984 / 895_488)
         # and without it, hardware FLOPs are the model FLOPs
-        no_recompute = runs[r["model"], r["strategy"]]["metrics"]
+        no_recompute = runs[r["model"], "ddp"]["metrics"]
         assert no_recompute["hw_tflops_per_device"] == pytest.approx(no_recompute["tflops_per_device"])
 
 
@@ -140,23 +153,14 @@ def test_compiled_model_trains_the_same_model(tmp_path, parity):
     assert md.split("## Throughput")[1].split("\n## ")[0].count("| yes ") == 2  # the compiled column
 
 
-def test_layouts_match_under_sgd_which_shows_a_wrong_gradient_scale(tmp_path):
-    # Adam's update hardly changes when every gradient is off by a constant factor, and clipping
-    # hides it too; plain SGD with momentum, a large learning rate and no clipping does not.
+def test_layouts_match_under_sgd_which_shows_a_wrong_gradient_scale(sgd):
     # (DeepSpeed's Ulysses under ZeRO 0-2 sums gradients over the sequence-parallel ranks: without
     # the suite's 1/sp loss scaling sp2 misses here by 1.3e-2 against a tolerance of 1e-4.)
-    done = run_sweep(tmp_path, "experiment=parity", "model=llama_tiny", "optimizer=sgd_momentum", "optimizer.lr=0.1",
-                     "optimizer.gradient_clipping=0",
-                     f"strategy={','.join(sorted(SGD_LAYOUTS))}")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    [sweep] = sweep_dirs(tmp_path)
-    runs = records(sweep)
-    assert len(runs) == 9 and {r["status"] for r in runs} == {"ok"}
-    md = (sweep / "report" / "report.md").read_text()
+    by, md, _ = sgd
+    assert set(by) == SGD_LAYOUTS and {r["status"] for r in by.values()} == {"ok"}
     assert "loss parity: 9 of 9 compared runs match plain data parallel" in md
     # the records themselves, not only the report's word: every layout within 1e-4 of ddp's
     # losses, and the report's table shows those differences (not a run against itself)
-    by = {r["strategy"]: r for r in runs}
     reference = by["ddp"]["metrics"]["loss_per_step"]
     table = md.split("## Loss parity")[1].split("\n## ")[0]
     for strategy, r in by.items():
@@ -171,37 +175,36 @@ def test_layouts_match_under_sgd_which_shows_a_wrong_gradient_scale(tmp_path):
     assert max_difference(by["torch_ddp"]["metrics"]["loss_per_step"], by["ddp"]["metrics"]["loss_per_step"]) < 1e-4
 
 
-def test_pytorch_baselines_stand_beside_deepspeed_in_the_report(parity):
-    runs, reports = parity
+def test_pytorch_baselines_stand_beside_deepspeed_in_the_report(sgd):
+    runs, md, _ = sgd
     for strategy, engine in (("torch_ddp", "torch_ddp"), ("fsdp2", "fsdp2")):
-        assert runs["llama_tiny", strategy]["engine"] == engine
-        assert runs["llama_tiny", strategy]["metrics"]["comm_bytes_per_step"] is None  # DeepSpeed's logger only
-    section = reports["llama_tiny"].split("## DeepSpeed and PyTorch side by side")[1].split("\n## ")[0]
+        assert runs[strategy]["engine"] == engine
+        assert runs[strategy]["metrics"]["comm_bytes_per_step"] is None  # DeepSpeed's logger only
+    section = md.split("## DeepSpeed and PyTorch side by side")[1].split("\n## ")[0]
     rows = {line.split("|")[7].strip(): line.split("|") for line in section.splitlines()
             if line.startswith("| llama_tiny")}
     assert set(rows) == {"ZeRO-0 vs torch DDP", "ZeRO-3 vs FSDP2"}
     for pair, (ds, pt) in {"ZeRO-0 vs torch DDP": ("ddp", "torch_ddp"), "ZeRO-3 vs FSDP2": ("zero3", "fsdp2")}.items():
         ratio = float(rows[pair][10])
-        expected = (runs["llama_tiny", pt]["metrics"]["tokens_per_s_per_device"]
-                    / runs["llama_tiny", ds]["metrics"]["tokens_per_s_per_device"])
+        expected = runs[pt]["metrics"]["tokens_per_s_per_device"] / runs[ds]["metrics"]["tokens_per_s_per_device"]
         assert ratio == pytest.approx(expected, abs=0.006)  # shown with 2 decimals
 
 
-def test_a_run_reruns_by_hand_to_the_same_losses(parity):
+def test_a_run_reruns_by_hand_to_the_same_losses(sgd):
     """Every run folder keeps its engine's config and rerun.sh; rerunning the FSDP2 run outside
     the sweep (torchrun, no Slurm, no Hydra) trains to the same per-step losses."""
     import subprocess
 
-    runs, _ = parity
-    folder = FOLDERS["llama_tiny", "fsdp2"]
+    runs, _, folders = sgd
+    folder = folders["fsdp2"]
     config = json.loads((folder / "torch_config.json").read_text())
     assert config["engine"] == "fsdp2"
-    assert (FOLDERS["llama_tiny", "zero3"] / "deepspeed_config.json").exists()
-    assert json.loads((FOLDERS["llama_tiny", "zero3"] / "deepspeed_config.json").read_text())[
+    assert (folders["zero3"] / "deepspeed_config.json").exists()
+    assert json.loads((folders["zero3"] / "deepspeed_config.json").read_text())[
         "zero_optimization"]["stage"] == 3
     done = subprocess.run(["bash", str(folder / "rerun.sh")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     again = json.loads((folder / "rerun" / "result.json").read_text())
-    assert again["status"] == "ok" and again["config_hash"] == runs["llama_tiny", "fsdp2"]["config_hash"]
-    assert max_difference(again["metrics"]["loss_per_step"], runs["llama_tiny", "fsdp2"]["metrics"]["loss_per_step"]) < 1e-6
+    assert again["status"] == "ok" and again["config_hash"] == runs["fsdp2"]["config_hash"]
+    assert max_difference(again["metrics"]["loss_per_step"], runs["fsdp2"]["metrics"]["loss_per_step"]) < 1e-6
     assert "Per-step losses against the original run: max abs difference" in done.stdout

@@ -45,28 +45,6 @@ def test_sbatch_script_for_2_nodes_x_8_gpus_matches_the_committed_file(compose_c
     assert text == (REPO / "tests" / "data" / "sbatch_2x8_h100.sh").read_text()
 
 
-def test_a_sweep_runs_as_one_job_array_of_2_task_jobs(tmp_path):
-    # two points of the default sweep (the whole of it runs locally in test_sweep_e2e.py)
-    done = run_sweep(tmp_path, *SLURM, "strategy=ddp,zero3", "optimizer=adamw")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    [sweep] = sweep_dirs(tmp_path)
-    runs = records(sweep)
-    assert len(runs) == 2 and {r["status"] for r in runs.values()} == {"ok"}
-    ids = job_ids(sweep)
-    assert len({i.split("_")[0] for i in ids.values()}) == 1  # one array
-    # the record is written before the job's processes exit: give sacct a moment
-    deadline = time.monotonic() + 30
-    while any(sacct_jobs()[j][0] != "COMPLETED" for j in ids.values()) and time.monotonic() < deadline:
-        time.sleep(1)
-    jobs = sacct_jobs()
-    for name, job_id in ids.items():
-        state, ntasks, tres = jobs[job_id]
-        assert state == "COMPLETED" and "gres/gpu=2" in tres  # the declared GPUs were asked for
-        assert runs[name]["env"]["slurm_array_job_id"] == job_id.split("_")[0]
-        assert runs[name]["world_size"] == 2
-    assert "Report:" in done.stdout
-
-
 def test_dry_run_prints_the_scripts_and_submits_nothing(tmp_path):
     before = set(sacct_jobs())
     done = run_sweep(tmp_path, *SLURM, "strategy=ddp,zero3", "optimizer=adamw",
@@ -156,12 +134,26 @@ def test_timeout_cancel_and_exception_each_end_as_a_record(tmp_path):
     assert "2/2 runs finished: 0 pending, 0 running, 0 ok, 1 cancelled, 1 timeout; done" in status.stdout, status.stdout
 
 
-def test_rerunning_a_sweep_submits_only_what_has_no_ok_record(tmp_path):
+def test_a_sweep_runs_as_one_job_array_and_a_rerun_submits_only_what_has_no_ok_record(tmp_path):
     sweep = tmp_path / "resumed"
     common = [*SLURM, f"hydra.sweep.dir={sweep}", "strategy=ddp", "optimizer=sgd_momentum", "train.timed_steps=2"]
     first = run_sweep(tmp_path, *common, "train.seed=1,2")
     assert first.returncode == 0, first.stderr[-2000:]
-    first_ids = set(job_ids(sweep).values())
+    assert "Report:" in first.stdout
+    # its two runs: one array of 2-task jobs, each asking for the declared GPUs
+    runs, ids = records(sweep), job_ids(sweep)
+    assert len(runs) == 2 and {r["status"] for r in runs.values()} == {"ok"}
+    assert len({i.split("_")[0] for i in ids.values()}) == 1  # one array
+    deadline = time.monotonic() + 30  # the record is written before the job's processes exit
+    while any(sacct_jobs()[j][0] != "COMPLETED" for j in ids.values()) and time.monotonic() < deadline:
+        time.sleep(1)
+    jobs = sacct_jobs()
+    for name, job_id in ids.items():
+        state, ntasks, tres = jobs[job_id]
+        assert state == "COMPLETED" and "gres/gpu=2" in tres  # the declared GPUs were asked for
+        assert runs[name]["env"]["slurm_array_job_id"] == job_id.split("_")[0]
+        assert runs[name]["world_size"] == 2
+    first_ids = set(ids.values())
     # one of its runs failed: its record says so, as a crashed run's would. Only an ok record
     # counts as done, so resuming runs that configuration again and keeps the other
     failed = next(name for name, r in records(sweep).items() if r["config"]["train"]["seed"] == 2)

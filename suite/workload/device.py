@@ -68,6 +68,28 @@ def clear_stale_build_locks(extensions_dir: Optional[str], now: float,
     return removed
 
 
+def ask_for_the_cpu_once() -> bool:
+    """Make py-cpuinfo's get_cpu_info answer from memory after its first call in this process.
+
+    DeepSpeed's CPU op builders (CPUAdam and CPUAdagrad under ZeRO-Offload, FusedAdam on the
+    CPU accelerator) ask it twice for every op they load (cpu_arch and simd_width, for the build
+    flags), in every process, even when the op is built already; each call starts a Python
+    interpreter that reads CPUID and measures the clock: 1.2 s of CPU on this project's 2-core
+    machine. So a GPU rank under ZeRO-Offload with DeepSpeed's CPUAdam spent 2.4 s of its start
+    there, and 1.2 s with this (bench/op_load.py). The processor cannot change within a process,
+    so the first answer stands. py-cpuinfo keeps no cache of its own: this replaces its public
+    function with a memoised one, here only. Returns False where py-cpuinfo is absent."""
+    import functools
+
+    try:
+        import cpuinfo
+    except ImportError:
+        return False
+    if not hasattr(cpuinfo.get_cpu_info, "cache_info"):
+        cpuinfo.get_cpu_info = functools.lru_cache(maxsize=1)(cpuinfo.get_cpu_info)
+    return True
+
+
 def threads_per_rank(local_world_size: int, slurm_cpus_per_task: Optional[str],
                      cpu_count: Optional[int]) -> int:
     """Intra-op threads of one rank: the cores Slurm gave the task, else this machine's cores
