@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from omegaconf import DictConfig, OmegaConf
 
 from suite import models
-from suite.config import OPTIMIZERS, ConfigError, SubmitConfig, SuiteConfig
+from suite.config import OPTIMIZERS, ConfigError, SuiteConfig
 from suite.plain_config import from_dict
 
 # Optimizers DeepSpeed can run on the CPU side under ZeRO-Offload (DeepSpeedCPUAdam/Adagrad).
@@ -80,14 +80,6 @@ def to_object(cfg: DictConfig | SuiteConfig | dict) -> SuiteConfig:
         cfg = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                for k in cfg if k != "hydra"}
     return from_dict(SuiteConfig, {k: v for k, v in cfg.items() if k != "hydra"})
-
-
-def submit_settings(cfg: Any) -> SubmitConfig:
-    """The sweep's `submit` group alone, typed (how to submit a sweep whose other groups may
-    hold a bad value that each point's own check reports)."""
-    node = cfg["submit"]
-    return from_dict(SubmitConfig, OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node)
-                     else dict(node), "submit.")
 
 
 def resolve_precision(requested: str, accelerator: str) -> str:

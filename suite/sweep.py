@@ -29,12 +29,28 @@ def main(cfg: DictConfig) -> Optional[str]:
     return None if record is None else record["status"]
 
 
+def every_run_ok(sweep_dir: Path) -> bool:
+    """Whether every run of the sweep (a folder with a submission or a record) wrote an ok
+    record: what the sweep's exit status says when it builds no report."""
+    import json
+
+    from suite import results
+
+    runs = {p.parent for name in (results.RESULT_FILE, results.SUBMISSION_FILE) for p in sweep_dir.glob(f"*/{name}")}
+    return all((run / results.RESULT_FILE).exists()
+               and json.loads((run / results.RESULT_FILE).read_text()).get("status") == "ok" for run in runs)
+
+
 class ReportCallback(Callback):
     """Builds the report when a multirun ends and prints its summary and path."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         submit, options = config.get("submit", {}), config.get("report", {})
-        if submit.get("dry_run") or not submit.get("wait", True) or not options.get("enabled", True):
+        if submit.get("dry_run") or not submit.get("wait", True):
+            return
+        if not options.get("enabled", True):  # no report; the exit status still tells
+            if not every_run_ok(Path(config.hydra.sweep.dir)):
+                raise SystemExit(1)
             return
         from suite.plan import to_object
         from suite.report.build import report_sweep

@@ -70,7 +70,7 @@ def test_a_token_file_with_ids_beyond_the_vocabulary_is_an_error_record(tmp_path
 
     tokens = write_token_file(tmp_path / "big.bin", 10_000, vocab_size=60_000)
     done = run_sweep(tmp_path / "runs", "data=tokens", f"data.path={tokens}", "strategy=ddp",
-                     "optimizer=sgd_momentum", "train.timed_steps=2")
+                     "optimizer=sgd_momentum", "train.timed_steps=2", "report.enabled=false")
     assert done.returncode == 1
     [record] = [json.loads(p.read_text()) for p in sweep_dirs(tmp_path / "runs")[0].glob("*/result.json")]
     assert record["status"] == "error" and "not below model.vocab_size=512" in record["error"]

@@ -145,9 +145,9 @@ def test_a_job_that_lost_a_rank_before_slurm_saw_its_node_die_is_a_node_failure(
 
     job = subprocess.run(["sbatch", "--parsable", "-N", "2", "--output=/dev/null", "--wrap", "false"], capture_output=True,
                          text=True, check=True).stdout.strip()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and subprocess.run(["squeue", "-h", "-j", job], capture_output=True,
-                                                         text=True).stdout.strip():
+    deadline = time.monotonic() + 60  # until the accounting database has its end (it lags)
+    while time.monotonic() < deadline and "FAILED" not in subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-o", "State", "-j", job], capture_output=True, text=True).stdout:
         time.sleep(0.5)
     assert node_failure_of(job, peer_lost=True, grace_s=1) is None  # both nodes up: a plain failure
     try:

@@ -106,7 +106,7 @@ def test_timeout_cancel_and_exception_each_end_as_a_record(tmp_path):
 
     # Meanwhile a sweep whose second run raises in the training step.
     done = run_sweep(short_dir, *SLURM, "strategy=zero2", "optimizer=sgd_momentum",
-                     "train.fault=none,raise", "train.timed_steps=3")
+                     "train.fault=none,raise", "train.timed_steps=3", "report.enabled=false")
     assert done.returncode == 1
     [short_sweep] = sweep_dirs(short_dir)
     assert sorted(r["status"] for r in records(short_sweep).values()) == ["error", "ok"]
@@ -159,13 +159,13 @@ def test_a_sweep_runs_as_one_job_array_and_a_rerun_submits_only_what_has_no_ok_r
     failed = next(name for name, r in records(sweep).items() if r["config"]["train"]["seed"] == 2)
     record = records(sweep)[failed]
     (sweep / failed / "result.json").write_text(json.dumps({**record, "status": "error", "error": "planted"}))
-    second = run_sweep(tmp_path, *common, "train.seed=1,2")
+    second = run_sweep(tmp_path, *common, "train.seed=1,2", "report.enabled=false")
     assert second.returncode == 0, second.stderr[-2000:]
     assert "Resume: 1 of 2 runs already have an ok record" in second.stdout + second.stderr
     new_ids = set(job_ids(sweep).values()) - first_ids
     assert len(new_ids) == 1 and job_ids(sweep)[failed] in new_ids
     assert sorted((r["config"]["train"]["seed"], r["status"]) for r in records(sweep).values()) == [(1, "ok"), (2, "ok")]
-    third = run_sweep(tmp_path, *common, "train.seed=1", "submit.force=true")
+    third = run_sweep(tmp_path, *common, "train.seed=1", "submit.force=true", "report.enabled=false")
     assert third.returncode == 0
     assert len(set(job_ids(sweep).values()) - first_ids - new_ids) == 1
 

@@ -142,11 +142,8 @@ class SuiteLauncher(BaseSubmititLauncher):
 
         try:
             submit = planning.to_object(self.config).submit
-        except ConfigError:  # a bad value outside the swept axes: each point names it below
-            try:
-                submit = planning.submit_settings(self.config)
-            except ConfigError as exc:
-                raise SweepRefused(f"The sweep was refused, nothing was started: {exc}") from None
+        except ConfigError as exc:  # a bad value outside the swept axes: every point has it
+            raise SweepRefused(f"The sweep was refused, nothing was started: {exc}") from None
         if submit.repeats > 1:  # each configuration k times, as separate jobs
             job_overrides = [list(o) + [f"train.repeat_index={i}"]
                              for o in job_overrides for i in range(submit.repeats)]
