@@ -173,14 +173,22 @@ def test_a_sweep_runs_as_one_job_array_and_a_rerun_submits_only_what_has_no_ok_r
 def test_nightly_batch_job_runs_the_sweep_inside_slurm_and_builds_the_report(tmp_path):
     env = {**os.environ, "SUITE_RESULTS_DIR": str(tmp_path / "runs"), "SUITE_HOME": str(REPO),
            "SUITE_VENV": sys.prefix}
-    done = subprocess.run(
-        ["sbatch", "--wait", f"--output={tmp_path}/nightly.out", "slurm/nightly.sbatch",
+    # submitted as cron would, then watched every second (sbatch --wait polls at growing
+    # intervals, up to 32 s, and so took twice as long as the job)
+    job = subprocess.run(
+        ["sbatch", "--parsable", f"--output={tmp_path}/nightly.out", "slurm/nightly.sbatch",
          "cluster=slurm_local", "model=tiny", "strategy=ddp", "cluster.nodes=1",
          "precision=fp32", "train.timed_steps=2", "train.warmup_steps=1",
          "train.grad_accum_steps=1", "submit.repeats=1", f"report.history_dir={tmp_path}/history"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    deadline, state = time.monotonic() + 300, ""
+    while time.monotonic() < deadline:
+        state = sacct_states([job]).get(job)
+        if state is not None and state.state not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"):
+            break
+        time.sleep(1)
     log = (tmp_path / "nightly.out").read_text() if (tmp_path / "nightly.out").exists() else ""
-    assert done.returncode == 0, done.stderr + log[-3000:]
+    assert state is not None and state.state == "COMPLETED" and state.exit_code == "0:0", (state, log[-3000:])
     [sweep] = sweep_dirs(tmp_path / "runs")
     assert sweep.name.startswith("nightly-")
     assert [r["status"] for r in records(sweep).values()] == ["ok"]
