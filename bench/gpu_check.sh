@@ -52,10 +52,10 @@ if [ $REHEARSE = 1 ]; then
   DS_ACC=cpu
   common=(cluster.accelerator=cpu cluster.cpu_ranks=1 report.enabled=false)
   gemm=('workload.gemm_sizes=[64,128]' 'workload.gemm_dtypes=[bf16,fp32]' workload.iters=20)
-  gpt=(model=tiny strategy=zero1,zero2 precision=bf16 optimizer=adamw train.micro_batch_size=2
+  gpt=(model=tiny strategy=zero2 precision=bf16 optimizer=adamw train.micro_batch_size=2
        train.warmup_steps=3 train.timed_steps=3)
   nccl=('workload.message_bytes=[4096,65536]')
-  GPT_RUNS=2 LIMITS=(120 240 120) KEEP_NCCL=30
+  GPT_RUNS=1 LIMITS=(120 240 120) KEEP_NCCL=30  # one GPT run: the steps, not the grid, are rehearsed
   WHEELS=${WHEELS:-}          # no wheels unless asked for explicitly
 else
   MODE="GPU"
