@@ -143,6 +143,10 @@ def test_a_job_that_lost_a_rank_before_slurm_saw_its_node_die_is_a_node_failure(
     # driver then looks for one of the job's nodes going down, for a few seconds.
     from suite.schedulers.slurm import node_failure_of
 
+    deadline = time.monotonic() + 60  # both nodes answering (after the test before, node2 registers anew)
+    while time.monotonic() < deadline and "*" in subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True,
+                                                                text=True).stdout:
+        time.sleep(0.5)
     job = subprocess.run(["sbatch", "--parsable", "-N", "2", "--output=/dev/null", "--wrap", "false"], capture_output=True,
                          text=True, check=True).stdout.strip()
     deadline = time.monotonic() + 60  # until the accounting database has its end (it lags)
@@ -152,7 +156,9 @@ def test_a_job_that_lost_a_rank_before_slurm_saw_its_node_die_is_a_node_failure(
     assert node_failure_of(job, peer_lost=True, grace_s=1) is None  # both nodes up: a plain failure
     try:
         subprocess.run(["scontrol", "update", "nodename=node2", "state=drain", "reason=test: gone"], check=True)
-        error, details = node_failure_of(job, peer_lost=True, grace_s=1)
+        found = node_failure_of(job, peer_lost=True, grace_s=10)
+        assert found is not None, subprocess.run(["sinfo", "-N", "-o", "%N|%t|%E"], capture_output=True, text=True).stdout
+        error, details = found
         assert node_failure_of(job, peer_lost=False) is None  # no NODE_FAIL, and nobody saw a peer go
     finally:
         subprocess.run(["scontrol", "update", "nodename=node2", "state=resume"], check=True)

@@ -186,9 +186,7 @@ def node_failure_of(job_id: str, peer_lost: bool = False,
     while True:
         out = subprocess.run(["sacct", "-D", "-X", "-P", "-n", "-o", "State,NodeList", "-j", job_id],
                              capture_output=True, text=True, timeout=60)
-        if out.returncode != 0:
-            return None
-        attempts = parse_attempts(out.stdout)
+        attempts = parse_attempts(out.stdout) if out.returncode == 0 else []  # sacct may fail for a moment
         failed = [nodes for state, nodes in attempts if state == "NODE_FAIL"]
         job_nodes = failed[0] if failed else next(
             (nodes for _, nodes in reversed(attempts) if nodes and nodes != "None assigned"), "")
