@@ -83,6 +83,34 @@ def test_the_slowed_rank_and_its_node_are_named(across):
     # without the fault, nothing is flagged: the 2 x 2 sweep, and tests/test_parallel.py's parity sweeps
 
 
+def test_a_job_that_lost_a_rank_before_slurm_saw_its_node_die_is_a_node_failure():
+    # The survivors of a dead node can end the job before Slurm declares the node dead (the
+    # accounting database lags slurmctld; on a real cluster SlurmdTimeout is minutes): the
+    # driver then looks for one of the job's nodes going down, for a few seconds.
+    from suite.schedulers.slurm import node_failure_of
+
+    job = subprocess.run(["sbatch", "--parsable", "-N", "2", "--output=/dev/null", "--wrap", "false"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    deadline, ran = time.monotonic() + 60, ""  # until the accounting database has its end and nodes (it lags)
+    while time.monotonic() < deadline and ran != "FAILED|node[1-2]":
+        time.sleep(0.5)
+        ran = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State,NodeList", "-j", job], capture_output=True,
+                             text=True).stdout.strip()
+    assert ran == "FAILED|node[1-2]", ran
+    assert node_failure_of(job, peer_lost=True, grace_s=1) is None  # both nodes up: a plain failure
+    try:
+        subprocess.run(["scontrol", "update", "nodename=node2", "state=drain", "reason=test: gone"], check=True)
+        found = node_failure_of(job, peer_lost=True, grace_s=10)
+        assert found is not None, [subprocess.run(command, capture_output=True, text=True).stdout for command in (
+            ["sinfo", "-N", "-o", "%N|%t|%E"], ["sacct", "-D", "-X", "-P", "-n", "-o", "JobID,State,NodeList", "-j", job])]
+        error, details = found
+        assert node_failure_of(job, peer_lost=False) is None  # no NODE_FAIL, and nobody saw a peer go
+    finally:
+        subprocess.run(["scontrol", "update", "nodename=node2", "state=resume"], check=True)
+    assert f"job {job} on node[1-2] lost a rank while a node of it went down; failed node: node2 (drain" in error
+    assert details["failed_nodes"] == ["node2"] and details["slurm_state"] is None
+
+
 def test_a_node_that_dies_ends_its_run_as_node_fail_and_the_sweep_goes_on(tmp_path):
     # Two runs on both nodes, one after the other: the first trains 3 steps; in the second,
     # rank 1 (node2) stops at step 3 and node2 dies while rank 0 waits for it.
@@ -135,35 +163,6 @@ def test_a_node_that_dies_ends_its_run_as_node_fail_and_the_sweep_goes_on(tmp_pa
     md = (folder / "report" / "report.md").read_text()
     assert "runs: 2, ok: 1, failed: 1" in md and "| node_fail |" in md
     assert nodes_up() == ["node1", "node2"]
-
-
-def test_a_job_that_lost_a_rank_before_slurm_saw_its_node_die_is_a_node_failure():
-    # The survivors of a dead node can end the job before Slurm declares the node dead (the
-    # accounting database lags slurmctld; on a real cluster SlurmdTimeout is minutes): the
-    # driver then looks for one of the job's nodes going down, for a few seconds.
-    from suite.schedulers.slurm import node_failure_of
-
-    deadline = time.monotonic() + 60  # both nodes answering (after the test before, node2 registers anew)
-    while time.monotonic() < deadline and "*" in subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True,
-                                                                text=True).stdout:
-        time.sleep(0.5)
-    job = subprocess.run(["sbatch", "--parsable", "-N", "2", "--output=/dev/null", "--wrap", "false"], capture_output=True,
-                         text=True, check=True).stdout.strip()
-    deadline = time.monotonic() + 60  # until the accounting database has its end (it lags)
-    while time.monotonic() < deadline and "FAILED" not in subprocess.run(
-            ["sacct", "-X", "-n", "-P", "-o", "State", "-j", job], capture_output=True, text=True).stdout:
-        time.sleep(0.5)
-    assert node_failure_of(job, peer_lost=True, grace_s=1) is None  # both nodes up: a plain failure
-    try:
-        subprocess.run(["scontrol", "update", "nodename=node2", "state=drain", "reason=test: gone"], check=True)
-        found = node_failure_of(job, peer_lost=True, grace_s=10)
-        assert found is not None, subprocess.run(["sinfo", "-N", "-o", "%N|%t|%E"], capture_output=True, text=True).stdout
-        error, details = found
-        assert node_failure_of(job, peer_lost=False) is None  # no NODE_FAIL, and nobody saw a peer go
-    finally:
-        subprocess.run(["scontrol", "update", "nodename=node2", "state=resume"], check=True)
-    assert f"job {job} on node[1-2] lost a rank while a node of it went down; failed node: node2 (drain" in error
-    assert details["failed_nodes"] == ["node2"] and details["slurm_state"] is None
 
 
 def test_preflight_flags_the_slowed_node(tmp_path, monkeypatch):

@@ -319,9 +319,10 @@ class SuiteLauncher(BaseSubmititLauncher):
 
         error = "the run ended without writing a record"
         failure = wait_until_done(job, check=lambda: scheduler.node_failure(job))
-        if failure is None and (run.run_dir / results.RESULT_FILE).exists():
-            status = results.read_record(run.run_dir / results.RESULT_FILE)["status"]
-            if status != "ok":  # the survivors wrote first: did a node die?
+        if failure is None:  # ended: did a node die? (the survivors may have written first, or no rank)
+            record = run.run_dir / results.RESULT_FILE
+            status = results.read_record(record)["status"] if record.exists() else None
+            if status != "ok":
                 failure = scheduler.node_failure(job, peer_lost=status in ("killed", "hang"))
         if failure is not None:
             results.write_node_failure(run.run_dir, *failure)

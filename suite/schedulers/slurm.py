@@ -154,18 +154,20 @@ def parse_down_nodes(text: str) -> List[Tuple[str, str]]:
     return down
 
 
-def _cancel_until_gone(job_id: str, limit_s: float = 300.0) -> None:
-    """Cancel the job until it has left Slurm's queue: its processes ended (signalled, then
-    killed after KillWait), so nothing of the run writes after this. Once is not enough after a
-    node failure: a job still completing ignores scancel, then Slurm requeues it (PENDING)."""
+def _cancel_until_gone(job_id: str, limit_s: float = 300.0, quiet_polls: int = 3) -> None:
+    """Cancel the job until it has left Slurm's queue for good: its processes ended (signalled,
+    then killed after KillWait), so nothing of the run writes after this. Once is not enough
+    after a node failure: a job still completing ignores scancel, then Slurm requeues it
+    (PENDING), and a requeued array task can be missing from squeue for a moment; so the job
+    must be absent `quiet_polls` times in a row, a second apart."""
     import time
 
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
+    deadline, absent = time.monotonic() + limit_s, 0
+    while time.monotonic() < deadline and absent < quiet_polls:
         out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=60)
-        if out.returncode == 0 and not out.stdout.strip():
-            return
-        if out.stdout.strip() != "COMPLETING":
+        state = out.stdout.strip()
+        absent = absent + 1 if out.returncode == 0 and not state else 0
+        if state and state != "COMPLETING":
             subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
         time.sleep(1)
 
@@ -198,7 +200,7 @@ def node_failure_of(job_id: str, peer_lost: bool = False,
         several = "," in job_nodes or "[" in job_nodes
         if failed or (peer_lost and several and down):
             break
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline:  # (sacct can list a job's first node only for a while)
             return None
         time.sleep(1.0)
     _cancel_until_gone(job_id)  # and a surviving rank 0 has written its own record
