@@ -108,3 +108,19 @@ def test_a_new_attempt_never_reads_the_previous_attempts_record(tmp_path):
     results.write_record(run_dir, record(status="ok"))
     results.write_submission(run_dir, **submission, job_id="42_0")
     assert results.read_record(run_dir / results.RESULT_FILE)["status"] == "ok"
+
+
+def test_a_sweep_without_a_report_is_ok_only_if_every_run_wrote_an_ok_record(tmp_path):
+    from suite.sweep import every_run_ok
+
+    (tmp_path / "0_a").mkdir()
+    (tmp_path / "0_a" / "result.json").write_text(json.dumps({"status": "ok"}))
+    assert every_run_ok(tmp_path)
+    (tmp_path / "1_b").mkdir()
+    (tmp_path / "1_b" / "submission.json").write_text("{}")  # submitted, never recorded
+    assert not every_run_ok(tmp_path)
+    (tmp_path / "1_b" / "result.json").write_text(json.dumps({"status": "ok"}))
+    assert every_run_ok(tmp_path)
+    (tmp_path / "2_c").mkdir()
+    (tmp_path / "2_c" / "result.json").write_text(json.dumps({"status": "invalid"}))  # refused by the plan
+    assert not every_run_ok(tmp_path)
