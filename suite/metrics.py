@@ -231,23 +231,24 @@ def deepspeed_estimate(cfg, plan) -> Optional[int]:
     """DeepSpeed's own per-GPU model-state estimate (its estimators for stages 2 and 3, which
     assume mixed-precision Adam and data parallel only), or None where it has none."""
     m, s = cfg.model, cfg.strategy
-    if getattr(s, "engine", "deepspeed") != "deepspeed":  # FSDP2 is not DeepSpeed's to estimate
+    if s.engine != "deepspeed":  # FSDP2 is not DeepSpeed's to estimate
         return None
     if s.zero_stage not in (2, 3) or plan.tensor_parallel * plan.pipeline_parallel > 1:
         return None
     total = models.param_count(m)["total"]
+    # Each estimator returns (CPU bytes, GPU bytes); only the GPU figure is used (the options
+    # that change only the CPU figure, additional_buffer_factor and zero_init, are left as is).
     if s.zero_stage == 2:
         from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
         return int(estimate_zero2_model_states_mem_needs(
-            total, plan.ranks_per_node, plan.nodes, cpu_offload=s.offload_optimizer,
-            additional_buffer_factor=1.0)[1])
+            total, plan.ranks_per_node, plan.nodes, cpu_offload=s.offload_optimizer)[1])
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
     largest = models.family(m.family).largest_layer_params(m)
     return int(estimate_zero3_model_states_mem_needs(
         total, largest, plan.ranks_per_node, plan.nodes, cpu_offload=s.offload_optimizer,
-        cpu_offload_params=s.offload_params, zero_init=True, additional_buffer_factor=1.0)[1])
+        cpu_offload_params=s.offload_params)[1])
 
 
 def per_rank_metrics(per_rank: List[Dict[str, Any]]) -> Dict[str, Any]:

@@ -113,6 +113,18 @@ def test_deepspeed_estimate_is_asked_with_the_run_layout(compose_cfg):
     assert estimate("strategy=zero2_offload") == 339_456
     # stages 0-1 and model-parallel layouts: DeepSpeed has no estimator for them
     assert estimate("strategy=zero1") is None and estimate("strategy=tp2_zero2") is None
+    assert estimate("strategy=tp2_zero3") is None and estimate("strategy=pp2") is None
+    # ZeRO-3 adds the largest layer in fp32: the embedding, 512 x 64 = 32,768 parameters x 4 B
+    # = 131,072, to the same 18 bytes x params / GPUs
+    assert estimate("strategy=zero3") == 131_072 + 1_527_552
+    # parameters and optimizer offloaded: the largest layer alone stays on the device; with
+    # the parameters kept, their 16-bit shard too: 2 x 169,728 / 2 = 169,728
+    assert estimate("strategy=zero3_offload") == 131_072
+    assert estimate("strategy=zero3_offload", "strategy.offload_params=false") == 131_072 + 169_728
+    # two nodes of two ranks: four GPUs share the 18 bytes x params
+    assert estimate("strategy=zero3", "cluster=slurm_local", "cluster.nodes=2") == 131_072 + 18 * 169_728 // 4
+    assert estimate("strategy=zero2", "cluster=slurm_local", "cluster.nodes=2") == 339_456 + 18 * 169_728 // 4
+    assert estimate("strategy=fsdp2") is None  # torch's FSDP2 is not DeepSpeed's to estimate
 
 
 def test_each_ranks_figures_are_lists_in_rank_order():
@@ -168,3 +180,87 @@ def test_model_state_memory_per_zero_stage_by_hand():
     assert predicted(zero_stage=2, model_parallel=2) == 2.75e6                 # half the parameters
     assert predicted(zero_stage=2, offload_optimizer=True) == 2.5e6           # 2 + 2/4
     assert predicted(zero_stage=3, offload_optimizer=True, offload_params=True) == 0.5e6  # 4/4 - 2/4
+
+
+# ---- edges the mutation run (bench/mutation.sh) found unguarded ----
+
+def test_step_time_edges_one_step_and_a_mean_below_one_second():
+    one = step_time_stats([0.5])  # one step: it is its own median, p90, min and max
+    assert (one["step_time_p90_s"], one["step_time_median_s"], one["step_time_cv"]) == (0.5, 0.5, 0.0)
+    # steps under a second: the CV is still std / mean (0.1 and 0.3: std 0.1, mean 0.2)
+    assert step_time_stats([0.1, 0.3])["step_time_cv"] == pytest.approx(0.5)
+    # a clock that read 0 for every step: no CV rather than a division by zero
+    assert step_time_stats([0.0, 0.0])["step_time_cv"] is None
+    with pytest.raises(ValueError, match="^step_time_stats needs at least one step time$"):
+        step_time_stats([])
+
+
+def test_tera_is_exactly_ten_to_the_twelfth():
+    from suite.metrics import gemm_tflops
+
+    # 2 x 1,000 x 1,000 x 500 = 1e9 FLOPs in 1 s = 0.001 TFLOP/s; 1e12 FLOPs per token at one
+    # token per second = 1 TFLOP/s (exact in binary floating point: compared with ==)
+    assert gemm_tflops(1000, 1000, 500, 1.0) == 0.001
+    u = utilisation(1e12, 2e12, 1.0, 4.0)
+    assert (u["tflops_per_device"], u["hw_tflops_per_device"], u["mfu"], u["hfu"]) == (1.0, 2.0, 0.25, 0.5)
+
+
+def test_a_utilisation_of_exactly_one_is_possible_and_above_it_is_not():
+    from suite.metrics import implausible
+
+    assert implausible(1.0) is False and implausible(1.0001) is True
+    assert implausible(0.4) is False and implausible(None) is False
+    assert implausible(float("nan")) is False  # not a figure at all: shown as missing elsewhere
+
+
+def test_run_metrics_without_recompute_counts_hardware_flops_as_model_flops():
+    m = run_metrics(model=ModelConfig(), world_size=1, global_batch_size=1, step_times_s=[1.0],
+                    losses=[], peak_memory_bytes=None, peak_memory_reserved_bytes=None,
+                    device_name="NVIDIA H100 80GB HBM3", dtype="bf16")
+    assert m["hw_tflops_per_device"] == m["tflops_per_device"]  # recompute defaults to off
+    # tiny GPT: attention 12 x 2 layers x 4 heads x 16 x 64 tokens = 98,304 per token; causal
+    # counts half of it: 895,488 - 49,152
+    assert m["flops_per_token"] == 895_488 and m["flops_per_token_causal"] == 846_336
+    assert m["peak_tflops_per_device"] == 989.4
+    assert (m["loss_first"], m["loss_last"], m["loss_all_finite"]) == (None, None, True)  # no losses
+    m = run_metrics(model=ModelConfig(), world_size=1, global_batch_size=1, step_times_s=[1.0],
+                    losses=[6.0, 5.5], peak_memory_bytes=None, peak_memory_reserved_bytes=None,
+                    device_name=None, dtype="fp32")
+    assert (m["loss_first"], m["loss_last"]) == (6.0, 5.5)
+
+
+def test_parity_of_runs_with_different_step_counts_has_no_difference_to_show():
+    assert loss_parity([6.0], [6.0, 5.9], "bf16") == {"max_abs_diff": None, "tolerance": 5e-2,
+                                                      "matches": False}
+    assert loss_parity([], [], "fp32") == {"max_abs_diff": None, "tolerance": 1e-4, "matches": False}
+    assert loss_parity([0.0], [1e-4], "fp32")["matches"] is True  # exactly at the tolerance
+
+
+def test_communication_volume_per_zero_stage_by_hand():
+    from suite.metrics import communication_volume, model_state_memory
+
+    # 1,000,000 parameters, 2-byte gradients, 4 ranks on a ring: (N-1)/N = 3/4
+    # stages 0-2: 2 x 1e6 x 3/4 x 2 B = 3e6 B; stage 3 adds the parameters' all-gather: 4.5e6 B
+    assert [communication_volume(1e6, 2, s, 4) for s in range(4)] == [3e6, 3e6, 3e6, 4.5e6]
+    assert communication_volume(1e6, 2, 3, 1) == 0.0  # one rank sends nothing
+    assert communication_volume(1e6, 4, 0, 2) == 4e6  # 2 x 1e6 x 1/2 x 4 B
+    # through the memory model: a rank holds half the parameters with tensor parallel 2
+    got = model_state_memory(n_params=2_000_000, precision="bf16", optimizer="adamw", zero_stage=3,
+                             dp=4, model_parallel=2)
+    assert got["comm_bytes_per_step_predicted"] == 4.5e6
+
+
+def test_model_state_memory_by_optimizer_and_precision():
+    from suite.metrics import model_state_memory
+
+    def per_param(**kw):
+        args = {"n_params": 1_000_000, "zero_stage": 0, "dp": 1, **kw}
+        return model_state_memory(**args)["model_state_bytes_predicted"] / 1e6
+
+    # fp32: 4 B parameter + 4 B gradient + the optimizer's own fp32 states, no master copy
+    assert [per_param(precision="fp32", optimizer=o)
+            for o in ("sgd", "sgd_momentum", "adagrad", "adam", "adamw", "lamb")] == [8, 12, 12, 16, 16, 16]
+    # bf16: 2 + 2 + the states + a 4 B fp32 master copy: SGD 8, momentum 12, Adam 16
+    assert [per_param(precision="bf16", optimizer=o) for o in ("sgd", "sgd_momentum", "adam")] == [8, 12, 16]
+    # ZeRO-3 with only the parameters offloaded: (2 + 2 + 12) / 4 - 2 / 4 = 3.5 bytes per parameter
+    assert per_param(precision="bf16", optimizer="adamw", zero_stage=3, dp=4, offload_params=True) == 3.5

@@ -80,9 +80,29 @@ def test_the_config_schema_offers_exactly_the_registered_schedulers():
     assert set(BACKENDS) == set(schedulers.SCHEDULERS)
 
 
-def test_groups_are_ordered_shortest_first_within_and_across():
+def test_groups_are_ordered_shortest_first_within_and_across(tmp_path):
     # keys a, b; costs: a 5, b 1, a 2, b 9 -> b's group first (its shortest job is the shortest)
     assert group_by_key([("a", 5.0), ("b", 1.0), ("a", 2.0), ("b", 9.0)]) == [[1, 3], [2, 0]]
+
+    # the same through a scheduler: runs asking for the same resources go out together
+    class ByNodes(schedulers.base.Scheduler):
+        def resources(self, run):
+            # the same request written in two key orders, and a value JSON cannot write (a Path)
+            if run.idx % 2:
+                return {"nodes": run.config["nodes"], "folder": tmp_path}
+            return {"folder": tmp_path, "nodes": run.config["nodes"]}
+
+        def submit(self, group, job_function, job_args, started=None):
+            return []
+
+    def planned(idx, nodes, cost):
+        return PlannedRun(idx, [], None, None, tmp_path, {"nodes": nodes}, "h", cost)
+
+    runs = [planned(0, 2, 9.0), planned(1, 1, 4.0), planned(2, 1, 1.0), planned(3, 2, 3.0)]
+    groups = schedulers.group_runs(ByNodes(str(tmp_path)), runs)
+    # 1 node: runs 2 (cost 1), 1 (cost 4); 2 nodes: runs 3 (cost 3), 0 (cost 9); the group with
+    # the shortest run first
+    assert [[r.idx for r in g] for g in groups] == [[2, 1], [3, 0]]
 
 
 def test_a_missing_outside_part_fails_in_ci_and_skips_elsewhere(monkeypatch):
@@ -125,3 +145,82 @@ def test_reconciliation_asks_slurm_about_a_rerun_whose_folder_holds_an_old_recor
     assert schedulers.unfinished(tmp_path / "sweep") == []
     new = results.read_record(run_dir / results.RESULT_FILE)
     assert new["status"] == "cancelled" and "without writing a record" in new["error"]
+
+
+# ---- the interface's own pure parts: its defaults, the waiting loop, the submitted scheduler ----
+
+class _Minimal(schedulers.base.Scheduler):
+    """A backend that implements only what it must: the defaults are what the rest gets."""
+
+    def resources(self, run):
+        return {}
+
+    def submit(self, group, job_function, job_args, started=None):
+        return []
+
+
+def test_a_backend_inherits_defaults_that_claim_nothing(tmp_path):
+    import socket
+
+    scheduler = _Minimal(str(tmp_path))
+    assert scheduler.folder == str(tmp_path)
+    assert scheduler.node_names(None) == [socket.gethostname()]  # a local backend: this machine
+    assert scheduler.describe([]) == ""
+    assert scheduler.account(object()) == ("error", {})  # no record and no account: not ok
+    assert scheduler.node_failure(object()) is None and scheduler.node_failure(object(), True) is None
+    assert scheduler.unfinished([tmp_path]) == []
+    scheduler.check([[]])  # refuses nothing
+
+
+def test_a_runs_label_is_its_overrides_without_hydras_own(tmp_path):
+    def planned(overrides):
+        return PlannedRun(0, overrides, None, None, tmp_path, {}, "h", 0.0)
+
+    assert planned(["strategy=zero2", "hydra.job.num=3"]).label == "strategy=zero2"
+    assert planned([]).label == "(defaults)"
+
+
+class _Job:
+    """A job that ends after `polls` calls of done()."""
+
+    def __init__(self, polls):
+        self.polls = polls
+
+    def done(self):
+        self.polls -= 1
+        return self.polls < 0
+
+
+def test_waiting_for_a_job_checks_for_a_node_failure_every_interval(monkeypatch):
+    import time
+
+    clock, slept = iter(range(1000)), []  # each reading of the clock 1 s after the last
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(time, "sleep", slept.append)
+    # no check: returns None once the job is done, after asking done() 4 times (3 x False),
+    # sleeping the default quarter second between
+    job = _Job(3)
+    assert schedulers.base.wait_until_done(job) is None and job.polls == -1
+    assert slept == [0.25, 0.25, 0.25]
+    # a check that finds nothing, every 5 s by default: asked while the job runs. The clock
+    # reads 0 at the start, then 1, 2, 3, 4 after the sleeps (under 5 s: no check), 5 (5 s:
+    # check; the clock reads 6 for the next interval), 7 ... 10 (4 s), 11 (5 s: check)
+    asked = []
+    clock = iter(range(1000))
+    job = _Job(10)
+    assert schedulers.base.wait_until_done(job, check=lambda: asked.append(1)) is None
+    assert len(asked) == 2
+    # a check that finds a node failure: returned at once, the job not waited for further
+    job = _Job(100)
+    found = schedulers.base.wait_until_done(job, check=lambda: "node2 down", check_every_s=5.0)
+    assert found == "node2 down" and job.polls > 90
+
+
+def test_the_scheduler_a_run_was_submitted_to_is_read_from_its_submission(tmp_path):
+    from suite import results
+
+    assert schedulers.base.submitted_scheduler(tmp_path) is None  # never submitted
+    (tmp_path / results.SUBMISSION_FILE).write_text('{"scheduler": "slurm"}')
+    assert schedulers.base.submitted_scheduler(tmp_path) == "slurm"
+    (tmp_path / results.SUBMISSION_FILE).write_text('{"run_id": "x"}')  # written before the field
+    assert schedulers.base.submitted_scheduler(tmp_path) is None
