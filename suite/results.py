@@ -252,7 +252,7 @@ def record_axes(cfg: Any, plan: Any) -> Dict[str, Any]:
         "model": m.name,
         "model_family": m.family,
         "strategy": cfg.strategy.name,
-        "engine": getattr(cfg.strategy, "engine", "deepspeed"),
+        "engine": cfg.strategy.engine,
         "zero_stage": cfg.strategy.zero_stage,
         "offload_optimizer": cfg.strategy.offload_optimizer,
         "offload_params": cfg.strategy.offload_params,

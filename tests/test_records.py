@@ -59,8 +59,8 @@ def test_config_hash_is_the_sha256_of_the_canonical_json_whatever_the_key_order(
 
 
 def test_config_hash_reads_a_value_json_lacks_as_its_text():
-    # the launcher's invalid points carry Hydra's own containers; any such value is hashed by
-    # its str(), here a Path: the same as the config holding "/data/tokens.bin"
+    # a value JSON has no type for is hashed by its str(), here a Path: the same hash as the
+    # config holding the string "/data/tokens.bin"
     assert results.config_hash({"path": Path("/data/tokens.bin")}) \
         == hashlib.sha256(b'{"path":"/data/tokens.bin"}').hexdigest()[:16]
 
@@ -158,7 +158,7 @@ def test_a_record_with_nan_is_refused_and_the_previous_one_kept(tmp_path):
 
 
 def test_a_value_json_lacks_is_written_as_its_text(tmp_path):
-    # e.g. the Hydra containers in an invalid point's config, or a Path in a launcher's details
+    # by its str(), here a Path, rather than failing the write and leaving no record
     path = results.write_record(tmp_path, {"status": "ok", "env": {"cwd": Path("/work/suite")}})
     assert results.read_record(path) == {"status": "ok", "env": {"cwd": "/work/suite"}}
 
