@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import pickle
+import random
 import subprocess
 import sys
 import tempfile
@@ -15,6 +16,17 @@ import suite.config  # noqa: F401  (registers the schemas)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
+
+
+@pytest.fixture(autouse=True)
+def _fixed_seeds():
+    """Every randomised check draws the same numbers on every run: the global generators are
+    seeded before each test (torch's and numpy's where a test module has imported them)."""
+    random.seed(0)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(0)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(0)
 
 
 def require(available: bool, what: str) -> None:
