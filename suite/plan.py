@@ -5,6 +5,7 @@ Nothing here touches processes, files or devices, so tests call it directly.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -346,28 +347,28 @@ def what_would_fit(cfg: SuiteConfig, plan: "RunPlan", kind: str, available: floa
     def with_strategy(**fields: Any) -> SuiteConfig:
         return dataclasses.replace(cfg, strategy=dataclasses.replace(s, **fields))
 
-    def on_nodes(p: "RunPlan", nodes: int) -> Optional["RunPlan"]:
-        world = nodes * p.ranks_per_node
-        if world % (p.tensor_parallel * p.pipeline_parallel * p.sequence_parallel):
-            return None
-        return dataclasses.replace(p, nodes=nodes, world_size=world, data_parallel_size=world // (
-            p.tensor_parallel * p.pipeline_parallel * p.sequence_parallel))
+    model_parallel = plan.tensor_parallel * plan.pipeline_parallel * plan.sequence_parallel
+    # the node counts whose ranks the model-parallel groups divide: multiples of this step
+    step = model_parallel // math.gcd(model_parallel, plan.ranks_per_node)
+
+    def on_nodes(nodes: int) -> "RunPlan":
+        world = nodes * plan.ranks_per_node
+        return dataclasses.replace(plan, nodes=nodes, world_size=world,
+                                   data_parallel_size=world // model_parallel)
 
     def fewest_nodes(c: SuiteConfig) -> Optional[Tuple[int, float]]:
-        """The fewest nodes (more than now) on which `c` fits: a search over a requirement
-        that does not grow with the nodes (sharding only divides)."""
-        top = on_nodes(plan, SUGGEST_MAX_NODES) if plan.nodes < SUGGEST_MAX_NODES else None
-        if top is None or need(c, top) > available:
+        """The fewest nodes (more than now, a count the layout divides) on which `c` fits: a
+        search over a requirement that does not grow with the nodes (sharding only divides)."""
+        lo, hi = plan.nodes // step, SUGGEST_MAX_NODES // step  # in steps: lo does not fit
+        if hi <= lo or need(c, on_nodes(hi * step)) > available:
             return None
-        lo, hi = plan.nodes, SUGGEST_MAX_NODES  # lo does not fit, hi does
-        while hi - lo > 1:
+        while hi - lo > 1:  # hi fits
             mid = (lo + hi) // 2
-            p = on_nodes(plan, mid)
-            if p is not None and need(c, p) <= available:
+            if need(c, on_nodes(mid * step)) <= available:
                 hi = mid
             else:
                 lo = mid
-        return hi, need(c, on_nodes(plan, hi))
+        return hi * step, need(c, on_nodes(hi * step))
 
     def nodes_text(n: int) -> str:
         return (f"cluster.nodes={n}" if cfg.cluster.scheduler == "slurm"

@@ -4,9 +4,9 @@ import json
 import pandas as pd
 import pytest
 
-from suite.report.analysis import (aggregate_repeats, best_configurations, configuration_key,
-                                   environment_diff, model_vs_measured, node_preflight, regressions,
-                                   scaling_table, stragglers, trends)
+from suite.report.analysis import (REGRESSION_COLUMNS, aggregate_repeats, best_configurations,
+                                   configuration_key, environment_diff, model_vs_measured,
+                                   node_preflight, regressions, scaling_table, stragglers, trends)
 
 
 def run(**values):
@@ -386,3 +386,565 @@ def test_the_measured_peak_is_judged_against_the_memory_model_on_gpus_only():
     # 1.05 is inside the 10% allocator allowance; 1.2 means the model under-predicts
     assert table.flag[0] == "" and table.flag[1] == "peak 1.20x the memory model: it under-predicts"
     assert table.flag[2] == ""  # the CPU's resident set includes the runtime: not compared
+
+
+# ---- micro-benchmark ceilings --------------------------------------------------------------
+
+def micro_record(run_id, workload, micro, status="ok", device="NVIDIA H100 80GB HBM3", world_size=1):
+    return run(run_id=run_id, workload=workload, status=status, env_device_name=device, world_size=world_size,
+               micro_json=None if micro is None else json.dumps(micro))
+
+
+def test_ceilings_list_every_gemm_shape_and_collective_size_of_the_sweeps_ok_micro_runs():
+    from suite.report.analysis import measured_ceilings
+
+    frame = pd.DataFrame([
+        micro_record("g", "gemm", {"gemm": [{"dtype": "fp32", "n": 1024, "tflops": 40.0},
+                                            {"dtype": "bf16", "n": 4096, "tflops": 600.0}]}),
+        micro_record("a", "allreduce", {"collectives": [{"op": "all_reduce", "size_bytes": 1024,
+                                                         "busbw_gbps": 90.0}]}, world_size=8),
+        # a training run, a failed GEMM run and a run without micro figures add no row
+        micro_record("t", "train", None),
+        micro_record("f", "gemm", {"gemm": [{"dtype": "fp32", "n": 1024, "tflops": 999.0}]}, status="error"),
+        micro_record("p", "preflight", None)])
+    table = measured_ceilings(frame)
+    assert list(table.columns) == ["kind", "device", "world_size", "dtype", "n", "tflops", "op", "size_bytes",
+                                   "busbw_gbps"]
+    assert table.kind.tolist() == ["gemm", "gemm", "collective"]
+    assert table.device.tolist() == ["NVIDIA H100 80GB HBM3"] * 3 and table.world_size.tolist() == [1, 1, 8]
+    assert table.dtype.tolist()[:2] == ["fp32", "bf16"] and table.tflops.tolist()[:2] == [40.0, 600.0]
+    assert (table.op[2], table.size_bytes[2], table.busbw_gbps[2]) == ("all_reduce", 1024, 90.0)
+    assert measured_ceilings(frame[frame.workload == "train"]).empty
+
+
+def test_share_of_gemm_ceiling_is_against_the_largest_gemm_of_the_configurations_dtype():
+    from suite.report.analysis import measured_ceilings, of_gemm_ceiling
+
+    ceilings = measured_ceilings(pd.DataFrame([
+        micro_record("g1", "gemm", {"gemm": [{"dtype": "fp32", "n": 1024, "tflops": 40.0},
+                                             {"dtype": "fp32", "n": 4096, "tflops": 50.0},
+                                             {"dtype": "bf16", "n": 4096, "tflops": 500.0}]}),
+        micro_record("a", "allreduce", {"collectives": [{"op": "all_reduce", "busbw_gbps": 90.0}]})]))
+    configs = pd.DataFrame({"strategy": ["ddp", "zero1", "zero2"], "precision": ["fp32", "bf16", "fp16"],
+                            "tflops_per_device": [25.0, 400.0, 300.0]}).set_index("strategy")
+    shares = of_gemm_ceiling(configs, ceilings)
+    # 25 / max(40, 50) = 0.5; 400 / 500 = 0.8; no fp16 GEMM measured: null
+    assert shares.index.tolist() == ["ddp", "zero1", "zero2"]
+    assert shares.iloc[:2].tolist() == pytest.approx([0.5, 0.8]) and pd.isna(shares["zero2"])
+    # a sweep without GEMM runs: every share null (a float column all the same)
+    none = of_gemm_ceiling(configs, measured_ceilings(pd.DataFrame([micro_record("t", "train", None)])))
+    assert none.dtype == "float64" and none.isna().all() and none.index.tolist() == ["ddp", "zero1", "zero2"]
+
+
+def test_a_run_over_nodes_without_an_inter_node_all_reduce_shows_no_inter_node_bandwidth():
+    frame = pd.DataFrame([micro_run("n1", ["n1", "n1"], gemm=[10.0], intra=[2.0]),
+                          micro_run("n2", ["n2", "n2"], gemm=[10.0]),   # its all_reduce missing
+                          micro_run("all", ["n1", "n1", "n2", "n2"], intra=[1.5])])
+    nodes, together = node_preflight(frame, tolerance=0.10, noise_sigmas=3.0)
+    assert together.busbw_inter_node_gbps.isna().tolist() == [True]
+    assert together.busbw_intra_node_gbps.tolist() == [1.5]
+    # n2 has no bus bandwidth of its own: n1's share has no other node to compare with
+    assert nodes.set_index("host").busbw_gbps.isna().to_dict() == {"n1": False, "n2": True}
+
+
+def test_preflight_noise_is_measured_from_two_runs_per_node():
+    # n1's GEMM runs 8 and 12: std 2.83, mean 10, CV 28.3%; n2's 9.5, 10.5: CV 7.07%; median CV
+    # 17.7%, threshold max(10%, 3 x 17.7%) = 53%: n3 at 4 / 10 = 40% is flagged, n4 at 6 / 10 is not
+    frame = pd.DataFrame([micro_run(f"{h}{i}", [h, h], gemm=[g], intra=[2.0])
+                          for h, gemms in (("n1", [8.0, 12.0]), ("n2", [9.5, 10.5]), ("n3", [4.0]), ("n4", [6.0]))
+                          for i, g in enumerate(gemms)])
+    nodes = node_preflight(frame, tolerance=0.10, noise_sigmas=3.0)[0].set_index("host")
+    assert nodes.threshold.iloc[0] == "GEMM 53%, busbw 10%"
+    assert nodes.flagged.to_dict() == {"n1": False, "n2": False, "n3": True, "n4": False}
+
+
+# ---- what changed between nights -------------------------------------------------------------
+
+def test_a_field_that_appears_or_disappears_is_a_change_and_missing_variables_are_none():
+    before = pd.Series({"env_cuda": "12.4", "env_nccl": None, "env_driver": float("nan"),
+                        "env_variables": float("nan")})   # an early record: no variables
+    after = pd.Series({"env_cuda": None, "env_nccl": "2.21", "env_driver": None,
+                       "env_variables": json.dumps({"NCCL_ALGO": "Tree"})})
+    # the driver is missing on both sides: no change (a missing value prints as the frame holds it)
+    assert environment_diff(before, after) == "cuda: 12.4 -> nan; nccl: nan -> 2.21; NCCL_ALGO: None -> Tree"
+    no_variables = after.copy()
+    no_variables["env_variables"] = pd.NA  # how a frame holds a record without them
+    assert environment_diff(no_variables, after) == "NCCL_ALGO: None -> Tree"
+
+
+def test_trends_take_the_median_of_a_nights_repeats():
+    # night 2 ran three repeats: 90, 100, 140 -> median 100 (their mean, 110, would be pulled by one)
+    past = pd.DataFrame([run(sweep_id=f"night{i}", sweep_date=f"2026-11-0{i}", repeat_index=k,
+                             tokens_per_s_per_device=v)
+                         for i, values in ((1, [80.0]), (2, [90.0, 100.0, 140.0])) for k, v in enumerate(values)])
+    past["config_key"] = past.config_json.map(configuration_key)
+    assert trends(past)["tiny"]["ddp"].tolist() == [80.0, 100.0]
+
+
+def test_trends_name_configurations_no_axis_tells_apart_by_their_key():
+    # two configurations apart only in a field that is no axis (the learning rate): both would be
+    # "ddp", so each carries the first 6 characters of its key
+    rows = []
+    for lr in (1e-3, 1e-4):
+        r = run(tokens_per_s_per_device=100.0 if lr == 1e-3 else 50.0, sweep_date="2026-11-01")
+        config = json.loads(r["config_json"])
+        config["train"]["lr"] = lr
+        rows.append({**r, "config_json": json.dumps(config)})
+    past = pd.DataFrame(rows)
+    past["config_key"] = past.config_json.map(configuration_key)
+    fast, slow = past.config_key
+    table = trends(past)["tiny"]
+    assert sorted(table.columns) == sorted([f"ddp #{fast[:6]}", f"ddp #{slow[:6]}"])
+    assert (table[f"ddp #{fast[:6]}"].tolist(), table[f"ddp #{slow[:6]}"].tolist()) == ([100.0], [50.0])
+
+
+def test_trends_label_a_configuration_by_its_latest_night():
+    # night 1 came from a suite before the compile axis (null there); night 2 has it. ddp ran
+    # both nights, zero1 only the second: by their latest nights neither is compiled, so the
+    # strategy alone tells them apart (by night 1, ddp's "compiled —" would look like an axis)
+    past = pd.DataFrame([run(strategy="ddp", sweep_id="night1", sweep_date="2026-11-01", compile=None,
+                             tokens_per_s_per_device=100.0),
+                         run(strategy="ddp", sweep_id="night2", sweep_date="2026-11-02", compile=False,
+                             tokens_per_s_per_device=110.0),
+                         run(strategy="zero1", sweep_id="night2", sweep_date="2026-11-02", compile=False,
+                             tokens_per_s_per_device=90.0)])
+    past["config_key"] = past.config_json.map(configuration_key)
+    assert list(trends(past)["tiny"].columns) == ["ddp", "zero1"]
+
+
+def tonight(**values):
+    return run(sweep_id="tonight", finished_at="2026-11-30T00:00:00", **values)
+
+
+def nights(values, **axes):
+    """One configuration's history: one run per night, 1 November on."""
+    frame = pd.DataFrame([run(sweep_id=f"night{i}", finished_at=f"2026-11-{i:02d}T00:00:00",
+                              tokens_per_s_per_device=v, **axes) for i, v in enumerate(values, 1)])
+    frame["config_key"] = frame.config_json.map(configuration_key)
+    return frame
+
+
+def test_regressions_name_only_the_axes_the_table_does_not_show():
+    # model, strategy, optimizer, precision and ranks have columns of their own: the two
+    # configurations differ in all of them and in the micro-batch, which alone is named
+    a = dict(micro_batch_size=2)
+    b = dict(model="small", strategy="zero1", optimizer="sgd_momentum", precision="bf16", world_size=2,
+             micro_batch_size=4)
+    past = pd.concat([nights([100.0, 100.0], **a), nights([100.0, 100.0], **b)])
+    now = aggregate_repeats(pd.DataFrame([tonight(tokens_per_s_per_device=100.0, **a),
+                                          tonight(tokens_per_s_per_device=100.0, **b)]), 0.05)
+    got = regressions(now, past, window=7, min_drop=0.05, noise_sigmas=3.0).set_index("model")
+    assert got.configuration.to_dict() == {"tiny": "mb 2", "small": "mb 4"}
+    # one configuration: nothing to name
+    alone = aggregate_repeats(pd.DataFrame([tonight(tokens_per_s_per_device=100.0, **a)]), 0.05)
+    assert regressions(alone, past, window=7, min_drop=0.05, noise_sigmas=3.0).configuration.tolist() == [""]
+
+
+def test_the_first_night_and_a_new_configuration_have_nothing_to_regress_against():
+    now = aggregate_repeats(pd.DataFrame([tonight(tokens_per_s_per_device=50.0),
+                                          tonight(strategy="zero1", tokens_per_s_per_device=10.0)]), 0.05)
+    first = regressions(now, now.iloc[:0], window=7, min_drop=0.05, noise_sigmas=3.0)
+    assert first.empty and list(first.columns) == REGRESSION_COLUMNS
+    # a history of ddp only: zero1 is new tonight and is no row (not an "unchanged" one)
+    got = regressions(now, nights([100.0, 100.0]), window=7, min_drop=0.05, noise_sigmas=3.0)
+    assert (got.strategy.tolist(), got.verdict.tolist()) == (["ddp"], ["regression"])
+    # nothing measured tonight
+    none = regressions(now.iloc[:0], nights([100.0]), window=7, min_drop=0.05, noise_sigmas=3.0)
+    assert none.empty and list(none.columns) == REGRESSION_COLUMNS
+
+
+def test_a_change_of_exactly_the_allowance_is_unchanged():
+    # baseline 100, no noise: allowed 5% = 5, and only a value beyond 95 or 105 counts
+    for value in (95.0, 105.0):
+        now = aggregate_repeats(pd.DataFrame([tonight(tokens_per_s_per_device=value)]), 0.05)
+        got = regressions(now, nights([100.0, 100.0, 100.0]), window=7, min_drop=0.05, noise_sigmas=3.0)
+        assert (got.allowed_drop[0], got.verdict[0]) == (5.0, "unchanged"), value
+
+
+def test_what_changed_is_told_for_regressions_and_improvements_only():
+    past = pd.concat([nights([100.0, 100.0], env_torch="2.13.0"),
+                      nights([100.0, 100.0], strategy="zero1", env_torch="2.13.0"),
+                      nights([100.0, 100.0], strategy="zero2", env_torch="2.13.0")])
+    now = aggregate_repeats(pd.DataFrame([tonight(tokens_per_s_per_device=80.0, env_torch="2.14.1"),
+                                          tonight(strategy="zero1", tokens_per_s_per_device=101.0, env_torch="2.14.1"),
+                                          tonight(strategy="zero2", tokens_per_s_per_device=120.0,
+                                                  env_torch="2.14.1")]),
+                            0.05)
+    got = regressions(now, past, window=7, min_drop=0.05, noise_sigmas=3.0).set_index("strategy")
+    assert got.verdict.to_dict() == {"ddp": "regression", "zero1": "unchanged", "zero2": "improvement"}
+    assert got.what_changed.to_dict() == {"ddp": "torch: 2.13.0 -> 2.14.1", "zero1": "",
+                                          "zero2": "torch: 2.13.0 -> 2.14.1"}
+
+
+def test_what_changed_compares_with_one_run_of_a_repeated_baseline_night():
+    # the latest night ran two repeats (98 and 102): the change is told once, not per repeat
+    past = pd.DataFrame([run(sweep_id=f"night{i}", repeat_index=k, finished_at=f"2026-11-0{i}T00:0{k}:00",
+                             tokens_per_s_per_device=v, env_deepspeed="0.19.8")
+                         for i in (1, 2) for k, v in enumerate([98.0, 102.0])])
+    past["config_key"] = past.config_json.map(configuration_key)
+    now = aggregate_repeats(pd.DataFrame([tonight(tokens_per_s_per_device=80.0, env_deepspeed="0.20.0")]), 0.05)
+    got = regressions(now, past, window=7, min_drop=0.05, noise_sigmas=3.0)
+    assert (got.verdict[0], got.what_changed[0]) == ("regression", "deepspeed: 0.19.8 -> 0.20.0")
+
+
+# ---- loss parity -----------------------------------------------------------------------------
+
+PARITY_COLUMNS = ["model", "strategy", "optimizer", "precision", "activation_checkpointing", "data_parallel",
+                  "tensor_parallel", "pipeline_parallel", "sequence_parallel", "configuration", "max_abs_diff",
+                  "tolerance", "matches"]
+
+
+def parity_run(strategy, zero, losses, **values):
+    """A run in parity mode: plain data parallel unless told otherwise."""
+    base = dict(check_parity=True, engine="deepspeed", zero_stage=zero, tensor_parallel=1, pipeline_parallel=1,
+                sequence_parallel=1, data_parallel=2, world_size=2, global_batch_size=8, offload_optimizer=False,
+                activation_checkpointing="none", loss_per_step_json=None if losses is None else json.dumps(losses))
+    return run(strategy=strategy, **{**base, **values})
+
+
+def test_parity_is_against_the_plain_data_parallel_run_wherever_it_stands():
+    from suite.report.analysis import parity_table
+
+    frame = pd.DataFrame([
+        # zero2 ahead of ddp in the frame, 1e-2 off it: it is compared, never the reference
+        parity_run("zero2", 2, [10.0, 9.01]),
+        parity_run("zero1", 1, [10.0, 9.00005]),
+        parity_run("ddp", 0, [10.0, 9.0]),
+        # a record from before the engine and sequence-parallel axes: plain DeepSpeed
+        parity_run("ddp", 0, [5.0, 4.0], model="small", engine=None, sequence_parallel=None),
+        parity_run("zero3", 3, [5.0, 4.00002], model="small"),
+        parity_run("ddp", 0, [9.0], check_parity=None)])   # not in parity mode: no row
+    table = parity_table(frame)
+    assert list(table.columns) == PARITY_COLUMNS
+    got = table.set_index(["model", "strategy"])
+    # fp32 tolerance 1e-4: 9.01 is 1e-2 off ddp's 9.0; 9.00005 is 5e-5 off; zero3 2e-5 off small's ddp
+    assert got.max_abs_diff.to_dict() == pytest.approx({
+        ("small", "ddp"): 0.0, ("small", "zero3"): 2e-5, ("tiny", "ddp"): 0.0, ("tiny", "zero1"): 5e-5,
+        ("tiny", "zero2"): 1e-2})
+    assert got.matches.to_dict() == {("small", "ddp"): "yes", ("small", "zero3"): "yes", ("tiny", "ddp"): "yes",
+                                     ("tiny", "zero1"): "yes", ("tiny", "zero2"): "NO"}
+    assert set(got.tolerance) == {1e-4}
+    assert set(got.configuration) == {""}   # nothing but the shown columns varies
+
+
+def test_parity_prefers_the_reference_without_recomputation_and_names_other_axes():
+    from suite.report.analysis import parity_table
+
+    frame = pd.DataFrame([
+        # two plain runs; recomputation changes no maths, but the run without it is the reference
+        parity_run("ddp", 0, [10.0, 9.00003], activation_checkpointing="full", micro_batch_size=4),
+        parity_run("ddp", 0, [10.0, 9.0], micro_batch_size=4),
+        parity_run("zero2", 2, [10.0, 9.00001], micro_batch_size=2)])
+    table = parity_table(frame).set_index(["strategy", "activation_checkpointing"])
+    assert table.max_abs_diff.to_dict() == pytest.approx({("ddp", "full"): 3e-5, ("ddp", "none"): 0.0,
+                                                          ("zero2", "none"): 1e-5})
+    # the micro-batch varies and has no column of its own: it is named
+    assert table.configuration.to_dict() == {("ddp", "full"): "mb 4", ("ddp", "none"): "mb 4",
+                                             ("zero2", "none"): "mb 2"}
+
+
+def test_a_failed_run_or_one_without_a_reference_has_no_difference():
+    from suite.report.analysis import parity_table
+
+    frame = pd.DataFrame([
+        parity_run("ddp", 0, [10.0, 9.0]),
+        parity_run("zero2", 2, None, status="error"),
+        # failed before it recorded its global batch: still shown as failed
+        parity_run("zero3", 3, None, status="error", global_batch_size=None),
+        # no plain run at 4 ranks: the ddp run failed, the offloaded one is no reference
+        parity_run("ddp", 0, None, world_size=4, data_parallel=4, status="error"),
+        parity_run("zero1", 0, [10.0, 9.0], world_size=4, data_parallel=4, offload_optimizer=True)])
+    table = parity_table(frame).set_index(["strategy", "data_parallel"])
+    assert table.matches.to_dict() == {("ddp", 2): "yes", ("zero2", 2): "run failed", ("zero3", 2): "run failed",
+                                       ("ddp", 4): "run failed", ("zero1", 4): "no ddp run"}
+    unmatched = table.drop(index=[("ddp", 2)])
+    assert unmatched.max_abs_diff.isna().all() and unmatched.tolerance.isna().all()
+    # a sweep without parity runs: the table is empty, with its columns
+    empty = parity_table(frame.assign(check_parity=False))
+    assert empty.empty and list(empty.columns) == PARITY_COLUMNS
+
+
+# ---- DeepSpeed beside PyTorch ----------------------------------------------------------------
+
+ENGINE_COLUMNS = ["model", "world_size", "nodes", "precision", "optimizer", "micro_batch_size", "pair",
+                  "deepspeed_tokens_per_s_per_device", "torch_tokens_per_s_per_device", "throughput_ratio",
+                  "deepspeed_peak_memory_bytes", "torch_peak_memory_bytes", "memory_ratio"]
+
+
+def engine_config(strategy, engine, zero, tokens, peak, **values):
+    """One aggregated configuration of a plain layout (no TP/PP/SP, no offload) unless told."""
+    base = dict(model="tiny", world_size=2, nodes=1, precision="bf16", optimizer="adamw", micro_batch_size=2.0,
+                grad_accum_steps=1, activation_checkpointing="none", tensor_parallel=1, pipeline_parallel=1,
+                sequence_parallel=1, offload_optimizer=False, offload_params=False)
+    return {**base, "strategy": strategy, "engine": engine, "zero_stage": zero,
+            "tokens_per_s_per_device": tokens, "peak_memory_bytes": peak, **values}
+
+
+def test_each_torch_engine_is_set_beside_deepspeeds_plain_run_of_the_same_work():
+    from suite.report.analysis import engine_comparison
+
+    configs = pd.DataFrame([
+        # not plain layouts, listed first so that one wrongly taken would be the DeepSpeed side
+        engine_config("tp", "deepspeed", 0, 10.0, 100.0, tensor_parallel=2),
+        engine_config("pp", "deepspeed", 0, 11.0, 100.0, pipeline_parallel=2),
+        engine_config("sp", "deepspeed", 0, 12.0, 100.0, sequence_parallel=2),
+        engine_config("zero3_offload", "deepspeed", 3, 13.0, 100.0, offload_optimizer=True),
+        engine_config("zero3_offload_params", "deepspeed", 3, 14.0, 100.0, offload_params=True),
+        engine_config("fsdp2_offload", "fsdp2", None, 15.0, 100.0, offload_params=True),
+        # ZeRO-3 from a record before the engine, sequence-parallel, offload and node axes (all
+        # null: DeepSpeed, no SP, no offload); it recorded no peak (0), so no memory ratio
+        engine_config("zero3", None, 3, 80.0, 0.0, sequence_parallel=None, offload_optimizer=None,
+                      offload_params=None, nodes=None),
+        engine_config("zero2", "deepspeed", 2, 90.0, 700.0),  # DeepSpeed, but not ZeRO-0 nor ZeRO-3
+        engine_config("ddp", "deepspeed", 0, 100.0, 1000.0),
+        # torch DDP at micro-batch 4 has no DeepSpeed run of its work
+        engine_config("torch_ddp", "torch_ddp", None, 300.0, 3000.0, micro_batch_size=4.0),
+        engine_config("torch_ddp", "torch_ddp", None, 110.0, 900.0),
+        engine_config("fsdp2", "fsdp2", None, 60.0, 400.0, nodes=None)])
+    table = engine_comparison(configs)
+    assert list(table.columns) == ENGINE_COLUMNS
+    assert table.pair.tolist() == ["ZeRO-0 vs torch DDP", "ZeRO-3 vs FSDP2"]
+    # torch DDP 110 against ZeRO-0's 100 tokens/s: 1.1x; peak 900 / 1000 = 0.9x.
+    # FSDP2 60 against ZeRO-3's 80: 0.75x
+    assert table.deepspeed_tokens_per_s_per_device.tolist() == [100.0, 80.0]
+    assert table.torch_tokens_per_s_per_device.tolist() == [110.0, 60.0]
+    assert table.throughput_ratio.tolist() == pytest.approx([1.1, 0.75])
+    assert table.deepspeed_peak_memory_bytes.tolist() == [1000.0, 0.0]
+    assert table.torch_peak_memory_bytes.tolist() == [900.0, 400.0]
+    assert table.memory_ratio[0] == pytest.approx(0.9) and pd.isna(table.memory_ratio[1])
+    assert table[["model", "world_size", "precision", "optimizer", "micro_batch_size"]].to_dict("records") == [
+        dict(model="tiny", world_size=2, precision="bf16", optimizer="adamw", micro_batch_size=2.0)] * 2
+    assert table.nodes[0] == 1 and pd.isna(table.nodes[1])
+
+
+def test_no_engine_comparison_without_a_torch_run_or_an_engine_axis():
+    from suite.report.analysis import engine_comparison
+
+    deepspeed_only = pd.DataFrame([engine_config("ddp", "deepspeed", 0, 100.0, 1000.0),
+                                   engine_config("zero3", "deepspeed", 3, 80.0, 500.0)])
+    # a sweep from before the engine axis; one with DeepSpeed only
+    for configs in (deepspeed_only.drop(columns="engine"), deepspeed_only, deepspeed_only.iloc[:0]):
+        table = engine_comparison(configs)
+        assert table.empty and list(table.columns) == ENGINE_COLUMNS
+
+
+# ---- the memory and communication models against the measurements -------------------------
+
+def gpu_config(model, strategy, world_size, predicted, peak, memory_model, comm, comm_predicted, optimizer="adamw"):
+    return dict(model=model, strategy=strategy, optimizer=optimizer, world_size=world_size, accelerator="cuda",
+                model_state_bytes_predicted=predicted, deepspeed_estimate_bytes=2.0 * predicted,
+                peak_memory_bytes=peak, memory_predicted_bytes=memory_model,
+                comm_bytes_per_step_json=None if comm is None else json.dumps(comm),
+                comm_bytes_per_step_predicted=comm_predicted)
+
+
+def test_the_models_are_flagged_only_outside_their_bounds_and_every_flag_is_told():
+    configs = pd.DataFrame([
+        # peak 300 / model states 100 = 3.0; counted 100 + 50 = 150 bytes / 75 predicted = 2.0:
+        # both on the edge of their bounds (0.9..3.0 and 0.5..2.0), not flagged
+        gpu_config("tiny", "zero1", 2, 100.0, 300.0, 300.0, {"all_reduce": 100, "all_gather": 50}, 75.0),
+        # 90 / 100 = 0.9 and 50 / 100 = 0.5: the lower edges
+        gpu_config("small", "zero2", 4, 100.0, 90.0, 100.0, {"reduce_scatter": 50}, 100.0, optimizer="sgd_momentum"),
+        # 500 / 100 = 5.0 of both models and 250 / 100 = 2.5 of the communication model
+        gpu_config("tiny", "zero3", 4, 100.0, 500.0, 100.0, {"all_gather": 250}, 100.0),
+        # no model-state prediction (0) and nothing counted: no ratios; peak 110 / 100 is the 10%
+        # allocator allowance exactly, not beyond it
+        gpu_config("small", "ddp", 2, 0.0, 110.0, 100.0, None, 100.0)])
+    table = model_vs_measured(configs, [0.9, 3.0])
+    assert list(table.columns) == ["model", "strategy", "configuration", "world_size", "model_state_bytes_predicted",
+                                   "deepspeed_estimate_bytes", "peak_memory_bytes", "memory_ratio",
+                                   "memory_predicted_bytes", "peak_ratio", "comm_bytes_per_step_predicted",
+                                   "comm_bytes_per_step_counted", "comm_ratio", "flag"]
+    assert table.flag.tolist() == ["", "", "memory 5.00x model; peak 5.00x the memory model: it under-predicts; "
+                                           "communication 2.50x model", ""]
+    assert table.memory_ratio[:3].tolist() == pytest.approx([3.0, 0.9, 5.0]) and pd.isna(table.memory_ratio[3])
+    assert table.comm_bytes_per_step_counted[:3].tolist() == [150, 50, 250]
+    assert pd.isna(table.comm_bytes_per_step_counted[3])
+    assert table.comm_ratio[:3].tolist() == pytest.approx([2.0, 0.5, 2.5]) and pd.isna(table.comm_ratio[3])
+    assert table.peak_ratio.tolist() == pytest.approx([1.0, 0.9, 5.0, 1.1])
+    assert table[["model", "strategy", "world_size"]].values.tolist() == [
+        ["tiny", "zero1", 2], ["small", "zero2", 4], ["tiny", "zero3", 4], ["small", "ddp", 2]]
+    assert table.model_state_bytes_predicted.tolist() == [100.0, 100.0, 100.0, 0.0]
+    assert table.deepspeed_estimate_bytes.tolist() == [200.0, 200.0, 200.0, 0.0]
+    assert table.peak_memory_bytes.tolist() == [300.0, 90.0, 500.0, 110.0]
+    assert table.memory_predicted_bytes.tolist() == [300.0, 100.0, 100.0, 100.0]
+    assert table.comm_bytes_per_step_predicted.tolist() == [75.0, 100.0, 100.0, 100.0]
+    # model, strategy and ranks have columns: only the optimizer is named
+    assert table.configuration.tolist() == ["adamw", "sgd_momentum", "adamw", "adamw"]
+    # nothing else varies: no name
+    assert model_vs_measured(configs.iloc[:1], [0.9, 3.0]).configuration.tolist() == [""]
+
+
+# ---- scaling studies ---------------------------------------------------------------------------
+
+def test_the_scaling_table_carries_each_runs_figures_and_names_only_what_tells_studies_apart():
+    weak = [("tiny", "ddp", 2, 1, [1000.0]), ("tiny", "ddp", 2, 2, [1800.0]),
+            ("tiny", "ddp", 4, 1, [2000.0]), ("tiny", "ddp", 4, 2, [3000.0, 3600.0, 4200.0]),  # CV 16.7%
+            ("small", "zero1", 2, 1, [500.0]), ("small", "zero1", 2, 2, [900.0])]
+    rows = [run(model=m, strategy=s, scaling="weak", micro_batch_size=mb, world_size=n, global_batch_size=mb * n,
+                repeat_index=k, tokens_per_s=t, tokens_per_s_per_device=t / n, step_time_median_s=mb / t * 100,
+                # records from before the tensor-parallel axis (null) and, for small, the nodes axis
+                tensor_parallel=None, nodes=None if m == "small" else 1)
+            for m, s, mb, n, values in weak for k, t in enumerate(values)]
+    table = scaling_table(aggregate_repeats(pd.DataFrame(rows), max_cv=0.05))
+    assert list(table.columns) == ["model", "strategy", "mode", "configuration", "world_size", "nodes",
+                                   "global_batch_size", "tokens_per_s", "tokens_per_s_per_device",
+                                   "step_time_median_s", "speedup", "efficiency", "efficiency_low",
+                                   "efficiency_high", "noisy"]
+    # model and strategy have columns: of the rest only the micro-batch varies
+    assert table[["model", "strategy", "configuration", "world_size"]].values.tolist() == [
+        ["small", "zero1", "mb 2", 1], ["small", "zero1", "mb 2", 2], ["tiny", "ddp", "mb 2", 1],
+        ["tiny", "ddp", "mb 2", 2], ["tiny", "ddp", "mb 4", 1], ["tiny", "ddp", "mb 4", 2]]
+    assert table.global_batch_size.tolist() == [2, 4, 2, 4, 4, 8]
+    # mb 4 at 2 ranks: the median of 3000, 3600, 4200 is 3600 tokens/s, 1800 per device
+    assert table.tokens_per_s.tolist() == [500.0, 900.0, 1000.0, 1800.0, 2000.0, 3600.0]
+    assert table.tokens_per_s_per_device.tolist() == [500.0, 450.0, 1000.0, 900.0, 2000.0, 1800.0]
+    assert table.step_time_median_s.tolist() == pytest.approx([0.4, 2 / 9, 0.2, 1 / 9, 0.2, 4 / 36])
+    assert table.efficiency.tolist() == pytest.approx([1.0, 0.9, 1.0, 0.9, 1.0, 0.9])
+    assert table.noisy.tolist() == [False, False, False, False, False, True]   # CV 600 / 3600 > 5%
+    assert table.nodes.isna().tolist() == [True, True, False, False, False, False]
+
+
+def test_strong_studies_at_two_global_batches_are_told_apart_by_the_global_batch_column():
+    # the global batch has a column of its own: no configuration name, and each is its own study
+    rows = [run(scaling="strong", world_size=n, global_batch_size=g, step_time_median_s=t, tokens_per_s=g / t,
+                tokens_per_s_per_device=g / t / n, config_key=f"gbs {g}, {n} ranks")
+            for g, times in ((16, (4.0, 2.5)), (32, (8.0, 4.0))) for n, t in zip((1, 2), times)]
+    table = scaling_table(aggregate_repeats(pd.DataFrame(rows), max_cv=0.05))
+    assert table.configuration.tolist() == [""] * 4
+    assert dict(zip(zip(table.global_batch_size, table.world_size), table.speedup)) == pytest.approx(
+        {(16, 1): 1.0, (16, 2): 1.6, (32, 1): 1.0, (32, 2): 2.0})   # 4 / 2.5, 8 / 4
+
+
+def preflight_record(run_id, hosts, micro, status="ok"):
+    return run(run_id=run_id, workload="preflight", status=status, world_size=len(hosts),
+               per_rank_json=json.dumps({"hosts": hosts}), micro_json=json.dumps(micro))
+
+
+def test_preflight_reads_gemm_and_all_reduce_runs_apart_and_counts_each_nodes_runs():
+    gemm = lambda t: {"gemm": [{"dtype": "bf16", "n": 4096, "tflops": t}]}   # noqa: E731
+    all_reduce = lambda v: {"collectives": [{"op": "all_reduce", "scope": "intra_node", "busbw_gbps": v}]}  # noqa: E731
+    frame = pd.DataFrame([
+        # GEMM on one GPU per node; its one-rank all_reduce is a copy within the GPU, no bandwidth
+        preflight_record("g1", ["n1"], {**gemm(10.0), **all_reduce(500.0)}),
+        preflight_record("g2", ["n2", "n2"], gemm(10.0)),   # on both of n2's GPUs, no collectives
+        preflight_record("g3", ["n3"], gemm(9.0)),
+        # all_reduce among each node's two ranks, twice on n1 (2 and 4: median 3)
+        preflight_record("a1", ["n1", "n1"], all_reduce(2.0)),
+        preflight_record("a1b", ["n1", "n1"], all_reduce(4.0)),
+        preflight_record("a2", ["n2", "n2"], all_reduce(3.0)),
+        preflight_record("a3", ["n3", "n3"], all_reduce(2.7)),
+        # a failed run measures nothing, and the sweep's training runs are not read
+        preflight_record("x", ["n4"], gemm(1.0), status="error"),
+        run(run_id="t", workload="train", tokens_per_s_per_device=100.0)])
+    nodes, together = node_preflight(frame, tolerance=0.10, noise_sigmas=3.0)
+    nodes = nodes.set_index("host")
+    assert nodes.runs.to_dict() == {"n1": 3, "n2": 2, "n3": 2}
+    assert nodes.gemm_tflops.to_dict() == {"n1": 10.0, "n2": 10.0, "n3": 9.0}
+    assert nodes.busbw_gbps.to_dict() == {"n1": 3.0, "n2": 3.0, "n3": 2.7}
+    # n3 at 9 / 10 and 2.7 / 3 is 90% of the others: on the 10% tolerance, not below it. The
+    # bus bandwidth's noise: n1's 2 and 4 (CV 47%) is the only node with repeats: 3 x 47% = 141%
+    assert nodes.gemm_vs_others["n3"] == pytest.approx(0.9)
+    assert nodes.flagged.to_dict() == {"n1": False, "n2": False, "n3": False}
+    # no run spanned nodes
+    assert together.empty and list(together.columns) == ["run_id", "nodes", "world_size", "busbw_intra_node_gbps",
+                                                         "busbw_inter_node_gbps"]
+
+
+def test_a_node_on_exactly_the_tolerance_is_not_flagged():
+    frame = pd.DataFrame([micro_run(h, [h, h], gemm=[g], intra=[b])
+                          for h, g, b in (("n1", 10.0, 2.0), ("n2", 10.0, 2.0), ("n3", 9.0, 1.8))])
+    nodes = node_preflight(frame, tolerance=0.10, noise_sigmas=3.0)[0].set_index("host")
+    # 9 / 10 and 1.8 / 2: 90% of the others each, the tolerance's edge
+    assert nodes.busbw_vs_others["n3"] == pytest.approx(0.9)
+    assert not nodes.flagged.any()
+
+
+def test_straggler_rows_carry_the_runs_figures_and_a_node_flagged_once_is_not_slow():
+    frame = pd.DataFrame([
+        straggler_run("r1", [0.010, 0.020], ["a", "b"], cv=0.01, model="small", strategy="zero2"),
+        straggler_run("r2", [0.010, 0.011], ["a", "b"], cv=0.01),
+        # no step-time CV recorded: the forward passes' own 20% noise decides (threshold 60%)
+        straggler_run("r3", [0.010, 0.015], ["a", "c"], cv=None, forward_cv=[0.2, 0.2]),
+        # an excess of exactly the 25% floor is not beyond it
+        straggler_run("r4", [0.5, 0.625], ["a", "b"], cv=0.01),
+        # the other ranks recorded no forward time: no excess to judge
+        straggler_run("r5", [0.0, 0.0, 0.010], ["a", "a", "b"], cv=0.01),
+        micro_run("p", ["a", "a"], gemm=[10.0])])   # the sweep's other runs are not read
+    runs, nodes = stragglers(frame, min_excess=0.25, noise_sigmas=3.0)
+    runs = runs.set_index("run_id")
+    assert list(runs.columns) == ["model", "strategy", "world_size", "slowest_rank", "slowest_host", "slowest_s",
+                                  "others_median_s", "excess", "threshold", "flagged"]
+    assert runs.loc["r1", ["model", "strategy", "world_size", "slowest_s", "others_median_s"]].tolist() == [
+        "small", "zero2", 2, 0.020, 0.010]
+    assert runs.loc["r3", "threshold"] == pytest.approx(0.6)
+    assert runs.loc["r4", "excess"] == 0.25 and runs.loc["r4", "threshold"] == 0.25
+    assert pd.isna(runs.loc["r5", "excess"])
+    assert runs.flagged.to_dict() == {"r1": True, "r2": False, "r3": False, "r4": False, "r5": False}
+    # b held the flagged rank once: one slow run is no slow node
+    assert nodes.set_index("host").flagged_runs.to_dict() == {"a": 0, "b": 1, "c": 0}
+    assert not nodes.slow.any()
+    # no training run with per-rank times: no rows, the columns stay
+    empty, _ = stragglers(frame[frame.run_id == "p"], min_excess=0.25, noise_sigmas=3.0)
+    assert empty.empty and list(empty.columns) == ["run_id"] + list(runs.columns)
+
+
+# ---- repeats, labels and keys ------------------------------------------------------------------
+
+def test_two_repeats_have_a_spread_and_a_cv_on_the_limit_is_not_noisy():
+    frame = pd.DataFrame([run(repeat_index=i, tokens_per_s_per_device=v) for i, v in enumerate([90.0, 100.0, 110.0])]
+                         + [run(strategy="zero1", repeat_index=i, tokens_per_s_per_device=v)
+                            for i, v in enumerate([90.0, 110.0])])
+    configs = aggregate_repeats(frame, max_cv=0.1).set_index("strategy")
+    # ddp: std 10 / mean 100 = 10%, the limit itself; zero1: std 14.14 / mean 100 = 14.1%
+    assert configs.repeat_cv.to_dict() == pytest.approx({"ddp": 0.1, "zero1": 2 ** 0.5 / 10})
+    assert configs.noisy.to_dict() == {"ddp": False, "zero1": True}
+    # every run failed: no configuration, the columns stay
+    none = aggregate_repeats(frame.assign(status="error"), max_cv=0.1)
+    assert none.empty and {"config_key", "repeats", "repeat_cv", "noisy"} <= set(none.columns)
+
+
+def test_labels_write_flags_as_yes_or_no_and_a_missing_value_as_a_dash():
+    from suite.report.analysis import configuration_labels
+
+    configs = pd.DataFrame({"strategy": ["ddp"] * 4, "compile": [True, False, None, None],
+                            "activation_checkpointing": pd.array(["none", "none", "none", pd.NA], dtype="string")})
+    assert configuration_labels(configs)[1].tolist() == [
+        "recompute none / compiled yes", "recompute none / compiled no", "recompute none / compiled —",
+        "recompute — / compiled —"]
+    # no strategy column and nothing varies: empty labels, on the rows' own index
+    axes, labels = configuration_labels(pd.DataFrame({"model": ["tiny", "tiny"]}, index=[5, 7]))
+    assert (axes, labels.to_dict()) == ([], {5: "", 7: ""})
+
+
+def test_a_configurations_key_is_16_hex_digits_whatever_the_order_of_its_fields():
+    a = json.dumps({"model": {"name": "tiny"}, "train": {"micro_batch_size": 2, "lr": 0.001}})
+    b = json.dumps({"train": {"lr": 0.001, "micro_batch_size": 2}, "model": {"name": "tiny"}})
+    assert configuration_key(a) == configuration_key(b)
+    assert len(configuration_key(a)) == 16 and int(configuration_key(a), 16) >= 0
+    # a record without a config is one configuration, the empty one
+    assert configuration_key(None) == configuration_key("") == configuration_key("{}")
+
+
+def test_rate_intervals_turn_steps_per_second_into_tokens_per_device():
+    from suite.report.analysis import rate_intervals
+
+    configs = pd.DataFrame({"config_key": ["a", "b"], "global_batch_size": [8, 8], "seq_len": [16, 16],
+                            "world_size": [2, 2]}, index=[3, 4])
+    # a: every step 0.5 s -> 2 steps/s exactly; x 8 x 16 / 2 = 64 tokens per step and device = 128
+    got = rate_intervals(configs, {"a": [[0.5, 0.5], [0.5, 0.5]]})
+    assert got.tokens_per_s_per_device_low.to_dict() == pytest.approx({3: 128.0, 4: float("nan")}, nan_ok=True)
+    assert got.tokens_per_s_per_device_high.to_dict() == pytest.approx({3: 128.0, 4: float("nan")}, nan_ok=True)
+    # b has no step times: null, as a float column
+    none = rate_intervals(configs, {})
+    assert none.tokens_per_s_per_device_low.dtype == "float64" and none.tokens_per_s_per_device_high.dtype == "float64"
+
+
+def test_a_margin_whose_interval_stays_above_zero_is_clear():
+    configs = aggregate_repeats(pd.DataFrame([run(strategy="ddp", tokens_per_s_per_device=120.0),
+                                              run(strategy="zero1", tokens_per_s_per_device=100.0)]), max_cv=0.05)
+    keys = configs.set_index("strategy").config_key
+    # ddp's steps 0.5 s against zero1's 0.6 s in every run: 20% faster, with no spread at all
+    runs = {keys["ddp"]: [[0.5, 0.5], [0.5, 0.5]], keys["zero1"]: [[0.6, 0.6], [0.6, 0.6]]}
+    best = best_configurations(configs, runs).iloc[0]
+    assert best.margin_low == pytest.approx(0.2) and best.verdict == "clear"
