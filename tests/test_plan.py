@@ -827,6 +827,13 @@ def test_only_node_counts_the_layout_divides_are_searched_for_the_fewest():
                                             stage3_max_live_parameters=1_000_000),
                     precision=PrecisionConfig(name="fp32"))
     assert would_fit(cfg, 0.5 * GIB) == ["cluster.nodes=4 (0.43 GiB per rank)", TINY_PRESET.format("0.01")]
+    # on exactly as many nodes as the suggestion names (even counts only), and on the most it
+    # looks at: 1024 nodes of 1 rank, 512 Ulysses pairs
+    plan = plan_run(cfg, check_memory=False)
+    for nodes in (6, 1024):
+        on = dataclasses.replace(plan, nodes=nodes, world_size=nodes, data_parallel_size=nodes // 2)
+        needed = predict_memory(cfg, on)["required_bytes"]
+        assert what_would_fit(cfg, plan, "device", needed)[0].startswith(f"cluster.nodes={nodes} (")
 
 
 def test_on_gpus_offload_is_tried_from_the_least_to_the_most_offloaded():
