@@ -585,6 +585,10 @@ def test_what_changed_compares_with_one_run_of_a_repeated_baseline_night():
     now = aggregate_repeats(pd.DataFrame([tonight(tokens_per_s_per_device=80.0, env_deepspeed="0.20.0")]), 0.05)
     got = regressions(now, past, window=7, min_drop=0.05, noise_sigmas=3.0)
     assert (got.verdict[0], got.what_changed[0]) == ("regression", "deepspeed: 0.19.8 -> 0.20.0")
+    # the night's last run is the one compared (here its second repeat ran another DeepSpeed)
+    past.loc[past.repeat_index == 1, "env_deepspeed"] = "0.19.9"
+    got = regressions(now, past, window=7, min_drop=0.05, noise_sigmas=3.0)
+    assert got.what_changed[0] == "deepspeed: 0.19.9 -> 0.20.0"
 
 
 # ---- loss parity -----------------------------------------------------------------------------
@@ -641,6 +645,17 @@ def test_parity_prefers_the_reference_without_recomputation_and_names_other_axes
     # the micro-batch varies and has no column of its own: it is named
     assert table.configuration.to_dict() == {("ddp", "full"): "mb 4", ("ddp", "none"): "mb 4",
                                              ("zero2", "none"): "mb 2"}
+
+
+def test_among_many_plain_runs_the_first_in_record_order_is_the_reference():
+    from suite.report.analysis import parity_table
+
+    # a recomputing run, then 19 plain repeats: the first of these (1 off the rest) is the
+    # reference, whatever the sort does with the 19 tied runs behind it
+    frame = pd.DataFrame([parity_run("ddp", 0, [10.0, 9.0], activation_checkpointing="full", repeat_index=0)]
+                         + [parity_run("ddp", 0, [10.0, 9.0 if k == 1 else 8.0], repeat_index=k) for k in range(1, 20)])
+    table = parity_table(frame)
+    assert table.max_abs_diff.tolist() == [0.0, 0.0] + [1.0] * 18
 
 
 def test_a_failed_run_or_one_without_a_reference_has_no_difference():
@@ -948,3 +963,11 @@ def test_a_margin_whose_interval_stays_above_zero_is_clear():
     runs = {keys["ddp"]: [[0.5, 0.5], [0.5, 0.5]], keys["zero1"]: [[0.6, 0.6], [0.6, 0.6]]}
     best = best_configurations(configs, runs).iloc[0]
     assert best.margin_low == pytest.approx(0.2) and best.verdict == "clear"
+
+    # two configurations that ran exactly alike: the margin and its whole interval are 0, a tie
+    even = aggregate_repeats(pd.DataFrame([run(strategy="ddp", tokens_per_s_per_device=100.0),
+                                           run(strategy="zero1", tokens_per_s_per_device=100.0)]), max_cv=0.05)
+    keys = even.set_index("strategy").config_key
+    same = {keys["ddp"]: [[0.5, 0.5], [0.5, 0.5]], keys["zero1"]: [[0.5, 0.5], [0.5, 0.5]]}
+    tie = best_configurations(even, same).iloc[0]
+    assert (tie.margin, tie.margin_low, tie.margin_high) == (0.0, 0.0, 0.0) and tie.verdict.startswith("tie")

@@ -836,6 +836,22 @@ def test_only_node_counts_the_layout_divides_are_searched_for_the_fewest():
         assert what_would_fit(cfg, plan, "device", needed)[0].startswith(f"cluster.nodes={nodes} (")
 
 
+def test_a_model_parallel_degree_that_is_no_power_of_two_skips_the_node_counts_it_cannot_fill():
+    # 3 pipeline stages on 2 ranks per node: only multiples of 3 nodes hold whole pipelines. 5
+    # nodes (10 ranks) would hold 3 pipelines with a rank left over; the suggestion is 6 nodes,
+    # although 3 pipelines' worth of ZeRO-1 sharding is what fits
+    cfg = suite_cfg(model=WIDE, cluster=ClusterConfig(scheduler="slurm", accelerator="cpu", cpu_ranks=2, nodes=3),
+                    optimizer=OptimizerConfig(name="adamw"), train=TrainConfig(micro_batch_size=1),
+                    strategy=StrategyConfig(zero_stage=1, pipeline_parallel=3, reduce_bucket_size=1_000_000),
+                    precision=PrecisionConfig(name="fp32"))
+    plan = plan_run(cfg, check_memory=False)
+    assert (plan.nodes, plan.world_size, plan.data_parallel_size) == (3, 6, 2)
+    three_pipelines = dataclasses.replace(plan, nodes=5, world_size=10, data_parallel_size=3)
+    available = predict_memory(cfg, three_pipelines)["required_bytes"]
+    assert predict_memory(cfg, plan)["required_bytes"] > available
+    assert what_would_fit(cfg, plan, "device", available)[0].startswith("cluster.nodes=6 (")
+
+
 def test_on_gpus_offload_is_tried_from_the_least_to_the_most_offloaded():
     # ZeRO-1 + offload 1.84 GiB, ZeRO-2 + offload 1.63 GiB, ZeRO-3 + offload of both 1.22 GiB;
     # the first that fits is the suggestion
