@@ -5,7 +5,7 @@
 # pyproject.toml's [tool.mutmut]. Prints the score per module and the survivors
 # (bench/mutation_score.py), which bench/RESULTS.md keeps.
 #
-#   bash bench/mutation.sh                        # every module (hours on 2 cores)
+#   bash bench/mutation.sh                        # every module (about 15 minutes on 2 cores)
 #   bash bench/mutation.sh "suite.metrics*"       # mutmut's own selection of mutant names
 #
 # Not in CI: it runs the unit tests once per mutant. mutmut works in ./mutants (a mutated copy
