@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$PWD/.venv/bin/python}
 tests=$1; shift
-for f in ${tests//::*/}; do cp "$f" "mutants/$f"; done
+for t in $tests; do cp "${t%%::*}" "mutants/${t%%::*}"; done  # the file of each test named
 cd mutants
 # the tests must pass on the unmutated code, or every mutant would look killed
 MUTANT_UNDER_TEST=none DS_ACCELERATOR=cpu "$PY" -m pytest -q -x -p no:cacheprovider $tests > /dev/null 2>&1 \

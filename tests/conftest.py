@@ -73,11 +73,12 @@ def two_nodes():
 @functools.lru_cache(maxsize=1)
 def _config_fingerprint() -> str:
     """What a composed config depends on: the config files, the schemas and plugins that
-    register config nodes, Hydra's and OmegaConf's versions, the working directory."""
+    register config nodes, Hydra's and OmegaConf's versions, where the config folder and the
+    working directory are (Hydra's own config records both paths)."""
     import hydra
     import omegaconf
 
-    digest = hashlib.sha256(f"{hydra.__version__} {omegaconf.__version__} {os.getcwd()}".encode())
+    digest = hashlib.sha256(f"{hydra.__version__} {omegaconf.__version__} {CONF} {os.getcwd()}".encode())
     for path in sorted([*CONF.rglob("*.yaml"), REPO / "suite" / "config.py", *(REPO / "hydra_plugins").rglob("*.py")]):
         digest.update(str(path.relative_to(REPO)).encode() + path.read_bytes())
     return digest.hexdigest()
