@@ -54,19 +54,33 @@ def slurm_cluster():
 
 
 def nodes_up() -> list:
-    """The local cluster's nodes that are idle, mixed or allocated."""
+    """The local cluster's nodes that are idle, mixed or allocated and responding. A node
+    resumed a moment ago shows `idle*` (not responding) for about a second, and sbatch
+    --test-only, which the suite asks before it submits, refuses a job that needs it."""
     try:
-        out = subprocess.run(["sinfo", "-h", "-N", "-t", "idle,mixed,allocated", "-o", "%N"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return []
-    return sorted(set(out.stdout.split())) if out.returncode == 0 else []
+    if out.returncode != 0:
+        return []
+    return sorted({node for node, state in (line.split() for line in out.stdout.splitlines())
+                   if state in ("idle", "mix", "alloc")})
+
+
+def wait_for_nodes(expected=("node1", "node2"), limit_s: float = 60.0) -> list:
+    """Poll until the expected nodes are up and responding (or the limit passes); the nodes up."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    while nodes_up() != sorted(expected) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return nodes_up()
 
 
 @pytest.fixture(scope="session")
 def two_nodes():
     """For tests that need the local cluster's two test hosts (slurm/local-cluster.sh up --nodes 2)."""
-    require(nodes_up() == ["node1", "node2"],
+    require(wait_for_nodes() == ["node1", "node2"],
             "a 2-node Slurm cluster, node1 and node2 (run slurm/local-cluster.sh up --nodes 2)")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, nodes_up, run_sweep, sweep_dirs
+from conftest import REPO, run_sweep, sweep_dirs, wait_for_nodes
 
 pytestmark = pytest.mark.usefixtures("two_nodes")
 TWO_NODES = ["cluster=slurm_local", "cluster.nodes=2"]
@@ -107,6 +107,7 @@ def test_a_job_that_lost_a_rank_before_slurm_saw_its_node_die_is_a_node_failure(
         assert node_failure_of(job, peer_lost=False) is None  # no NODE_FAIL, and nobody saw a peer go
     finally:
         subprocess.run(["scontrol", "update", "nodename=node2", "state=resume"], check=True)
+        assert wait_for_nodes() == ["node1", "node2"]  # responding again, for the tests after this one
     assert f"job {job} on node[1-2] lost a rank while a node of it went down; failed node: node2 (drain" in error
     assert details["failed_nodes"] == ["node2"] and details["slurm_state"] is None
 
@@ -115,6 +116,7 @@ def test_a_node_that_dies_ends_its_run_as_node_fail_and_the_sweep_goes_on(tmp_pa
     # Two runs on both nodes, one after the other: the first trains 3 steps; in the second,
     # rank 1 (node2) stops at step 3 and node2 dies while rank 0 waits for it.
     env = {**os.environ, "SUITE_RESULTS_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    assert wait_for_nodes() == ["node1", "node2"]
     sweep = subprocess.Popen(
         [sys.executable, "-m", "suite.sweep", "-m", *TWO_NODES, "cluster.gpus_per_node=1", "model=tiny", "strategy=ddp",
          "optimizer=sgd_momentum", "train.timed_steps=3", "train.fault=none,hang", "train.fault_rank=1",
@@ -122,11 +124,11 @@ def test_a_node_that_dies_ends_its_run_as_node_fail_and_the_sweep_goes_on(tmp_pa
     try:
         job = None
         deadline = time.monotonic() + 240
-        while job is None and time.monotonic() < deadline:
+        while job is None and time.monotonic() < deadline and sweep.poll() is None:
             time.sleep(1)
             for sub in tmp_path.glob("*/1_*/submission.json"):
                 job = json.loads(sub.read_text()).get("job_id")
-        assert job, "the second run was not submitted"
+        assert job, "the second run was not submitted: " + (sweep.stdout.read()[-3000:] if sweep.poll() is not None else "")
         while time.monotonic() < deadline:  # running, and its ranks past their imports
             state = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", job],
                                    capture_output=True, text=True).stdout.split()
@@ -162,7 +164,7 @@ def test_a_node_that_dies_ends_its_run_as_node_fail_and_the_sweep_goes_on(tmp_pa
     assert "Connection closed by peer" in (failed["env"]["survivor_error"] or "")
     md = (folder / "report" / "report.md").read_text()
     assert "runs: 2, ok: 1, failed: 1" in md and "| node_fail |" in md
-    assert nodes_up() == ["node1", "node2"]
+    assert wait_for_nodes() == ["node1", "node2"]
 
 
 def test_preflight_flags_the_slowed_node(tmp_path, monkeypatch):
@@ -212,4 +214,4 @@ def test_down_removes_every_namespace_link_host_entry_and_daemon_it_made():
     finally:
         subprocess.run([*CLUSTER, "up", "--nodes", "2"], check=True, capture_output=True)
     print(f"down and up --nodes 2 in {time.monotonic() - started:.1f} s")
-    assert nodes_up() == ["node1", "node2"]
+    assert wait_for_nodes() == ["node1", "node2"]
