@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Optional
 
 import pandas as pd
 
@@ -53,7 +53,6 @@ def flatten(record: Dict[str, Any]) -> Dict[str, Any]:
     row.update({f"env_{k}": env.get(k) for k in ENV})
     for key in ("hostnames", "variables"):  # nested: kept as JSON text
         row[f"env_{key}"] = json.dumps(env.get(key), sort_keys=True) if env.get(key) is not None else None
-    row["sweep_date"] = str(record.get("started_at") or "")[:10] or None
     row["comm_bytes_per_step_json"] = json.dumps(metrics.get("comm_bytes_per_step")) \
         if metrics.get("comm_bytes_per_step") else None
     micro = {k: metrics[k] for k in ("gemm", "collectives") if k in metrics}
@@ -85,7 +84,18 @@ def to_frame(records: Iterable[Dict[str, Any]]) -> pd.DataFrame:
     for column in COLUMNS:
         if frame[column].dtype == object:  # one type per column, so Parquet files agree
             frame[column] = frame[column].map(lambda v: None if v is None else str(v)).astype("string")
+    if not frame.empty:  # one night per sweep, whatever the dates of its runs
+        nights = {sweep: sweep_night(rows) for sweep, rows in frame.groupby("sweep_id", dropna=False)}
+        frame["sweep_date"] = frame.sweep_id.map(nights).astype("string")
     return frame.sort_values("run_id", kind="stable").reset_index(drop=True)
+
+
+def sweep_night(rows: pd.DataFrame) -> Optional[str]:
+    """The night a sweep belongs to: the (UTC) date of its earliest run start, so that runs
+    on both sides of midnight count as one night; None for a sweep without start times."""
+    starts = rows.started_at.dropna().astype(str)
+    starts = starts[starts != ""]
+    return min(starts)[:10] if len(starts) else None
 
 
 def load_sweep(sweep_dir: Path) -> pd.DataFrame:

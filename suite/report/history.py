@@ -1,7 +1,8 @@
-"""The history store: a Parquet dataset (one partition per sweep date, one file per sweep) of
-every run row of earlier sweeps, which regressions and trends are computed against."""
+"""The history store: a Parquet dataset (one partition per night, one file per sweep, each sweep
+under the one night it belongs to) of every run row of earlier sweeps, which regressions and trends are computed against."""
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 from typing import List, Optional
 
@@ -10,18 +11,40 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from suite.report.collate import AXES
+from suite.report.collate import AXES, sweep_night
+
+
+def sweep_files(history_dir: Path, sweep_id: str) -> List[Path]:
+    """The history's files of one sweep, in whatever night's partition they sit."""
+    return sorted(Path(history_dir).glob(f"sweep_date=*/{glob.escape(sweep_id)}-*.parquet"))
 
 
 def append(history_dir: Path, frame: pd.DataFrame) -> int:
-    """Add the sweep's rows (idempotent: writing the same sweep again replaces its file)."""
+    """Add each sweep's rows under the one night the sweep belongs to, replacing whatever the
+    history held of it before. The night is the one the history already files the sweep under,
+    else the date of the sweep's first run (collate.sweep_night): a nightly sweep that starts at
+    23:59 and runs past midnight, or a resume the next day that reruns its runs, stays one file
+    under one night, and rebuilding its report never counts its rows twice."""
     if frame.empty:
         return 0
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    sweep_id = str(frame.sweep_id.iloc[0])
-    pq.write_to_dataset(table, root_path=str(history_dir), partition_cols=["sweep_date"],
-                        basename_template=f"{sweep_id}-{{i}}.parquet",
-                        existing_data_behavior="overwrite_or_ignore")
+    root = Path(history_dir)
+    for sweep_id, rows in frame.groupby("sweep_id", sort=False, dropna=False):
+        sweep_id = str(sweep_id)
+        earlier = sweep_files(root, sweep_id)
+        nights = sorted({path.parent.name.partition("=")[2] for path in earlier})
+        night = nights[0] if nights else sweep_night(rows)
+        table = pa.Table.from_pandas(rows.assign(sweep_date=night), preserve_index=False)
+        written: List[str] = []
+        # written first, then the earlier copies removed: a crash in between leaves the old copy
+        # beside the new one (a rebuild mends it), never neither
+        pq.write_to_dataset(table, root_path=str(root), partition_cols=["sweep_date"],
+                            basename_template=f"{sweep_id}-{{i}}.parquet",
+                            existing_data_behavior="overwrite_or_ignore",
+                            file_visitor=lambda written_file: written.append(written_file.path))
+        kept = {str(Path(path).resolve()) for path in written}
+        for path in earlier:
+            if str(path.resolve()) not in kept:
+                path.unlink()
     return len(frame)
 
 
