@@ -68,6 +68,13 @@ class ModelConfig:
         family(self.family).check(self)
 
 
+def deepspeed_overlap_comm(strategy: "StrategyConfig") -> bool:
+    """The overlap_comm a ZeRO run has: the strategy's, or DeepSpeed's own default where it
+    says nothing (DeepSpeed 0.19.8, runtime/zero/config.py overlap_comm_valid: true for stage
+    3, false for stages 0-2)."""
+    return strategy.overlap_comm if strategy.overlap_comm is not None else strategy.zero_stage == 3
+
+
 #: what trains the model (StrategyConfig.engine), and the ZeRO stage each torch engine matches
 ENGINES = ("deepspeed", "torch_ddp", "fsdp2")
 ENGINE_ZERO_STAGE = {"torch_ddp": 0, "fsdp2": 3}
@@ -89,8 +96,10 @@ class StrategyConfig:
     reduce_bucket_size: int = 500_000_000
     #: elements per all-gather bucket (stages 1-2)
     allgather_bucket_size: int = 500_000_000
-    #: overlap gradient reduction with the backward pass
-    overlap_comm: bool = False
+    #: overlap gradient reduction (and, stage 3, parameter gathers) with compute; null: what
+    #: DeepSpeed does when its config says nothing (0.19.8: on for stage 3, off for 1-2;
+    #: `deepspeed_overlap_comm`), so each engine runs as its users run it
+    overlap_comm: Optional[bool] = None
     #: copy gradients into one contiguous buffer as they are produced
     contiguous_gradients: bool = True
     #: stage 3: elements fetched ahead of use
@@ -236,6 +245,9 @@ class PrecisionConfig:
     loss_scale: float = 0.0
     #: fp16 only: dynamic scaling starts at 2**initial_scale_power
     initial_scale_power: int = 16
+    #: let fp32 matmuls and convolutions run in TF32 (torch's "high"); default IEEE fp32
+    #: ("highest"), set in every run whatever the image allowed (docs/behaviour.md)
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         _choice("precision.name", self.name, PRECISION_CHOICES)
@@ -437,6 +449,10 @@ class WorkloadConfig:
     include_bucket_sizes: bool = False
     warmup: int = 3
     iters: int = 10
+    #: gemm/allreduce/preflight: every size is timed (iters calls) this many times, in rounds
+    #: taken round-robin over all sizes; its figure is the median over rounds, and the rounds'
+    #: spread is its noise inside the run (the preflight verdict's threshold uses it)
+    rounds: int = 5
 
     def __post_init__(self) -> None:
         _choice("workload.name", self.name, WORKLOADS)
@@ -444,7 +460,7 @@ class WorkloadConfig:
             _choice("workload.gemm_dtypes[]", dtype, PRECISIONS)
         for op in self.collectives:
             _choice("workload.collectives[]", op, COLLECTIVES)
-        for name in ("warmup", "iters"):
+        for name in ("warmup", "iters", "rounds"):
             _positive(f"workload.{name}", getattr(self, name), allow_zero=name == "warmup")
         for name in ("gemm_sizes", "gemm_dtypes", "collectives", "message_bytes"):
             if not getattr(self, name):

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from omegaconf import DictConfig, OmegaConf
 
 from suite import models
-from suite.config import OPTIMIZERS, ConfigError, SuiteConfig
+from suite.config import OPTIMIZERS, ConfigError, SuiteConfig, deepspeed_overlap_comm
 from suite.plain_config import from_dict
 
 # Optimizers DeepSpeed can run on the CPU side under ZeRO-Offload (DeepSpeedCPUAdam/Adagrad).
@@ -604,7 +604,7 @@ def _zero_block(cfg: SuiteConfig, accelerator: str) -> Dict[str, Any]:
     block: Dict[str, Any] = {
         "stage": s.zero_stage,
         "reduce_bucket_size": s.reduce_bucket_size,
-        "overlap_comm": s.overlap_comm,
+        "overlap_comm": deepspeed_overlap_comm(s),  # written out, so the record says which
         "contiguous_gradients": s.contiguous_gradients,
     }
     if s.zero_stage < 3:

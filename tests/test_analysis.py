@@ -683,7 +683,8 @@ def test_a_failed_run_or_one_without_a_reference_has_no_difference():
 
 ENGINE_COLUMNS = ["model", "world_size", "nodes", "precision", "optimizer", "micro_batch_size", "pair",
                   "deepspeed_tokens_per_s_per_device", "torch_tokens_per_s_per_device", "throughput_ratio",
-                  "deepspeed_peak_memory_bytes", "torch_peak_memory_bytes", "memory_ratio"]
+                  "deepspeed_peak_memory_bytes", "torch_peak_memory_bytes", "memory_ratio",
+                  "deepspeed_settings", "torch_settings"]
 
 
 def engine_config(strategy, engine, zero, tokens, peak, **values):
@@ -726,6 +727,9 @@ def test_each_torch_engine_is_set_beside_deepspeeds_plain_run_of_the_same_work()
     assert table.throughput_ratio.tolist() == pytest.approx([1.1, 0.75])
     assert table.deepspeed_peak_memory_bytes.tolist() == [1000.0, 0.0]
     assert table.torch_peak_memory_bytes.tolist() == [900.0, 400.0]
+    # configs without config_json (hand-made here): DeepSpeed's defaults are what they had
+    assert table.deepspeed_settings.tolist()[0].startswith("ZeRO-0: one all-reduce")
+    assert table.torch_settings.tolist()[1].startswith("reshard_after_forward on")
     assert table.memory_ratio[0] == pytest.approx(0.9) and pd.isna(table.memory_ratio[1])
     assert table[["model", "world_size", "precision", "optimizer", "micro_batch_size"]].to_dict("records") == [
         dict(model="tiny", world_size=2, precision="bf16", optimizer="adamw", micro_batch_size=2.0)] * 2

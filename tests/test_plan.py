@@ -67,7 +67,7 @@ def test_zero3_offload_adam_fp16_on_8_gpus_is_pinned_true_adam_and_needs_cpu_ada
                 gpus=8)
     assert config["train_batch_size"] == 16
     assert config["zero_optimization"] == {
-        "stage": 3, "reduce_bucket_size": 500_000_000, "overlap_comm": False,
+        "stage": 3, "reduce_bucket_size": 500_000_000, "overlap_comm": True,  # DeepSpeed's own default for stage 3
         "contiguous_gradients": True, "stage3_prefetch_bucket_size": 1000,
         "stage3_param_persistence_threshold": 100_000,
         "stage3_max_live_parameters": 1_000_000_000, "stage3_max_reuse_distance": 1_000_000_000,
@@ -1044,7 +1044,7 @@ def test_zero3_writes_only_the_zero_plus_plus_fields_that_are_on():
                                             stage3_max_live_parameters=13, stage3_max_reuse_distance=14,
                                             offload_optimizer=True, offload_params=True))
     assert ds_of(cfg, "cuda")["zero_optimization"] == {
-        "stage": 3, "reduce_bucket_size": 500_000_000, "overlap_comm": False, "contiguous_gradients": True,
+        "stage": 3, "reduce_bucket_size": 500_000_000, "overlap_comm": True, "contiguous_gradients": True,
         "stage3_prefetch_bucket_size": 11, "stage3_param_persistence_threshold": 12,
         "stage3_max_live_parameters": 13, "stage3_max_reuse_distance": 14,
         "zero_quantized_gradients": True,
@@ -1169,3 +1169,31 @@ def test_the_sizes_a_plan_ships_are_whole_numbers():
     assert all(type(v) is int for v in sizes.values())  # DeepSpeed and the launcher take counts, not floats
     assert [shipped["ds_config"][k] for k in ("train_batch_size", "gradient_accumulation_steps")] == [16, 2]
     assert all(type(shipped["ds_config"][k]) is int for k in ("train_batch_size", "gradient_accumulation_steps"))
+
+
+def test_overlap_comm_left_null_is_deepspeeds_own_default_and_an_explicit_value_wins():
+    # DeepSpeed 0.19.8 turns overlap_comm on for stage 3 and off for 1-2 when the config says
+    # nothing; the suite writes that out, so ZeRO-3 overlaps as FSDP2 does (it sent false)
+    for stage, expected in ((1, False), (2, False), (3, True)):
+        cfg = suite_cfg(strategy=StrategyConfig(name=f"zero{stage}", zero_stage=stage))
+        assert ds_of(cfg, "cuda")["zero_optimization"]["overlap_comm"] is expected, stage
+    for stage in (1, 2, 3):
+        for asked in (True, False):
+            cfg = suite_cfg(strategy=StrategyConfig(name="z", zero_stage=stage, overlap_comm=asked))
+            assert ds_of(cfg, "cuda")["zero_optimization"]["overlap_comm"] is asked
+
+
+def test_the_engine_comparison_says_what_overlapped_on_each_side():
+    import json
+
+    from suite.report.analysis import engine_settings
+
+    config = lambda **strategy: json.dumps({"strategy": strategy})  # noqa: E731
+    assert engine_settings("deepspeed", 3, config(overlap_comm=None, stage3_prefetch_bucket_size=50_000_000)) == \
+        "overlap_comm on, prefetch bucket 5e+07 elements"
+    assert engine_settings("deepspeed", 2, config(overlap_comm=None)) == "overlap_comm off"
+    assert engine_settings("deepspeed", 3, config(overlap_comm=False, stage3_prefetch_bucket_size=1000)) == \
+        "overlap_comm off, prefetch bucket 1e+03 elements"
+    assert engine_settings("fsdp2", None, config(fsdp_reshard_after_forward=False)).startswith(
+        "reshard_after_forward off; prefetch: FSDP2's default")
+    assert engine_settings("torch_ddp", None, None).startswith("all-reduce in 25 MiB buckets")

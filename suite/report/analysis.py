@@ -440,8 +440,25 @@ TOGETHER_COLUMNS = ["run_id", "nodes", "world_size", "busbw_intra_node_gbps", "b
 
 
 def _all_reduce_peak(rows: List[dict], scope: str) -> Optional[float]:
-    values = [r["busbw_gbps"] for r in rows if r.get("op") == "all_reduce" and r.get("scope") == scope]
-    return max(values) if values else None
+    row = _all_reduce_peak_row(rows, scope)
+    return row["busbw_gbps"] if row else None
+
+
+def _all_reduce_peak_row(rows: List[dict], scope: str) -> Optional[dict]:
+    candidates = [r for r in rows if r.get("op") == "all_reduce" and r.get("scope") == scope]
+    return max(candidates, key=lambda r: r["busbw_gbps"]) if candidates else None
+
+
+def _round_noise(row: dict) -> Optional[float]:
+    """The relative standard error of a point's median over its n interleaved rounds,
+    1.2533 x CV / sqrt(n) (the median's asymptotic error for normal noise); None for a row of
+    one round or from before rounds were kept."""
+    times = row.get("round_times_s") or []
+    return 1.2533 * _cv(times) / len(times) ** 0.5 if len(times) > 1 and _cv(times) is not None else None
+
+
+def _first(values: List[Optional[float]]) -> Optional[float]:
+    return values[0] if values else None
 
 
 def _cv(values: List[float]) -> Optional[float]:
@@ -456,7 +473,8 @@ def node_preflight(frame: pd.DataFrame, tolerance: float, noise_sigmas: float
     bandwidth among its own ranks (peak over sizes), medians over its runs, each as a share of
     the median of the other nodes. A node is flagged when a share falls below 1 - threshold,
     threshold = max(tolerance, noise_sigmas x the figure's noise: the median over nodes of each
-    node's coefficient of variation across its repeated runs; none with one run per node).
+    node's coefficient of variation across its repeated runs, or, for a node with one run, the
+    standard error of that run's median over its interleaved rounds (`_round_noise`)).
     Together (runs over several nodes): the all_reduce bus bandwidth inside a node and across
     nodes. Empty unless 2+ nodes ran alone."""
     per_host, together = {}, []
@@ -467,11 +485,17 @@ def node_preflight(frame: pd.DataFrame, tolerance: float, noise_sigmas: float
         gemm = [row["tflops"] for row in micro.get("gemm", [])]
         collectives = micro.get("collectives", [])
         if len(set(hosts)) == 1:
-            figures = per_host.setdefault(hosts[0], {"runs": 0, "gemm": [], "busbw": []})
+            figures = per_host.setdefault(hosts[0], {"runs": 0, "gemm": [], "busbw": [],
+                                                     "gemm_rounds": [], "busbw_rounds": []})
             figures["runs"] += 1
-            figures["gemm"] += [max(gemm)] if gemm else []
-            peak = _all_reduce_peak(collectives, "intra_node") if len(hosts) > 1 else None
-            figures["busbw"] += [peak] if peak is not None else []
+            if gemm:
+                best = max(micro["gemm"], key=lambda row: row["tflops"])
+                figures["gemm"].append(best["tflops"])
+                figures["gemm_rounds"].append(_round_noise(best))
+            peak = _all_reduce_peak_row(collectives, "intra_node") if len(hosts) > 1 else None
+            if peak is not None:
+                figures["busbw"].append(peak["busbw_gbps"])
+                figures["busbw_rounds"].append(_round_noise(peak))
         elif collectives:
             together.append({"run_id": r.run_id, "nodes": len(set(hosts)), "world_size": len(hosts),
                              "busbw_intra_node_gbps": _all_reduce_peak(collectives, "intra_node"),
@@ -486,7 +510,8 @@ def node_preflight(frame: pd.DataFrame, tolerance: float, noise_sigmas: float
         nodes[column] = [pd.Series(per_host[h][figure], dtype=float).median() for h in hosts]
         nodes[f"{figure}_vs_others"] = [
             nodes[column][i] / nodes[column].drop(index=i).median() for i in range(len(hosts))]
-        noise = pd.Series([_cv(per_host[h][figure]) for h in hosts], dtype=float).median()
+        noise = pd.Series([_cv(per_host[h][figure]) if per_host[h]["runs"] > 1
+                           else _first(per_host[h][f"{figure}_rounds"]) for h in hosts], dtype=float).median()
         thresholds.append(max(tolerance, noise_sigmas * noise) if pd.notna(noise) else tolerance)
         nodes[f"{figure}_threshold"] = thresholds[-1]
     nodes["threshold"] = [f"GEMM {thresholds[0]:.0%}, busbw {thresholds[1]:.0%}"] * len(hosts)
@@ -568,7 +593,32 @@ SAME_WORK = ["model", "world_size", "nodes", "precision", "optimizer", "micro_ba
              "grad_accum_steps", "activation_checkpointing"]
 ENGINE_COLUMNS = ["model", "world_size", "nodes", "precision", "optimizer", "micro_batch_size", "pair",
                   "deepspeed_tokens_per_s_per_device", "torch_tokens_per_s_per_device", "throughput_ratio",
-                  "deepspeed_peak_memory_bytes", "torch_peak_memory_bytes", "memory_ratio"]
+                  "deepspeed_peak_memory_bytes", "torch_peak_memory_bytes", "memory_ratio",
+                  "deepspeed_settings", "torch_settings"]
+
+
+def engine_settings(engine: Optional[str], zero_stage: Optional[float], config_json: Optional[str]) -> str:
+    """What overlaps communication with compute in a run, as its engine was configured: for
+    DeepSpeed the ZeRO block's overlap_comm (its own default where the sweep left it null) and
+    stage 3's prefetch bucket; for FSDP2 resharding and its implicit prefetch; for torch DDP
+    its bucketed all-reduce during backward."""
+    strategy = (json.loads(config_json) if isinstance(config_json, str) and config_json else {}).get("strategy") or {}
+    engine = engine if isinstance(engine, str) and engine else strategy.get("engine", "deepspeed")
+    stage = int(zero_stage) if pd.notna(zero_stage) else strategy.get("zero_stage", 0)
+    if engine == "fsdp2":
+        reshard = "on" if strategy.get("fsdp_reshard_after_forward", True) else "off"
+        return (f"reshard_after_forward {reshard}; prefetch: FSDP2's default (the next unit's "
+                "all-gather overlaps the current unit, forward and backward)")
+    if engine == "torch_ddp":
+        return "all-reduce in 25 MiB buckets during backward (DDP's default)"
+    if stage == 0:
+        return "ZeRO-0: one all-reduce of the gradients after backward"
+    overlap = strategy.get("overlap_comm")
+    overlap = (stage == 3) if overlap is None else bool(overlap)
+    text = f"overlap_comm {'on' if overlap else 'off'}"
+    if stage == 3:
+        text += f", prefetch bucket {float(strategy.get('stage3_prefetch_bucket_size', 0)):.3g} elements"
+    return text
 
 
 def engine_comparison(configs: pd.DataFrame) -> pd.DataFrame:
@@ -601,5 +651,7 @@ def engine_comparison(configs: pd.DataFrame) -> pd.DataFrame:
                          "deepspeed_peak_memory_bytes": d.peak_memory_bytes,
                          "torch_peak_memory_bytes": t.peak_memory_bytes,
                          "memory_ratio": (t.peak_memory_bytes / d.peak_memory_bytes
-                                          if pd.notna(d.peak_memory_bytes) and d.peak_memory_bytes else None)})
+                                          if pd.notna(d.peak_memory_bytes) and d.peak_memory_bytes else None),
+                         "deepspeed_settings": engine_settings("deepspeed", d.zero_stage, d.get("config_json")),
+                         "torch_settings": engine_settings(t.engine, None, t.get("config_json"))})
     return pd.DataFrame(rows, columns=ENGINE_COLUMNS)

@@ -530,11 +530,14 @@ def engines_section(pairs: pd.DataFrame) -> Optional[Section]:
         "throughput_ratio": ("tokens/s PyTorch/DeepSpeed", ratio),
         "deepspeed_peak_memory_bytes": ("DeepSpeed peak (MiB)", mib),
         "torch_peak_memory_bytes": ("PyTorch peak (MiB)", mib),
-        "memory_ratio": ("peak PyTorch/DeepSpeed", ratio)})
+        "memory_ratio": ("peak PyTorch/DeepSpeed", ratio),
+        "deepspeed_settings": ("DeepSpeed overlap", None), "torch_settings": ("PyTorch overlap", None)})
     return Section("DeepSpeed and PyTorch side by side", [
         "The same model, ranks, precision, optimizer, batch and recomputation under DeepSpeed and "
         "under PyTorch's own engines: ZeRO-3 against FSDP2 (fully_shard per block, then the whole "
-        "model) and ZeRO-0 against DistributedDataParallel. A ratio above 1 means PyTorch is faster "
+        "model) and ZeRO-0 against DistributedDataParallel, each configured as its users run it "
+        "(DeepSpeed's own defaults, so ZeRO-3 overlaps its communication as FSDP2 does; the overlap "
+        "columns say what each side had). A ratio above 1 means PyTorch is faster "
         "(tokens/s) or needs more memory (peak). On the CPU the peak is the process's resident set, "
         "runtime included, so memory ratios there are close to 1 whatever the engine. Where the two "
         "cannot be made equal: docs/layouts.md, 'PyTorch baselines'."], [("", table)])
