@@ -92,10 +92,14 @@ def to_frame(records: Iterable[Dict[str, Any]]) -> pd.DataFrame:
 
 def sweep_night(rows: pd.DataFrame) -> Optional[str]:
     """The night a sweep belongs to: the (UTC) date of its earliest run start, so that runs
-    on both sides of midnight count as one night; None for a sweep without start times."""
-    starts = rows.started_at.dropna().astype(str)
-    starts = starts[starts != ""]
-    return min(starts)[:10] if len(starts) else None
+    on both sides of midnight count as one night; rows without start times (from other
+    versions of the suite) keep the earliest night they carry; else None."""
+    for column in ("started_at", "sweep_date"):
+        values = rows[column].dropna().astype(str) if column in rows else pd.Series(dtype=str)
+        values = values[values != ""]
+        if len(values):
+            return min(values)[:10]
+    return None
 
 
 def load_sweep(sweep_dir: Path) -> pd.DataFrame:
