@@ -975,3 +975,28 @@ def test_a_margin_whose_interval_stays_above_zero_is_clear():
     same = {keys["ddp"]: [[0.5, 0.5], [0.5, 0.5]], keys["zero1"]: [[0.5, 0.5], [0.5, 0.5]]}
     tie = best_configurations(even, same).iloc[0]
     assert (tie.margin, tie.margin_low, tie.margin_high) == (0.0, 0.0, 0.0) and tie.verdict.startswith("tie")
+
+
+def test_preflight_with_one_run_per_node_takes_the_noise_from_its_interleaved_rounds():
+    # each node's best GEMM point was timed in 5 rounds; n1's [1.0, 1.1, 0.9, 1.0, 1.0] s: CV
+    # sqrt(0.02 / 4) / 1.0 = 7.07%, the error of its median 1.2533 x 7.07% / sqrt(5) = 3.96%;
+    # n2's rounds agree exactly (0); n3's [2, 1, 1, 1, 1]: CV sqrt(0.8 / 4) / 1.2 = 37.3%, 20.9%.
+    # The noise is the median over nodes, 3.96%: threshold max(10%, 3 x 3.96%) = 11.9%
+    def node(host, tflops, rounds):
+        rows = {"gemm": [{"dtype": "fp32", "n": 256, "tflops": tflops, "round_times_s": rounds},
+                         {"dtype": "fp32", "n": 128, "tflops": tflops / 2, "round_times_s": [9.0, 1.0]}],
+                "collectives": [{"op": "all_reduce", "scope": "intra_node", "busbw_gbps": 2.0,
+                                 "round_times_s": [1.0, 1.0]}]}
+        return run(run_id=host, workload="preflight", world_size=2,
+                   per_rank_json=json.dumps({"hosts": [host, host]}), micro_json=json.dumps(rows))
+
+    frame = pd.DataFrame([node("n1", 10.0, [1.0, 1.1, 0.9, 1.0, 1.0]), node("n2", 10.0, [1.0] * 5),
+                          node("n3", 8.85, [2.0, 1.0, 1.0, 1.0, 1.0])])
+    nodes = node_preflight(frame, tolerance=0.10, noise_sigmas=3.0)[0].set_index("host")
+    assert nodes.threshold.iloc[0] == "GEMM 12%, busbw 10%"
+    # n3 at 8.85 / 10 = 88.5%: inside the noise (the 10% tolerance alone would flag it)
+    assert nodes.gemm_vs_others["n3"] == pytest.approx(0.885) and not nodes.flagged.any()
+    frame = pd.DataFrame([node("n1", 10.0, [1.0, 1.1, 0.9, 1.0, 1.0]), node("n2", 10.0, [1.0] * 5),
+                          node("n3", 8.7, [2.0, 1.0, 1.0, 1.0, 1.0])])
+    nodes = node_preflight(frame, tolerance=0.10, noise_sigmas=3.0)[0].set_index("host")
+    assert nodes.flagged.to_dict() == {"n1": False, "n2": False, "n3": True}  # 87% is beyond it

@@ -173,10 +173,20 @@ def test_preflight_flags_the_slowed_node(tmp_path, monkeypatch):
     # real cluster, measured each other's load (CI once saw node1 flagged too). Slurm's singleton
     # dependency runs the sweep's jobs one after the other here, under a job name of their own
     # (singleton waits on every job of that name and user).
+    # The verdict must hold on a loaded machine: a busy loop holds one of the 2 cores for the
+    # whole sweep (CI once saw a few seconds of another process's load flag node1). Each point
+    # is timed in 5 interleaved rounds (its figure: the median) and long enough (tens of ms a
+    # round) for the rounds' spread, which raises the threshold, to stay below the slowdown.
     monkeypatch.setenv("SUITE_TEST_SLOW_HOST", "node2:1.0")
-    done = run_sweep(tmp_path, "experiment=preflight", "cluster=slurm_local", "submit.repeats=1",
-                     "workload.gemm_sizes=[128,256]", "workload.message_bytes=[65536,1048576]", "workload.iters=5",
-                     "+cluster.sbatch_extra.dependency=singleton", f"+cluster.sbatch_extra.job_name={tmp_path.name}")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        done = run_sweep(tmp_path, "experiment=preflight", "cluster=slurm_local", "submit.repeats=1",
+                         "workload.gemm_sizes=[256,384]", "workload.message_bytes=[1048576,4194304]",
+                         "workload.iters=8", "+cluster.sbatch_extra.dependency=singleton",
+                         f"+cluster.sbatch_extra.job_name={tmp_path.name}")
+    finally:
+        busy.kill()
+        busy.wait()
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]  # the acceptance check failed
     assert "submit.each_node: 1-node points run on each of 2 nodes: node1, node2" in done.stdout + done.stderr
     [sweep] = sweep_dirs(tmp_path)

@@ -387,7 +387,8 @@ def preflight_section(nodes: pd.DataFrame, together: pd.DataFrame, options) -> O
         "of the other nodes. Flagged: a share below 1 - threshold, threshold = "
         f"max({options.preflight_tolerance:.0%}, {options.preflight_noise_sigmas:g} x the "
         "figure's noise: the median over nodes of the coefficient of variation across a node's "
-        "repeated runs; submit.repeats > 1 measures it). Together: runs over several nodes, with "
+        "repeated runs, or for a node with one run the error of the median of its interleaved "
+        "rounds, workload.rounds). Together: runs over several nodes, with "
         "the all_reduce bus bandwidth inside a node and across nodes measured apart."])
     section.tables.append(("Nodes", show(nodes, {
         "host": ("node", None), "runs": ("runs", fmt(".0f")),
