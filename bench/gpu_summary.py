@@ -1,11 +1,16 @@
 """The summary of one bench/gpu_check.sh sweep folder, from the suite's own collation: one line
 per run (status, error, tokens/s per device, MFU, share of the measured GEMM ceiling, step CV,
 peak memory, energy, tokens per joule, SM clock, throttling), the GEMM ceiling per dtype and the
-largest collective bandwidth, each step's exit code, the wall time, and a last line
-`GPU CHECK: <ok>/<runs> runs ok`. A null figure prints as `—`: never guessed.
+largest collective bandwidth, the points the plan refused before anything started (status
+`invalid`: the memory model says they do not fit this GPU) each with its full reason, each step's
+exit code, the wall time, and a last line `GPU CHECK: <ok>/<runs> runs ok` (runs: what was
+started or planned to start; `, <n> refused before starting` added when points were refused).
+Above the table: the GPU the check was written for, the GPU it ran on, and whether the hostname
+resolves (the ranks rendezvous at MASTER_ADDR, the hostname). A null figure prints as `—`.
 
     python bench/gpu_summary.py SWEEP [--out FILE] [--expect STEP=N ...]
                                 [--step STEP=RC:SECONDS:LIMIT ...] [--wall SECONDS]
+                                [--written-for TEXT] [--device TEXT] [--host TEXT]
     python bench/gpu_summary.py --close SWEEP --status timeout --why TEXT
 
 --expect: runs a step plans; one that left no folder at all (its step was killed before it
@@ -97,13 +102,21 @@ HEADER = ["step/workload", "model", "strategy", "precision", "status", "tok/s/de
           "of-GEMM", "step-CV", "peak-GiB", "energy-J", "tok/J", "SM-MHz", "throttled", "error"]
 
 
-def summarize(sweep: Path, expect: Dict[str, int], steps: List[str], wall: Optional[float]) -> str:
+def summarize(sweep: Path, expect: Dict[str, int], steps: List[str], wall: Optional[float],
+              written_for: Optional[str] = None, device: Optional[str] = None,
+              host: Optional[str] = None) -> str:
     import pandas as pd
     from suite.report.analysis import measured_ceilings, of_gemm_ceiling
     from suite.report.collate import load_sweep
 
     frame = load_sweep(sweep) if sweep.is_dir() else None
     lines = [f"gpu_check summary: {sweep}"]
+    if written_for:
+        lines.append(f"written for: {written_for}")
+    if device:
+        lines.append(f"ran on: {device}")
+    if host:
+        lines.append(f"hostname: {host}")
     if frame is None or frame.empty:
         frame = load_sweep(Path("/nonexistent-empty-sweep"))  # the schema, no rows
     frame = frame.assign(step=[step_of(r) for r in frame.run_id])
@@ -130,9 +143,15 @@ def summarize(sweep: Path, expect: Dict[str, int], steps: List[str], wall: Optio
         lines.append(line)
         lines += extra.get(index, [])
 
-    n_runs, n_ok = len(frame), int((frame.status == "ok").sum())
+    refused = frame[frame.status == "invalid"]
+    n_runs, n_ok = len(frame) - len(refused), int((frame.status == "ok").sum())
+    if len(refused):
+        lines.append(f"refused before starting ({len(refused)}: recorded as `invalid`, not run):")
+        for r in refused.itertuples():
+            what = " ".join(fmt(v) for v in (r.model, r.strategy, r.precision))
+            lines.append(f"  {r.step}/{r.workload} {what}: {' '.join(str(r.error).split())}")
     for step, wanted in expect.items():
-        found = int((frame.step == step).sum())
+        found = int((frame.step == step).sum())  # refused points leave a folder (their record) too
         if found < wanted:
             lines.append(f"{step}: {wanted - found} of its {wanted} planned runs never started "
                          "(no folder: the step ended first)")
@@ -141,10 +160,14 @@ def summarize(sweep: Path, expect: Dict[str, int], steps: List[str], wall: Optio
         lines.append("!: above 100% of a ceiling, a measurement error rather than a result "
                      "(a wrong peak, or a GEMM ceiling measured on shapes too small)")
     if steps:
-        lines.append("steps: " + "; ".join(describe_step(s) for s in steps))
+        lines.append("steps: " + "; ".join(describe_step(s, frame) for s in steps))
+        if any(s.partition("=")[2].split(":")[0] == "1" for s in steps):
+            lines.append("exit 1: a run of the sweep folder so far is not ok (this step's or an earlier "
+                         "step's, a refused point too: the steps share one folder); the counts are the step's own")
     if wall is not None:
         lines.append(f"wall time: {wall:.0f} s")
-    lines.append(f"GPU CHECK: {n_ok}/{n_runs} runs ok")
+    lines.append(f"GPU CHECK: {n_ok}/{n_runs} runs ok"
+                 + (f", {len(refused)} refused before starting" if len(refused) else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -166,13 +189,20 @@ def micro_lines(run) -> List[str]:
     return []
 
 
-def describe_step(spec: str) -> str:
+def describe_step(spec: str, frame=None) -> str:
+    """`NAME exit RC in S s of LIMIT s`, and with the sweep's frame the step's own runs by status
+    (`: 1 ok, 1 refused`; refused = the plan's `invalid`)."""
     name, _, rest = spec.partition("=")
     rc, seconds, limit = (rest.split(":") + ["", "", ""])[:3]
     if rc == "skipped":
         return f"{name} skipped (no time left)"
     what = {"0": "exit 0", "124": "exit 124 (timed out)", "137": "exit 137 (killed at time-out)"}.get(rc, f"exit {rc}")
-    return f"{name} {what} in {seconds} s of {limit} s"
+    text = f"{name} {what} in {seconds} s of {limit} s"
+    if frame is not None and "step" in frame:
+        counts = frame[frame.step == name].status.fillna("no status").replace({"invalid": "refused"}).value_counts()
+        order = sorted(counts.index, key=lambda k: (k != "ok", k != "refused", k))
+        text += ": " + (", ".join(f"{counts[k]} {k}" for k in order) if len(counts) else "no runs")
+    return text
 
 
 def main(argv=None) -> int:
@@ -182,6 +212,9 @@ def main(argv=None) -> int:
     parser.add_argument("--expect", action="append", default=[], metavar="STEP=N")
     parser.add_argument("--step", action="append", default=[], metavar="STEP=RC:SECONDS:LIMIT")
     parser.add_argument("--wall", type=float)
+    parser.add_argument("--written-for", metavar="TEXT", help="the GPU the check's sizes are chosen for")
+    parser.add_argument("--device", metavar="TEXT", help="the GPU it ran on")
+    parser.add_argument("--host", metavar="TEXT", help="whether the hostname resolves")
     parser.add_argument("--close", type=Path, metavar="SWEEP", help="record runs that left no record")
     parser.add_argument("--status", default="timeout")
     parser.add_argument("--why", default="the run left no record")
@@ -193,7 +226,7 @@ def main(argv=None) -> int:
     if args.sweep is None:
         parser.error("give a sweep folder (or --close SWEEP)")
     expect = {k: int(v) for k, _, v in (e.partition("=") for e in args.expect)}
-    text = summarize(args.sweep, expect, args.step, args.wall)
+    text = summarize(args.sweep, expect, args.step, args.wall, args.written_for, args.device, args.host)
     print(text, end="")
     if args.out:
         args.out.write_text(text)

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Builds the wheels an offline GPU box (Python 3.12, x86-64 manylinux, torch/numpy/pandas/... already
-# installed, no network) lacks to run `python -m suite.sweep`: DeepSpeed and Hydra with their deps.
+# installed, no network) lacks to run `python -m suite.sweep`: every runtime dependency of the suite
+# (pyproject.toml's [project].dependencies and what they need in turn) that is not in BOX below:
+# DeepSpeed, Hydra, submitit, pydantic, fsspec, Apache Otava, with their deps.
 #   bash bench/gpu_wheels.sh [DEST]      (DEST defaults to .whl in the repository root; reruns skip
 #                                         wheels already there; CHECK_ONLY=1 only runs the final check)
 # bench/gpu_check.sh then uses the folder (WHEELS=DEST) with
 #   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site DEST/*.whl
 # and PYTHONPATH=/tmp/site:<repository> (the device tool: name .whl in `carry`).
+# A new dependency goes into BINARY or SDIST (with the deps its METADATA's Requires-Dist adds:
+# `pip download --no-deps NAME==VERSION` and read it), or into BOX if the box has it;
+# tests/test_gpu_scripts.py checks that every dependency, direct and indirect, is in one of them.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEST=${1:-$ROOT/.whl}
@@ -24,14 +29,29 @@ BINARY=(
   # The box has typing-extensions, but pydantic(-core) need >=4.16.0, newer than torch asks for;
   # a newer typing_extensions on PYTHONPATH is harmless to everything else (it only adds names).
   typing-extensions==4.16.0
+  # data.path as a URL (suite/workload/tokens.py imports it on every training run)
+  fsspec==2026.9.0
+  # Apache Otava (the report's change points, imported only with a nightly history) and what its
+  # Requires-Dist brings that the box lacks: its importers' clients (BigQuery, PostgreSQL, Slack).
+  apache-otava==0.8.0 configargparse==1.10.2 dateparser==1.5.0 pystache==0.6.8 validators==0.36.0
+  ruamel.yaml==0.18.16 ruamel.yaml.clib==0.2.15 regex==2026.12.2 tzlocal==5.4.5 pytz==2026.6
+  pg8000==1.31.6 scramp==1.5.0 asn1crypto==1.5.1 slack-sdk==3.48.0
+  requests==2.34.2 urllib3==2.8.0 idna==3.21 certifi==2026.10.19.post1 charset-normalizer==3.5.3
+  google-cloud-bigquery==3.47.0 google-cloud-core==2.8.0 google-resumable-media==2.11.0
+  google-api-core==2.44.0 google-auth==2.63.1 google-crc32c==1.9.0 googleapis-common-protos==1.76.0
+  grpcio==1.85.4 grpcio-status==1.85.3 protobuf==7.36.2 proto-plus==1.29.0 opentelemetry-api==1.45.3
+  pyasn1==0.6.5 pyasn1-modules==0.4.2 cryptography==51.0.1 cffi==2.1.1 pycparser==3.12
 )
 # Published only as sdists: built here into pure-Python wheels (DeepSpeed without compiled ops:
 # they are compiled on first use, on the box, only if asked for).
 SDIST=(deepspeed==0.19.8 antlr4-python3-runtime==4.9.3)
 # What the box already has: the final check stands these in with empty stub wheels (version
-# 9999 = "whatever is there"; torch's is known). Not listed here and not in DEST = missing.
+# 9999 = "whatever is there", or, where a fetched wheel pins it, the pinned version: the box's own
+# is used whatever it is, installed with --no-deps; torch's is known). Not listed here and not in
+# DEST = missing. python-dateutil and six come with pandas.
 BOX=(torch==2.11.0 numpy pandas pyarrow matplotlib pyyaml cloudpickle tabulate ninja psutil py-cpuinfo
-     packaging tqdm einops msgpack nvidia-ml-py typing-extensions filelock jinja2 rich scipy pytest)
+     packaging tqdm einops msgpack nvidia-ml-py typing-extensions filelock jinja2 rich scipy pytest
+     python-dateutil six)
 
 norm() { echo "$1" | tr 'A-Z' 'a-z' | sed -E 's/[-_.]+/_/g'; }
 # The wheel in DEST for a package name (normalized), if any; one line per version.
@@ -111,20 +131,55 @@ if total > limit:
     bad.append(f"total {total:.1f} MiB is over {limit} MiB")
 if bad:
     sys.exit("ERROR: " + "\n       ".join(bad))
+# What DEST's wheels ask of the box's packages (Requires-Dist, markers for CPython 3.12 on Linux).
+try:
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+except ImportError:
+    from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.version import Version
+import tomllib
+with open(os.path.join(root, "pyproject.toml"), "rb") as fh:
+    reqs = tomllib.load(fh)["project"]["dependencies"]
+target_env = {"python_version": "3.12", "python_full_version": "3.12.0", "sys_platform": "linux",
+              "platform_system": "Linux", "platform_machine": "x86_64", "implementation_name": "cpython",
+              "platform_python_implementation": "CPython", "os_name": "posix", "extra": ""}
+asks = {}  # box package -> [(who asks, specifier)]
+def note(who, line):
+    r = Requirement(line)
+    if r.marker is None or r.marker.evaluate(target_env):
+        asks.setdefault(norm(r.name), []).append((who, r.specifier))
+for line in reqs:
+    note("pyproject.toml", line)
+for f in have.values():
+    with zipfile.ZipFile(os.path.join(dest, f)) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        for line in z.read(meta).decode().splitlines():
+            if line.startswith("Requires-Dist:"):
+                note(f.split("-")[0], line.split(":", 1)[1].strip())
 # Empty stub wheels for what the box provides (and DEST does not).
 os.makedirs(os.path.join(chk, "stubs"))
 for spec in box:
     name, _, ver = spec.partition("==")
     if norm(name) in have:
         continue
-    ver = ver or "9999"; dist = f"{norm(name)}-{ver}.dist-info"
+    if not ver:  # "whatever is there": 9999, or the version a pin asks for
+        specs = [s for _, s in asks.get(norm(name), []) if str(s)]
+        candidates = {"9999"} | {c.version.rstrip(".*") for s in specs for c in s}
+        fitting = [c for c in candidates if all(s.contains(c, prereleases=True) for s in specs)]
+        if not fitting:
+            sys.exit(f"ERROR: no version of the box's {name} meets {'; '.join(map(str, specs))}")
+        ver = str(max(fitting, key=Version))
+        if ver != "9999":
+            who = ", ".join(sorted({w for w, s in asks[norm(name)] if str(s)}))
+            print(f"  the box's {name} stood in at {ver}, as {who} ask "
+                  f"({'; '.join(sorted({str(s) for s in specs}))}); on the box its own {name} is used "
+                  "whatever its version (gpu_check.sh's preflight prints numpy's, scipy's, dateutil's)")
+    dist = f"{norm(name)}-{ver}.dist-info"
     with zipfile.ZipFile(os.path.join(chk, "stubs", f"{norm(name)}-{ver}-py3-none-any.whl"), "w") as z:
         z.writestr(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {ver}\n")
         z.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: stub\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         z.writestr(f"{dist}/RECORD", "")
-import tomllib
-with open(os.path.join(root, "pyproject.toml"), "rb") as fh:
-    reqs = tomllib.load(fh)["project"]["dependencies"]
 with open(os.path.join(chk, "requirements.txt"), "w") as fh:
     fh.write("\n".join(reqs) + "\n")
 EOF
