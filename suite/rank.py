@@ -18,9 +18,16 @@ from suite import metrics, plan as planning, results
 from suite.workload import device  # imports nothing heavy: deepspeed comes after _prepare_process
 
 
+#: the rendezvous address a scheduler gives its ranks when it knows better than the job's
+#: first host name (the local scheduler: loopback, as its ranks share one machine)
+MASTER_ADDR_VARIABLE = "SUITE_MASTER_ADDR"
+
+
 def distributed_env() -> Dict[str, Any]:
     """RANK, WORLD_SIZE, MASTER_ADDR/PORT (port derived from the job id) from submitit's
-    job environment, exported for torch.distributed's env:// initialisation."""
+    job environment, exported for torch.distributed's env:// initialisation. MASTER_ADDR is
+    the job's first node (Slurm), or SUITE_MASTER_ADDR where the scheduler set it (the local
+    scheduler: 127.0.0.1, so that a machine whose own name does not resolve still meets)."""
     import submitit
 
     # submitit draws the port from 20000-60000, which overlaps Linux's ephemeral range
@@ -30,6 +37,8 @@ def distributed_env() -> Dict[str, Any]:
     os.environ.setdefault("MASTER_PORT", str(20000 + zlib.crc32(job_id.encode()) % 12000))
     dist = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
                                                                   overwrite=True)
+    if os.environ.get(MASTER_ADDR_VARIABLE):
+        os.environ["MASTER_ADDR"] = os.environ[MASTER_ADDR_VARIABLE]
     job = submitit.JobEnvironment()
     return {"rank": dist.rank, "world_size": dist.world_size, "local_rank": dist.local_rank,
             "local_world_size": dist.local_world_size, "hostnames": list(job.hostnames),
@@ -48,6 +57,23 @@ def torchrun_env() -> Dict[str, Any]:
             "hostnames": [socket.gethostname()], "job_id": env.get("TORCHELASTIC_RUN_ID", "rerun")}
 
 
+def check_master_addr(addr: Optional[str], port: Optional[str] = None) -> None:
+    """Fail at once when the rendezvous host does not resolve here: torch would retry it until
+    cluster.init_timeout_s is out, and the record would only say that not every rank arrived."""
+    import socket
+
+    if not addr:
+        raise RuntimeError("MASTER_ADDR is not set: the rank cannot find the rendezvous")
+    try:
+        socket.getaddrinfo(addr, int(port) if port else None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise RuntimeError(
+            f"the rendezvous host MASTER_ADDR={addr!r} (the job's first node) does not resolve on "
+            f"{socket.gethostname()} ({exc}): every rank would wait out cluster.init_timeout_s. Make "
+            f"{addr!r} resolvable on every node (DNS or /etc/hosts), or export {MASTER_ADDR_VARIABLE} "
+            "with an address of that node that does (in cluster.setup)") from None
+
+
 def _process_seconds() -> Optional[float]:
     """Seconds since this process started (its interpreter, imports and all): what a run costs
     in wall time, as a search that compares run-seconds counts it."""
@@ -59,9 +85,11 @@ def _process_seconds() -> Optional[float]:
         return None
 
 
-def _prepare_process(plan: planning.RunPlan, local_world_size: int, extra_env: Dict[str, str]) -> None:
+def _prepare_process(plan: planning.RunPlan, local_world_size: int, extra_env: Dict[str, str],
+                     tf32: bool = False) -> None:
     """Before `import deepspeed` (it picks its accelerator on import): the plan's accelerator,
-    the site's variables, and a thread count that does not oversubscribe the cores."""
+    the site's variables, a thread count that does not oversubscribe the cores, and how fp32
+    matmuls run (precision.tf32; IEEE unless asked), for every workload."""
     # a rerun's config holds "<redacted>" for credentials: those come from the environment
     os.environ.update({k: str(v) for k, v in extra_env.items() if v != "<redacted>"})
     os.environ.update(device.accelerator_environment(plan.accelerator))
@@ -74,6 +102,11 @@ def _prepare_process(plan: planning.RunPlan, local_world_size: int, extra_env: D
     import torch
 
     torch.set_num_threads(threads)
+    device.set_fp32_matmul_precision(tf32)
+
+
+#: how this rank chose its GPU (device.gpu_binding), for the record's env
+_binding: Dict[str, Any] = {}
 
 
 #: the host memory limit this rank set on itself: {"which", "previous", "note"}; empty: none
@@ -209,7 +242,8 @@ class _Recorder:
             run_id=f"{self.sweep_id}/{self.run_dir.name}", sweep_id=self.sweep_id, status=status,
             error=error, config=results.run_config(self.typed, self.plan),
             axes=results.record_axes(self.typed, self.plan), metrics=run_metrics,
-            env={**env, "rank_errors": {str(k): v["message"] for k, v in rank_errors.items()} or None},
+            env={**env, "gpu_binding": _binding.get("gpu_binding"),
+                 "rank_errors": {str(k): v["message"] for k, v in rank_errors.items()} or None},
             started_at=self.started_at, finished_at=results.now_iso())
         record["attempts"] = env["slurm_restart_count"] + 1  # a requeued (preempted) run counts up
         results.write_record(self.run_dir, record)
@@ -247,7 +281,7 @@ def run_rank(cfg: DictConfig | Dict[str, Any], run_dir: Path, sweep_id: str,
     if plan.world_size != world:
         raise RuntimeError(f"the job has {world} tasks but the plan wants world size "
                            f"{plan.world_size}: the launcher and the plan disagree")
-    _prepare_process(plan, dist["local_world_size"], typed.cluster.env)
+    _prepare_process(plan, dist["local_world_size"], typed.cluster.env, typed.precision.tf32)
     recorder = _Recorder(run_dir, sweep_id, typed, plan, dist)
     rank_errors: Dict[int, dict] = {}
     try:
@@ -264,10 +298,12 @@ def _run_workload(typed: Any, plan: planning.RunPlan, dist: Dict[str, Any], watc
     """Device, process group, then the workload: (status, error, metrics)."""
     import deepspeed
 
-    device.check_hardware(plan.accelerator, device.deepspeed_accelerator(), dist["local_rank"],
-                          device.visible_gpus())
+    visible = device.visible_gpus()
+    device.check_hardware(plan.accelerator, device.deepspeed_accelerator(), dist["local_rank"], visible)
     device.check_compiled_ops(plan.compiled_ops, plan.accelerator)
-    device.select_device(plan.accelerator, dist["local_rank"])  # before NCCL starts
+    _binding["gpu_binding"] = device.gpu_binding(plan.accelerator, dist["local_rank"], visible)[1]
+    device.select_device(plan.accelerator, dist["local_rank"], visible)  # before NCCL starts
+    check_master_addr(os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"))
     watchdog.expect("rendezvous", typed.cluster.init_timeout_s)
     watchdog.start()
     deepspeed.init_distributed(auto_mpi_discovery=False, timeout=datetime.timedelta(

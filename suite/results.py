@@ -179,8 +179,28 @@ def capture_environment(hostnames: Optional[list[str]] = None) -> Dict[str, Any]
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
         "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0),
         "git_revision": _git_revision(),
+        **fp32_matmul_settings(),
         "variables": variables,
     }
+
+
+def fp32_matmul_settings() -> Dict[str, Any]:
+    """How this process runs fp32 matmuls (the rank set it: device.set_fp32_matmul_precision):
+    torch's precision ("highest": IEEE fp32; "high": TF32), its TF32 switches, and
+    NVIDIA_TF32_OVERRIDE (0 forbids TF32 beneath torch). None where torch cannot say (its
+    legacy and newer settings disagree)."""
+    import torch
+
+    def asked(read):
+        try:
+            return read()
+        except RuntimeError:
+            return None
+
+    return {"fp32_matmul_precision": asked(torch.get_float32_matmul_precision),
+            "allow_tf32": {"cuda_matmul": asked(lambda: torch.backends.cuda.matmul.allow_tf32),
+                           "cudnn": asked(lambda: torch.backends.cudnn.allow_tf32)},
+            "nvidia_tf32_override": os.environ.get("NVIDIA_TF32_OVERRIDE")}
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -310,6 +330,8 @@ def _micro_benchmark_config(config: Dict[str, Any]) -> Dict[str, Any]:
     if config["workload"]["include_bucket_sizes"]:
         kept["strategy"] = {k: config["strategy"][k] for k in ("reduce_bucket_size", "allgather_bucket_size")}
         kept["precision"] = {"name": config["precision"]["name"]}
+    if (config.get("precision") or {}).get("tf32"):  # a TF32 GEMM is another measurement; kept
+        kept["precision"] = {**kept.get("precision", {}), "tf32": True}  # only when on: old keys stand
     return kept
 
 

@@ -70,9 +70,67 @@ def test_adam_on_gpus_is_torchs_fused_kernel_and_compiles_nothing(compose_cfg):
 
 def test_an_op_that_can_be_neither_loaded_nor_built_is_named():
     needed = [("fused_lamb", "optimizer=lamb"), ("cpu_adam", "strategy=zero2_offload")]
-    assert device.missing_ops(needed, {"cpu_adam": True}, can_compile=False) == [("fused_lamb", "optimizer=lamb")]
-    assert device.missing_ops(needed, {}, can_compile=True) == []
+    cuda_ops = {"fused_lamb"}
+    assert device.missing_ops(needed, {"cpu_adam": True}, cuda_ops, nvcc=False, cxx=True) == [
+        ("fused_lamb", "optimizer=lamb", "nvcc")]
+    assert device.missing_ops(needed, {}, cuda_ops, nvcc=True, cxx=True) == []
+    # CPU-Adam is C++ for the host compiler: no nvcc needed, a compiler is
+    assert device.missing_ops(needed, {}, cuda_ops, nvcc=False, cxx=True) == [("fused_lamb", "optimizer=lamb", "nvcc")]
+    assert device.missing_ops(needed, {}, cuda_ops, nvcc=False, cxx=False) == [
+        ("fused_lamb", "optimizer=lamb", "nvcc and a C++ compiler"),
+        ("cpu_adam", "strategy=zero2_offload", "a C++ compiler")]
     device.check_compiled_ops(needed, "cpu")  # the CPU builds with a C++ compiler: not checked
+
+
+def _cuda_accelerator():
+    from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator
+
+    return CUDA_Accelerator()  # its op-builder lookup needs no GPU
+
+
+def test_which_ops_need_nvcc_is_asked_of_deepspeeds_cuda_builders():
+    """The CUDA accelerator builds CPU-Adam/Adagrad with its CPU builders (TorchCPUOpBuilder,
+    CppExtension), FusedAdam, FusedLamb and the quantizer with CUDAOpBuilders (CUDAExtension)."""
+    from deepspeed.ops.op_builder.builder import CUDAOpBuilder
+
+    cuda = _cuda_accelerator()
+    for op in ("cpu_adam", "cpu_adagrad"):
+        assert device.op_builder_class(op, cuda).NAME == op and not device.needs_nvcc(op, cuda)
+    for op in ("fused_adam", "fused_lamb", "quantizer"):
+        assert issubclass(device.op_builder_class(op, cuda), CUDAOpBuilder) and device.needs_nvcc(op, cuda)
+    assert device.op_builder_class("no_such_op", cuda) is None and device.needs_nvcc("no_such_op", cuda)
+    # on this machine DeepSpeed's own accelerator is the CPU's: its FusedAdam is C++
+    assert not device.needs_nvcc("fused_adam")
+
+
+@pytest.fixture
+def gpu_node_without_toolkit(monkeypatch):
+    """A GPU node with the torch wheel and no CUDA toolkit: no CUDA_HOME, nothing prebuilt."""
+    import deepspeed.accelerator
+    import deepspeed.git_version_info
+    import torch.utils.cpp_extension
+
+    cuda = _cuda_accelerator()
+    monkeypatch.setattr(deepspeed.accelerator, "get_accelerator", lambda: cuda)
+    monkeypatch.setattr(torch.utils.cpp_extension, "CUDA_HOME", None)
+    monkeypatch.setattr(deepspeed.git_version_info, "installed_ops", {})
+
+
+def test_zero_offload_runs_on_a_gpu_node_without_nvcc(gpu_node_without_toolkit, compose_cfg):
+    """Every ZeRO-Offload run was refused there: CPU-Adam was taken to need nvcc."""
+    plan = plan_run(compose_cfg("strategy=zero2_offload", "optimizer=adamw", "cluster.accelerator=cuda",
+                                "cluster.gpus_per_node=2"))
+    assert plan.compiled_ops and plan.compiled_ops[0][0] == "cpu_adam"
+    device.check_compiled_ops(plan.compiled_ops, "cuda")
+    device.check_compiled_ops([("cpu_adagrad", "strategy=zero3_offload with optimizer=adagrad")], "cuda")
+    with pytest.raises(RuntimeError, match=r"fused_lamb \(asked for by optimizer=lamb; needs nvcc\)"):
+        device.check_compiled_ops([("fused_lamb", "optimizer=lamb"), ("cpu_adam", "x")], "cuda")
+
+
+def test_an_op_for_the_host_compiler_is_refused_without_one(gpu_node_without_toolkit, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-c++")
+    with pytest.raises(RuntimeError, match=r"C\+\+ compiler 'no-such-c\+\+': not on PATH\): cpu_adam \(asked for by x; needs a C\+\+ compiler\)"):
+        device.check_compiled_ops([("cpu_adam", "x")], "cuda")
 
 
 # ---- 3. each rank binds its own GPU before the process group, for every workload ----
@@ -96,8 +154,88 @@ def test_select_device_binds_the_local_rank(monkeypatch):
 
     fake = _RecordingAccelerator()
     monkeypatch.setattr(deepspeed.accelerator, "get_accelerator", lambda: fake)
-    assert device.select_device("cuda", 5) == "cuda:5"
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    assert device.select_device("cuda", 5, visible_gpus=8) == "cuda:5"
     assert fake.calls == [("set_device", 5)]
+    assert device.gpu_binding("cuda", 5, 8) == (5, "local rank")
+
+
+def test_one_visible_device_per_task_is_the_ranks_own(monkeypatch):
+    """--gpus-per-task=1 / --gpu-bind: each rank sees one GPU; ranks 1-7 were refused (or would
+    have asked for a device that does not exist)."""
+    import deepspeed.accelerator
+
+    device.check_hardware("cuda", "cuda", local_rank=5, visible_gpus=1)
+    fake = _RecordingAccelerator()
+    monkeypatch.setattr(deepspeed.accelerator, "get_accelerator", lambda: fake)
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    assert device.select_device("cuda", 5, visible_gpus=1) == "cuda:0"
+    assert fake.calls == [("set_device", 0)]
+    import os
+
+    assert os.environ["LOCAL_RANK"] == "0"  # DeepSpeed binds cuda:LOCAL_RANK itself
+    assert device.gpu_binding("cuda", 5, 1) == (0, "one visible device per task")
+    assert device.gpu_binding("cpu", 1, 0) == (None, None)
+    # still wrong: several visible, fewer than the local ranks; or none at all
+    with pytest.raises(device.HardwareMismatch, match="local rank 3 sees 2 GPU"):
+        device.check_hardware("cuda", "cuda", local_rank=3, visible_gpus=2)
+    with pytest.raises(device.HardwareMismatch, match="local rank 0 sees 0 GPU"):
+        device.check_hardware("cuda", "cuda", local_rank=0, visible_gpus=0)
+
+
+class _Reached(Exception):
+    """The rank got as far as starting the process group."""
+
+
+@pytest.fixture
+def rank_on_a_gpu_node(monkeypatch):
+    """_run_workload up to deepspeed.init_distributed, with the device stood in for: a GPU node
+    where `visible` (a list, default [8]) devices are visible; returns the calls made."""
+    import deepspeed
+
+    from suite import rank
+
+    calls, visible = [], [8]
+    monkeypatch.setattr(device, "visible_gpus", lambda: visible[0])
+    monkeypatch.setattr(device, "deepspeed_accelerator", lambda: "cuda")
+    monkeypatch.setattr(device, "check_compiled_ops", lambda *a: None)
+    monkeypatch.setattr(device, "select_device", lambda *a: calls.append(("select_device",) + a))
+
+    def init_distributed(**kwargs):
+        calls.append(("init_distributed",))
+        raise _Reached()
+
+    monkeypatch.setattr(deepspeed, "init_distributed", init_distributed)
+    monkeypatch.setattr(rank.Watchdog, "start", lambda self: self)
+    monkeypatch.setattr(rank, "_binding", {}, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    return calls, visible
+
+
+def _run_until_the_process_group(compose_cfg, local_rank):
+    from suite import rank
+
+    typed = to_object(compose_cfg("cluster.accelerator=cuda", "cluster.gpus_per_node=8"))
+    dist = {"rank": local_rank, "world_size": 8, "local_rank": local_rank, "local_world_size": 8}
+    with pytest.raises(_Reached):
+        rank._run_workload(typed, plan_run(typed), dist, rank.Watchdog(lambda *a: None))
+
+
+def test_the_record_says_how_the_rank_chose_its_gpu(rank_on_a_gpu_node, compose_cfg, tmp_path):
+    from suite import rank
+
+    calls, visible = rank_on_a_gpu_node
+    visible[0] = 1
+    _run_until_the_process_group(compose_cfg, local_rank=5)
+    assert calls == [("select_device", "cuda", 5, 1), ("init_distributed",)]
+    assert rank._binding == {"gpu_binding": "one visible device per task"}
+    typed = to_object(compose_cfg())
+    recorder = rank._Recorder(tmp_path, "s", typed, plan_run(typed), {"hostnames": ["node1"], "rank": 0})
+    assert recorder.write("error", "x", {}, {})["env"]["gpu_binding"] == "one visible device per task"
+    visible[0] = 8
+    _run_until_the_process_group(compose_cfg, local_rank=5)
+    assert rank._binding == {"gpu_binding": "local rank"}
 
 
 def test_the_rank_selects_its_device_before_the_process_group_starts():
@@ -128,6 +266,92 @@ def test_the_plans_accelerator_wins_over_an_inherited_ds_accelerator(monkeypatch
     import os
 
     assert os.environ["DS_ACCELERATOR"] == "cuda"
+
+
+def test_a_rendezvous_host_that_does_not_resolve_fails_at_once(rank_on_a_gpu_node, compose_cfg, monkeypatch):
+    """Every run on such a host waited out cluster.init_timeout_s before saying anything."""
+    from suite import rank
+
+    calls, _ = rank_on_a_gpu_node
+    monkeypatch.setenv("MASTER_ADDR", "node7.invalid")  # .invalid: never resolves (RFC 6761)
+    with pytest.raises(RuntimeError, match=r"MASTER_ADDR='node7.invalid' \(the job's first node\) does not "
+                                           r"resolve.*resolvable on every node.*SUITE_MASTER_ADDR"):
+        rank._run_workload(*_point(compose_cfg), rank.Watchdog(lambda *a: None))
+    assert ("init_distributed",) not in calls  # before the rendezvous, not after its time-out
+    rank.check_master_addr("127.0.0.1", "29500")
+
+
+def _point(compose_cfg):
+    typed = to_object(compose_cfg("cluster.accelerator=cuda", "cluster.gpus_per_node=8"))
+    return typed, plan_run(typed), {"rank": 0, "world_size": 8, "local_rank": 0, "local_world_size": 8}
+
+
+def _local_job_environment(monkeypatch, inherited: dict, ntasks: int = 2, rank: int = 1):
+    """The variables a task of submitit's local executor runs with (its controller's)."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("SUBMITIT_", "SLURM_", "MASTER_", "SUITE_MASTER")):
+            monkeypatch.delenv(name)
+    for name, value in {**inherited, "SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "4242",
+                        "SUBMITIT_LOCAL_NTASKS": str(ntasks), "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+                        "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_GLOBALID": str(rank),
+                        "SUBMITIT_LOCAL_LOCALID": str(rank)}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.setenv(name, "0")  # export() overwrites them; monkeypatch restores them
+
+
+def test_a_local_run_meets_on_loopback_whatever_the_machines_name(tmp_path, monkeypatch, compose_cfg):
+    """MASTER_ADDR was the host name (submitit's): where it does not resolve (a laptop, a
+    container), every local run waited out cluster.init_timeout_s."""
+    import os
+    import socket
+
+    import submitit
+
+    from suite import rank
+    from suite.schedulers.base import PlannedRun
+    from suite.schedulers.local import LocalScheduler
+
+    inherited = {}
+
+    class Executor:  # submitit's local executor starts the job with this process's environment
+        def __init__(self, folder):
+            pass
+
+        def update_parameters(self, **kwargs):
+            pass
+
+        def submit(self, fn, *args):
+            inherited.update(os.environ)
+            return type("Job", (), {"done": lambda self: True, "job_id": "4242"})()
+
+    monkeypatch.setattr(submitit, "LocalExecutor", Executor)
+    monkeypatch.delenv("SUITE_MASTER_ADDR", raising=False)
+    typed = to_object(compose_cfg())
+    run = PlannedRun(idx=0, overrides=[], typed=typed, plan=plan_run(typed), run_dir=tmp_path, config={},
+                     config_hash="h", cost=1.0)
+    LocalScheduler(str(tmp_path)).submit([run], lambda: None, lambda r: ())
+    assert "SUITE_MASTER_ADDR" not in os.environ  # the launcher's own is left as it was
+    _local_job_environment(monkeypatch, {k: v for k, v in inherited.items() if k.startswith("SUITE_")})
+    monkeypatch.setattr(socket, "gethostname", lambda: "laptop.invalid")
+    dist = rank.distributed_env()
+    assert (dist["rank"], dist["world_size"], dist["hostnames"]) == (1, 2, ["laptop.invalid"])
+    assert os.environ["MASTER_ADDR"] == "127.0.0.1"
+    socket.getaddrinfo(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))  # what init needs
+
+
+def test_without_a_schedulers_address_the_rendezvous_is_the_first_host(monkeypatch):
+    import os
+    import socket
+
+    from suite import rank
+
+    _local_job_environment(monkeypatch, {})
+    monkeypatch.setattr(socket, "gethostname", lambda: "gpu-node-3")
+    rank.distributed_env()
+    assert os.environ["MASTER_ADDR"] == "gpu-node-3"
 
 
 def test_a_rank_on_other_hardware_than_planned_refuses():
@@ -424,3 +648,94 @@ def test_py_cpuinfo_is_asked_once_per_process(monkeypatch):
 
     builder = CPUAdamBuilder()
     assert (builder.cpu_arch(), builder.simd_width()) == ("-march=native", "-D__AVX256__") and len(calls) == 1
+
+
+# ---- TF32: every run says how fp32 matmuls run, and its record carries it ----
+
+@pytest.fixture
+def process_state(monkeypatch):
+    """What _prepare_process changes in this process, put back afterwards."""
+    import os
+
+    import torch
+
+    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.get_num_threads())
+    for name in ("DS_ACCELERATOR", "OMP_NUM_THREADS", "TORCH_EXTENSIONS_DIR", "PATH", "NVIDIA_TF32_OVERRIDE",
+                 "SLURM_CPUS_PER_TASK"):
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
+    yield
+    torch.set_float32_matmul_precision(saved[0])
+    torch.backends.cudnn.allow_tf32 = saved[1]
+    torch.set_num_threads(saved[2])
+
+
+@pytest.mark.parametrize("tf32,precision", [(False, "highest"), (True, "high")])
+def test_the_fp32_matmul_precision_is_set_in_every_run_and_recorded(process_state, monkeypatch, compose_cfg,
+                                                                     tmp_path, tf32, precision):
+    """Site images (NGC) allow TF32 for fp32 matmuls: an fp32 GEMM ceiling or fp32 MFU was then
+    measured against the fp32 peak, and no record said so."""
+    import torch
+
+    from suite import rank
+
+    torch.set_float32_matmul_precision("high" if not tf32 else "highest")  # what the image left
+    torch.backends.cuda.matmul.allow_tf32 = not tf32
+    torch.backends.cudnn.allow_tf32 = not tf32
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "1")
+    overrides = ["workload=gemm"] + (["precision.tf32=true"] if tf32 else [])
+    typed = to_object(compose_cfg(*overrides))
+    plan = plan_run(typed)
+    rank._prepare_process(plan, 1, {}, typed.precision.tf32)  # what run_rank calls for every workload
+    assert torch.get_float32_matmul_precision() == precision
+    assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
+    record = rank._Recorder(tmp_path, "s", typed, plan, {"hostnames": ["node1"], "rank": 0}).write("ok", None, {}, {})
+    on_disk = results.read_record(tmp_path / results.RESULT_FILE)
+    for env in (record["env"], on_disk["env"]):
+        assert env["fp32_matmul_precision"] == precision
+        assert env["allow_tf32"] == {"cuda_matmul": tf32, "cudnn": tf32}
+        assert env["nvidia_tf32_override"] == "1"
+
+
+def test_run_rank_passes_the_tf32_setting_to_the_preparation_every_workload_has():
+    source = (SUITE / "rank.py").read_text()
+    body = source[source.index("def run_rank"):source.index("def _run_workload")]
+    assert "_prepare_process(plan, dist[\"local_world_size\"], typed.cluster.env, typed.precision.tf32)" in body
+
+
+def test_tf32_left_on_by_torchs_newer_per_backend_settings_is_turned_off(process_state):
+    """torch >= 2.9 also has per-backend settings (torch.backends.cudnn.conv.fp32_precision):
+    set by an image, they outrank cudnn.allow_tf32, and reading it raised while they disagreed."""
+    import torch
+
+    if not hasattr(torch.backends.cudnn, "conv"):
+        pytest.skip("this torch has only the legacy TF32 settings")
+    torch.backends.fp32_precision = "tf32"  # as an image's sitecustomize might
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    try:
+        assert device.set_fp32_matmul_precision(False) == "highest"
+        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision) == ("ieee", "ieee")
+        assert results.fp32_matmul_settings()["allow_tf32"] == {"cuda_matmul": False, "cudnn": False}
+    finally:
+        torch.backends.fp32_precision = "none"
+        device.set_fp32_matmul_precision(False)  # one consistent state again (process_state restores)
+
+
+def test_a_local_runs_record_says_it_met_on_loopback_in_ieee_fp32(tmp_path):
+    """For real, through submitit's local executor: the ranks' rendezvous and the fp32 matmul
+    precision as the record has them (a GEMM ceiling, 2 CPU ranks, a few seconds)."""
+    from conftest import run_sweep
+
+    done = run_sweep(tmp_path, "workload=gemm", "workload.gemm_sizes=[64]", "workload.gemm_dtypes=[fp32]")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (path,) = tmp_path.rglob(results.RESULT_FILE)
+    record = results.read_record(path)
+    assert record["status"] == "ok", record["error"]
+    env = record["env"]
+    assert env["variables"]["MASTER_ADDR"] == "127.0.0.1"
+    assert (env["fp32_matmul_precision"], env["allow_tf32"]) == ("highest", {"cuda_matmul": False, "cudnn": False})
+    assert env["gpu_binding"] is None  # the CPU

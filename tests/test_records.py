@@ -236,6 +236,18 @@ def test_which_fields_make_a_micro_benchmarks_config():
         "workload": {"name": "allreduce", "include_bucket_sizes": True}, "cluster": {"nodes": 2},
         "train": {"repeat_index": 3},
         "strategy": {"reduce_bucket_size": 5, "allgather_bucket_size": 6}, "precision": {"name": "bf16"}}
+    config["precision"]["tf32"] = True  # a GEMM in TF32 is another measurement
+    assert results._micro_benchmark_config(config)["precision"] == {"name": "bf16", "tf32": True}
+    config["workload"]["include_bucket_sizes"] = False
+    assert results._micro_benchmark_config(config)["precision"] == {"tf32": True}
+    config["precision"]["tf32"] = False  # the default adds nothing: earlier nights' keys stand
+    assert "precision" not in results._micro_benchmark_config(config)
+
+
+def test_a_gemm_ceiling_in_tf32_is_planned_apart_from_the_fp32_one(compose_cfg):
+    fp32, tf32 = (to_object(compose_cfg("workload=gemm", *extra)) for extra in ([], ["precision.tf32=true"]))
+    assert results.config_hash(results.run_config(fp32, plan_run(fp32))) != \
+        results.config_hash(results.run_config(tf32, plan_run(tf32)))
 
 
 # ---- the environment ----
@@ -268,6 +280,11 @@ def test_the_environment_of_a_cpu_run(monkeypatch, host):
         "hostname": host, "hostnames": ["node1", "node2"],
         "slurm_job_id": "1234", "slurm_array_job_id": "1200", "slurm_array_task_id": "34",
         "slurm_restart_count": 2, "git_revision": "0123abcd",
+        # how fp32 matmuls ran (the rank sets it: IEEE fp32 unless precision.tf32)
+        "fp32_matmul_precision": torch.get_float32_matmul_precision(),
+        "allow_tf32": {"cuda_matmul": torch.backends.cuda.matmul.allow_tf32,
+                       "cudnn": torch.backends.cudnn.allow_tf32},
+        "nvidia_tf32_override": None,
         # the variables that change a measurement, sorted, secrets redacted; HF_TOKEN,
         # SLURM_RESTART_COUNT and SLURM_CPUS_PER_TASK have no listed prefix
         "variables": {"DS_ACCELERATOR": "cpu", "MASTER_ADDR": "10.0.0.1", "NCCL_DEBUG": "INFO",
@@ -288,6 +305,23 @@ def test_outside_slurm_there_are_no_job_ids_no_restarts_and_one_host(monkeypatch
         "hostnames": [host], "slurm_job_id": None, "slurm_array_job_id": None,
         "slurm_array_task_id": None, "slurm_restart_count": 0}
     assert env["variables"] == {"DS_ACCELERATOR": "cpu"}
+
+
+def test_the_record_carries_how_fp32_matmuls_ran(monkeypatch, host):
+    _clean_environment(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+        env = results.capture_environment()
+        assert (env["fp32_matmul_precision"], env["allow_tf32"], env["nvidia_tf32_override"]) == (
+            "high", {"cuda_matmul": True, "cudnn": True}, "0")
+        assert env["variables"]["NVIDIA_TF32_OVERRIDE"] == "0"
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
 
 
 def test_the_environment_of_a_gpu_run(monkeypatch, host):

@@ -19,7 +19,8 @@ AXES = ["workload", "data", "model", "model_family", "strategy", "engine", "zero
 METRICS = metric_registry.scalar_columns()  # one column each; lists and maps as JSON text below
 # loss_per_step and comm_bytes_per_step are lists/maps: kept as JSON text columns
 ENV = ["python", "torch", "deepspeed", "cuda", "nccl", "driver", "device_name", "device_count",
-       "hostname", "hostnames", "slurm_job_id", "git_revision", "variables"]
+       "hostname", "hostnames", "slurm_job_id", "git_revision", "variables", "fp32_matmul_precision",
+       "gpu_binding"]
 COLUMNS = (["run_id", "sweep_id", "status", "error", "attempts", "config_hash", "config_key",
             "schema_version"] + AXES
            + METRICS + [f"env_{k}" for k in ENV]

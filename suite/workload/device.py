@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Collection, List, Optional, Sequence, Tuple
 
 
 class HardwareMismatch(RuntimeError):
@@ -99,6 +99,43 @@ def threads_per_rank(local_world_size: int, slurm_cpus_per_task: Optional[str],
     return max(1, (cpu_count or 1) // max(1, local_world_size))
 
 
+#: how a rank chose its GPU (the record's env.gpu_binding)
+BIND_LOCAL_RANK = "local rank"
+BIND_ONLY_DEVICE = "one visible device per task"
+
+
+def gpu_binding(accelerator: str, local_rank: int, visible_gpus: int) -> Tuple[Optional[int], Optional[str]]:
+    """Which of the visible GPUs this rank uses, and why: (index, binding). A node that shows
+    every rank all its GPUs: GPU `local_rank` (BIND_LOCAL_RANK). A site that binds one GPU per
+    task (`--gpus-per-task=1`, `--gpu-bind`) leaves each rank exactly one visible device, its
+    own, whatever its local rank: cuda:0 (BIND_ONLY_DEVICE). (None, None) on the CPU."""
+    if accelerator != "cuda":
+        return None, None
+    if visible_gpus == 1:
+        return 0, BIND_ONLY_DEVICE
+    return local_rank, BIND_LOCAL_RANK
+
+
+def set_fp32_matmul_precision(tf32: bool) -> str:
+    """Say how fp32 matmuls and convolutions run, in every run (precision.tf32): IEEE fp32
+    ("highest"), or TF32 where asked ("high"). Site images (NGC) and sitecustomize files may
+    allow TF32 before the suite starts; an fp32 GEMM ceiling or fp32 MFU measured with it
+    would be set against the fp32 peak. torch's legacy setters first; then cuDNN's
+    convolution and RNN settings where torch's newer per-backend API set them (they outrank
+    cudnn.allow_tf32, and reading it raises while they disagree). Returns
+    torch.get_float32_matmul_precision(). NVIDIA_TF32_OVERRIDE=0 still forbids TF32 beneath
+    torch; the record carries it."""
+    import torch
+
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = tf32
+    wanted = "tf32" if tf32 else "ieee"
+    for backend in (getattr(torch.backends.cudnn, "conv", None), getattr(torch.backends.cudnn, "rnn", None)):
+        if backend is not None and getattr(backend, "fp32_precision", "none") not in ("none", wanted):
+            backend.fp32_precision = wanted
+    return torch.get_float32_matmul_precision()
+
+
 def check_hardware(accelerator: str, deepspeed_accelerator: str, local_rank: int,
                    visible_gpus: int) -> None:
     """Refuse to measure anything on other hardware than planned."""
@@ -106,48 +143,117 @@ def check_hardware(accelerator: str, deepspeed_accelerator: str, local_rank: int
         raise HardwareMismatch(
             f"DeepSpeed chose the {deepspeed_accelerator!r} accelerator but the run was planned for "
             f"{accelerator!r} (is DS_ACCELERATOR set, or deepspeed imported before the rank set it?)")
-    if accelerator == "cuda" and local_rank >= visible_gpus:
+    # one visible GPU is this task's own (a site binding a GPU per task); several visible but
+    # fewer than the local ranks is a node or a CUDA_VISIBLE_DEVICES narrower than the plan
+    if accelerator == "cuda" and (visible_gpus < 1 or (visible_gpus > 1 and local_rank >= visible_gpus)):
         raise HardwareMismatch(
             f"the run was planned for cuda with a GPU per rank, but local rank {local_rank} sees "
             f"{visible_gpus} GPU(s) on this node (cluster.gpus_per_node larger than the node's "
             "GPUs, or CUDA_VISIBLE_DEVICES narrower than the allocation)")
 
 
-def missing_ops(needed: Sequence[Tuple[str, str]], installed: dict, can_compile: bool) -> list:
-    """The ops of `needed` (name, field) that are neither prebuilt nor compilable here."""
-    if can_compile:
-        return []
-    return [(name, field) for name, field in needed if not installed.get(name, False)]
+#: the base class of DeepSpeed's op builders that compile with nvcc (CUDAExtension); the
+#: others (OpBuilder, the CPU builders' CPUOpBuilder) compile C++ with the host compiler alone
+CUDA_BUILDER = "CUDAOpBuilder"
+
+
+def op_builder_class(op_name: str, accelerator: Any = None) -> Optional[type]:
+    """DeepSpeed's builder class for the op named `op_name` (its NAME, the key of
+    installed_ops) on `accelerator` (default: the one DeepSpeed chose), asked of the
+    accelerator itself (get_op_builder), which knows, for one, that the CUDA accelerator builds
+    CPU-Adam with the CPU builder. None where it has none."""
+    import deepspeed.ops.op_builder as op_builder
+
+    if accelerator is None:
+        from deepspeed.accelerator import get_accelerator
+
+        accelerator = get_accelerator()
+    # deepspeed.ops.op_builder names every builder class of every backend
+    for class_name in sorted(n for n in dir(op_builder) if n.endswith("Builder")):
+        if class_name in ("OpBuilder", CUDA_BUILDER):
+            continue
+        builder = accelerator.get_op_builder(class_name)
+        if isinstance(builder, type) and getattr(builder, "NAME", None) == op_name:
+            return builder
+    return None
+
+
+def needs_nvcc(op_name: str, accelerator: Any = None) -> bool:
+    """Whether DeepSpeed builds the op with nvcc (a CUDAOpBuilder). An op whose builder the
+    accelerator does not know is taken to need it (as every GPU op did before)."""
+    builder = op_builder_class(op_name, accelerator)
+    return builder is None or any(c.__name__ == CUDA_BUILDER for c in builder.__mro__)
+
+
+def missing_ops(needed: Sequence[Tuple[str, str]], installed: dict, cuda_ops: Collection[str],
+                nvcc: bool, cxx: bool) -> List[Tuple[str, str, str]]:
+    """The ops of `needed` (name, field) that are neither prebuilt nor buildable here, each with
+    what its build lacks: an op in `cuda_ops` needs nvcc and the host C++ compiler (`nvcc`,
+    `cxx`: whether each is there), any other the host compiler alone."""
+    out = []
+    for name, field in needed:
+        if installed.get(name, False):
+            continue
+        lacking = [tool for tool, there in (("nvcc", nvcc or name not in cuda_ops), ("a C++ compiler", cxx))
+                   if not there]
+        if lacking:
+            out.append((name, field, " and ".join(lacking)))
+    return out
+
+
+def host_compiler() -> Tuple[str, Optional[str]]:
+    """The C++ compiler torch builds extensions with (CXX, else `c++`) and its path, None where
+    it is not on PATH."""
+    try:
+        from torch.utils.cpp_extension import get_cxx_compiler
+
+        name = get_cxx_compiler()
+    except ImportError:  # an older torch: the same rule
+        name = os.environ.get("CXX", "c++")
+    return name, shutil.which(name)
 
 
 def check_compiled_ops(needed: Sequence[Tuple[str, str]], accelerator: str) -> None:
     """On GPUs, fail before training when an op the run needs can be neither loaded nor built
-    (DeepSpeed would stop half-way through initialisation with 'CUDA_HOME is not set')."""
+    (DeepSpeed would stop half-way through initialisation with 'CUDA_HOME is not set'). Only the
+    ops a CUDA builder makes need nvcc; CPU-Adam and CPU-Adagrad (ZeRO-Offload) are C++ built by
+    the host compiler, which every op that is not prebuilt needs."""
     if accelerator != "cuda" or not needed:
         return
     from deepspeed.git_version_info import installed_ops
     from torch.utils.cpp_extension import CUDA_HOME
 
-    can_compile = CUDA_HOME is not None and shutil.which("nvcc", path=os.path.join(CUDA_HOME, "bin")) is not None
-    missing = missing_ops(needed, installed_ops, can_compile)
+    to_build = [name for name, _ in needed if not installed_ops.get(name, False)]
+    if not to_build:
+        return
+    nvcc = CUDA_HOME is not None and shutil.which("nvcc", path=os.path.join(CUDA_HOME, "bin")) is not None
+    cxx_name, cxx = host_compiler()
+    missing = missing_ops(needed, installed_ops, {name for name in to_build if needs_nvcc(name)},
+                          nvcc, cxx is not None)
     if missing:
-        asked = "; ".join(f"{name} (asked for by {field})" for name, field in missing)
+        asked = "; ".join(f"{name} (asked for by {field}; needs {lacking})" for name, field, lacking in missing)
         raise RuntimeError(
-            f"DeepSpeed ops not prebuilt and not compilable on this node (no nvcc under CUDA_HOME="
-            f"{CUDA_HOME}): {asked}. Install DeepSpeed with those ops prebuilt (DS_BUILD_OPS=1 or "
-            "DS_BUILD_<OP>=1 where the CUDA toolkit is), make nvcc available, or choose another "
-            "optimizer/strategy (optimizer.implementation=auto needs no build)")
+            f"DeepSpeed ops not prebuilt and not compilable on this node (nvcc under CUDA_HOME="
+            f"{CUDA_HOME}: {'found' if nvcc else 'none'}; C++ compiler {cxx_name!r}: "
+            f"{cxx or 'not on PATH'}): {asked}. Install DeepSpeed with those ops prebuilt (DS_BUILD_OPS=1 "
+            "or DS_BUILD_<OP>=1 where the CUDA toolkit is), make nvcc or a C++ compiler (CXX) "
+            "available, or choose another optimizer/strategy (optimizer.implementation=auto needs "
+            "no build)")
 
 
-def select_device(accelerator: str, local_rank: int) -> str:
+def select_device(accelerator: str, local_rank: int, visible_gpus: int) -> str:
     """Bind this rank to its node-local GPU before the process group starts (NCCL binds a
     communicator to the current device: with every rank on cuda:0, eight local ranks fail or
-    measure one GPU). Returns the device name the rank uses."""
+    measure one GPU); with one visible device per task (gpu_binding), that device. DeepSpeed
+    binds by LOCAL_RANK itself (init_process_group's device_id, the engine, zero.Init), so
+    LOCAL_RANK is set to the index bound. Returns the device name the rank uses."""
     from deepspeed.accelerator import get_accelerator
 
     accel = get_accelerator()
     if accelerator == "cuda":
-        accel.set_device(local_rank)
+        index, _ = gpu_binding(accelerator, local_rank, visible_gpus)
+        accel.set_device(index)
+        os.environ["LOCAL_RANK"] = str(index)
     return accel.current_device_name()
 
 
