@@ -2,9 +2,12 @@
 # Both create .venv on first use and install the suite into it.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Without a GPU, pin torch to a CPU build (on this project's CI machines torch 2.13.0 is one);
-# with nvidia-smi present the ordinary (CUDA) build of the project's range is taken.
-TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch>=2.4' || echo 'torch==2.13.0')
+# Without a GPU, pin torch to 2.13.0: a CPU build where the pip index serves one (this project's
+# CI machines), else PyPI's default build; TORCH_INDEX='--index-url https://download.pytorch.org/whl/cpu'
+# takes PyTorch's own CPU build anywhere. With nvidia-smi present the ordinary (CUDA) build of
+# pyproject.toml's range is taken.
+TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch>=2.5' || echo 'torch==2.13.0')
+TORCH_INDEX ?=
 # The accelerator whose DeepSpeed ops install builds ahead (python -m suite.prebuild), so that the
 # first run does not pay for the build inside its measured wall time.
 ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
@@ -17,7 +20,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q "$(TORCH)"
+	$(VENV)/bin/pip install -q $(TORCH_INDEX) "$(TORCH)"
 	$(VENV)/bin/pip install -q -e '.[test]'
 	$(PY) -m suite.prebuild $(ACCELERATOR)
 	touch $@

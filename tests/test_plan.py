@@ -193,7 +193,7 @@ def test_batch_sizes():
      "strategy.pipeline_parallel=2 exceeds model.n_layers=1"),
     (["strategy=pp2", "strategy.zero_stage=2"],
      "strategy.pipeline_parallel=2 cannot run with strategy.zero_stage=2"),
-    (["strategy=tp2_pp2", "cluster.cpu_ranks=8"], "does not combine with its pipeline engine"),
+    (["strategy=tp2", "strategy.pipeline_parallel=2", "cluster.cpu_ranks=8"], "does not combine with its pipeline engine"),
     (["strategy=tp2", "strategy.zero_stage=2", "strategy.offload_optimizer=true"],
      "ZeRO-Offload (strategy.offload_optimizer/offload_params) is not offered"),
     (["strategy=zero3", "strategy.zero_quantized_weights=true"], "ZeRO++"),
@@ -1197,3 +1197,88 @@ def test_the_engine_comparison_says_what_overlapped_on_each_side():
     assert engine_settings("fsdp2", None, config(fsdp_reshard_after_forward=False)).startswith(
         "reshard_after_forward off; prefetch: FSDP2's default")
     assert engine_settings("torch_ddp", None, None).startswith("all-reduce in 25 MiB buckets")
+
+
+# --- partitioned activation checkpointing, and DeepSpeed's own config validation at planning ---
+
+@pytest.mark.parametrize("strategy", [dict(), dict(sequence_parallel=2), dict(zero_stage=2)])
+def test_partitioned_checkpointing_needs_tensor_parallel_ranks_to_partition_over(strategy):
+    cfg = suite_cfg(strategy=StrategyConfig(**strategy), train=TrainConfig(activation_checkpointing="partitioned"))
+    assert refusal(check_layout, cfg, 2) == (
+        "train.activation_checkpointing=partitioned with strategy.tensor_parallel=1: DeepSpeed partitions "
+        "checkpointed activations across tensor-parallel ranks only, and with one there is nothing to partition "
+        "over; use it with strategy.tensor_parallel > 1, or full (torch's checkpoint per block) or cpu "
+        "(DeepSpeed's, kept in host memory)")
+    # cpu checkpointing stays allowed; partitioned with tensor-parallel ranks too
+    check_layout(suite_cfg(strategy=StrategyConfig(**strategy), train=TrainConfig(activation_checkpointing="cpu")), 2)
+    check_layout(suite_cfg(strategy=StrategyConfig(tensor_parallel=2),
+                           train=TrainConfig(activation_checkpointing="partitioned")), 2)
+
+
+def test_the_sp2_partitioned_layout_found_failing_in_deepspeed_initialize_is_refused_at_planning(compose_cfg):
+    with pytest.raises(ConfigError, match="train.activation_checkpointing=partitioned with strategy.tensor_parallel=1"):
+        plan_run(compose_cfg("strategy=sp2", "train.activation_checkpointing=partitioned"))
+
+
+def test_deepspeed_checks_batch_arithmetic_against_the_world_size_each_engine_counts():
+    from suite.plan import deepspeed_world_sizes
+
+    def worlds(**strategy):
+        cfg = suite_cfg(strategy=StrategyConfig(**strategy), cluster=ClusterConfig(accelerator="cpu", cpu_ranks=4))
+        return deepspeed_world_sizes(plan_run(cfg, check_memory=False))
+
+    # AutoTP: no mpu, the whole world (train_batch_size counts the TP ranks); pipeline: its grid's
+    # data parallel; Ulysses: world / sp; checkpointing.configure: every rank
+    assert worlds() == {"engine": 4, "checkpointing": 4}
+    assert worlds(tensor_parallel=2) == {"engine": 4, "checkpointing": 4}
+    assert worlds(pipeline_parallel=2) == {"engine": 2, "checkpointing": 4}
+    assert worlds(sequence_parallel=2) == {"engine": 2, "checkpointing": 4}
+
+
+def test_a_config_deepspeed_refuses_is_refused_at_planning_in_deepspeeds_words():
+    from suite.plan import check_deepspeed_config
+
+    cfg = suite_cfg()
+    plan = plan_run(cfg, check_memory=False)
+    wrong = dataclasses.replace(plan, ds_config={**plan.ds_config, "train_batch_size": 2})
+    message = refusal(check_deepspeed_config, cfg, wrong)
+    assert message.startswith("DeepSpeed refuses this run's config (deepspeed.initialize, checked at planning "
+                              "with the run's world size 2: data parallel 2, tensor 1, pipeline 1, sequence 1; ")
+    assert message.endswith("AssertionError: Check batch related parameters. train_batch_size is not equal to "
+                            "micro_batch_per_gpu * gradient_acc_step * world_size 2 != 2 * 1 * 2")
+    removed = dataclasses.replace(plan, ds_config={**plan.ds_config, "zero_optimization": {
+        "stage": 3, "mics_shard_size": 2}})  # a block DeepSpeed itself rejects
+    assert "MiCS ZeRO-3 sharding has been removed" in refusal(check_deepspeed_config, cfg, removed)
+
+
+def test_the_checkpointing_config_is_checked_as_deepspeed_checkpointing_configure_reads_it():
+    """checkpointing.configure(mpu=None) counts every rank, so under Ulysses the config says
+    sequence_parallel_size (DeepSpeed's own key); without it DeepSpeed refuses what the suite
+    found dying in the runs: 2 != 2 * 1 * 2."""
+    from suite.plan import _deepspeed_verdict, check_deepspeed_config
+
+    cfg = suite_cfg(strategy=StrategyConfig(sequence_parallel=2), train=TrainConfig(activation_checkpointing="cpu"))
+    plan = plan_run(cfg, check_memory=False)
+    check_deepspeed_config(cfg, plan)  # passes, with sequence_parallel_size = 2
+    assert _deepspeed_verdict(plan.ds_config, plan.world_size, None) == (
+        "AssertionError: Check batch related parameters. train_batch_size is not equal to "
+        "micro_batch_per_gpu * gradient_acc_step * world_size 2 != 2 * 1 * 2")
+
+
+def test_every_strategy_preset_plans_past_deepspeeds_validation(compose_cfg):
+    """No false refusal: each preset's plan, with DeepSpeed's checkpointing and on GPUs, is one
+    DeepSpeed accepts (the world sizes it counts are the run's)."""
+    from conftest import CONF
+
+    from suite.plan import _DEEPSPEED_CHECKS
+
+    for preset in sorted(p.stem for p in (CONF / "strategy").glob("*.yaml")):
+        for overrides in ([], ["train.activation_checkpointing=cpu", "train.grad_accum_steps=2"],
+                          ["cluster.accelerator=cuda", "cluster.gpus_per_node=4", "precision=bf16"]):
+            try:
+                plan_run(compose_cfg(f"strategy={preset}", *overrides), check_memory=False)
+            except ConfigError as exc:
+                assert "DeepSpeed refuses" not in str(exc), (preset, overrides, str(exc))
+    checked = len(_DEEPSPEED_CHECKS)
+    plan_run(compose_cfg("strategy=zero2"), check_memory=False)
+    assert len(_DEEPSPEED_CHECKS) == checked  # one check per distinct config

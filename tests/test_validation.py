@@ -27,7 +27,7 @@ CATALOGUE = [  # (overrides, what the message must name)
     (["strategy=tp2", "model.n_heads=1"], "model.n_heads=1 must be divisible by strategy.tensor_parallel=2"),
     (["strategy=pp2", "model.n_layers=1"], "strategy.pipeline_parallel=2 exceeds model.n_layers=1"),
     (["strategy=pp2", "strategy.zero_stage=3"], "strategy.pipeline_parallel=2 cannot run with strategy.zero_stage=3"),
-    (["strategy=tp2_pp2", "cluster.gpus_per_node=8"], "strategy.pipeline_parallel=2 with strategy.tensor_parallel=2"),
+    (["strategy=tp2", "strategy.pipeline_parallel=2", "cluster.gpus_per_node=8"], "strategy.pipeline_parallel=2 with strategy.tensor_parallel=2"),
     (["strategy=zero3", "strategy.zero_quantized_weights=true"], "strategy.zero_quantized_weights"),
     (["strategy=zero3", "strategy.mics_shard_size=2"], "strategy.mics_shard_size"),
     (["train.activation_checkpointing=sometimes"], "train.activation_checkpointing='sometimes'"),

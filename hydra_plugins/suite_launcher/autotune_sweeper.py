@@ -68,6 +68,14 @@ class AutotuneSearch:
 
             raise SweepRefused("Autotune: no point of the space can run (see autotune.json):\n"
                                + "\n".join(f"  {p.label}: {p.reason}" for p in points))
+        if bool(self.config.submit.dry_run):  # nothing is measured: only the first rung can be shown
+            self._run_rung(candidates + boundary, fixed, self.rung_steps[0] if self.rung_steps else None,
+                           final=not self.rung_steps)
+            log.info(f"Autotune dry run: the first rung's {len(candidates) + len(boundary)} runs are printed "
+                     f"above ({len(points) - len(candidates) - len(boundary)} points left out before it, "
+                     "autotune.json says why); the later rungs depend on their measurements")
+            self._write(points)
+            return None
         short = list(self.rung_steps)
         first = True
         while short and len(candidates) > self.finalists:

@@ -117,11 +117,13 @@ class SuiteLauncher(BaseSubmititLauncher):
         groups = schedulers.group_runs(scheduler, todo)
         if submit.dry_run:
             self._print_dry_run(groups, scheduler, sweep_dir)
+            self._ask_in_dry_run(scheduler, groups)
             returns.update({r.idx: _returned(r, "dry-run") for r in todo})
         elif todo:
-            from suite.status import write_sweep_file
+            from suite.status import redact_label, write_sweep_file
 
-            write_sweep_file(sweep_dir, [{"name": r.run_dir.name, "label": r.label} for r in runs], scheduler.name)
+            write_sweep_file(sweep_dir, [{"name": r.run_dir.name, "label": redact_label(r.label)} for r in runs],
+                             scheduler.name)
             returns.update(self._submit(scheduler, groups, sweep_dir, submit.wait))
         for idx, (duplicate, first) in duplicates.items():
             returns[idx] = _returned(duplicate, returns[first].return_value)
@@ -147,10 +149,12 @@ class SuiteLauncher(BaseSubmititLauncher):
         if submit.repeats > 1:  # each configuration k times, as separate jobs
             job_overrides = [list(o) + [f"train.repeat_index={i}"]
                              for o in job_overrides for i in range(submit.repeats)]
+        _warn_of_typed_secrets(job_overrides)
         composer = FastComposer(self.hydra_context.config_loader, self.config)
         if submit.each_node:
             job_overrides = self._on_each_node(composer, job_overrides)
         runs, problems, first_of, duplicates = [], [], {}, {}
+        self._short_files = set()  # token files already warned of (fewer samples than a global batch)
         for offset, overrides in enumerate(job_overrides):
             run = self._plan_one(composer, list(overrides), initial_job_idx + offset, submit, problems)
             if run is None:
@@ -184,7 +188,10 @@ class SuiteLauncher(BaseSubmititLauncher):
                 expanded.append(list(overrides))
                 continue
             if names is None:
-                names = schedulers.get(cluster["scheduler"], "").node_names(cluster["partition"])
+                try:
+                    names = schedulers.get(cluster["scheduler"], "").node_names(cluster["partition"])
+                except schedulers.SchedulerRefused as exc:
+                    raise SweepRefused(f"{exc}; nothing was started.") from None
                 if not names:
                     raise SweepRefused("submit.each_node=true: no node is up (partition "
                                        f"{cluster['partition'] or 'default'}); nothing was started.")
@@ -199,7 +206,9 @@ class SuiteLauncher(BaseSubmititLauncher):
         from suite.config import ConfigError
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        label = f"  #{idx} {' '.join(filter_overrides(overrides))}"
+        from suite.status import redact_overrides
+
+        label = f"  #{idx} {' '.join(redact_overrides(filter_overrides(overrides)))}"
         try:
             cfg, subdir = composer.compose(overrides, idx)
         except Exception as exc:  # Hydra's own refusals: unknown keys, bad syntax
@@ -213,12 +222,13 @@ class SuiteLauncher(BaseSubmititLauncher):
                 self._memory_here = read_local_memory(
                     query_gpus=typed.cluster.scheduler == "local" and bool(gpu_device_files()))
             plan = planning.plan_run(typed, self._local_gpus(typed), local_memory=self._memory_here)
-            if typed.data.name == "tokens":  # the one check that reads: is the file there?
-                from suite.workload.tokens import source_problem
-
-                problem = source_problem(typed.data.path)
-                if problem:
-                    raise ConfigError(problem)
+            samples = planning.check_data(typed)  # the one check that reads: a stat of data.path
+            warned = self.__dict__.setdefault("_short_files", set())
+            if samples is not None and samples < plan.global_batch_size and typed.data.path not in warned:
+                warned.add(typed.data.path)
+                log.warning(f"data.path={results.redact('data.path', typed.data.path)} holds {samples} samples of "
+                            f"model.seq_len={typed.model.seq_len} + 1 tokens, fewer than one global batch "
+                            f"({plan.global_batch_size}): samples repeat within a step")
         except (ConfigError, ValueError) as exc:
             problems.append(f"{label}: {exc}")
             if submit.skip_invalid and not submit.dry_run:
@@ -338,6 +348,8 @@ class SuiteLauncher(BaseSubmititLauncher):
         return _returned(run, results.read_record(run.run_dir / results.RESULT_FILE)["status"])
 
     def _print_dry_run(self, groups: List[List[PlannedRun]], scheduler, sweep_dir: Path) -> None:
+        from suite.status import redact_label
+
         n = sum(len(g) for g in groups)
         print(f"Dry run: {n} runs would start ({scheduler.name}), shortest expected first; nothing "
               f"was submitted.\nSweep folder: {sweep_dir}\n")
@@ -351,7 +363,7 @@ class SuiteLauncher(BaseSubmititLauncher):
                       f"strategy={run.typed.strategy.name} optimizer={run.typed.optimizer.name} "
                       f"precision={p.precision} nodes={p.nodes} "
                       f"ranks_per_node={p.ranks_per_node} world_size={p.world_size} "
-                      f"global_batch={p.global_batch_size} ({run.label})")
+                      f"global_batch={p.global_batch_size} ({redact_label(run.label)})")
                 if run.typed.workload.name == "train":
                     print(f"      {models.describe(run.typed.model)}")
                     print(f"      {_memory_line(run)}")
@@ -374,7 +386,31 @@ class SuiteLauncher(BaseSubmititLauncher):
 
         name, config = results.engine_config(run.plan.to_dict())
         print(f"      {name}: {json.dumps(config, separators=(',', ':'), default=str)}")
-        print(f"      rerun by hand: {results.rerun_command(run.run_dir.resolve(), run.plan.nodes, run.plan.ranks_per_node, sys.executable, os.getcwd())}")
+        # the dry run creates no run folder: say what the submission would write there
+        print(f"      would write {run.run_dir.resolve()}/ ({results.SUBMISSION_FILE}, {name}, "
+              f"{results.RERUN_FILE}, then {results.RESULT_FILE})")
+        print(f"      rerun by hand once it exists: {results.rerun_command(run.run_dir.resolve(), run.plan.nodes, run.plan.ranks_per_node, sys.executable, os.getcwd())}")
+
+    @staticmethod
+    def _ask_in_dry_run(scheduler, groups: List[List[PlannedRun]]) -> None:
+        """The dry run asks the scheduler what the real submission would: each Slurm job array
+        to `sbatch --test-only` (it submits nothing), so a request the cluster cannot meet is
+        refused here too; where sbatch is not on PATH, say that it was not asked."""
+        from suite.schedulers import SchedulerRefused
+
+        if scheduler.name != "slurm" or not groups:
+            return
+        if not scheduler.can_ask():
+            print("The scheduler was not asked: sbatch is not on PATH here, so no job array was put to "
+                  "`sbatch --test-only`; what only the cluster can say (more nodes or GPUs than it has) "
+                  "is checked on the real submission.", flush=True)
+            return
+        try:
+            scheduler.check(groups)
+        except SchedulerRefused as exc:
+            raise SweepRefused(f"Dry run: {exc}")
+        print(f"sbatch --test-only accepted each of the {len(groups)} job array(s); nothing was submitted.",
+              flush=True)
 
 
 def _memory_line(run: PlannedRun) -> str:
@@ -395,6 +431,21 @@ def gpu_device_files(dev: Path = Path("/dev")) -> List[str]:
     there are none, torch sees no GPU either, and the launcher need not import it (~2 s of every
     sweep's start on a machine without GPUs)."""
     return sorted(p.name for p in dev.glob("*") if re.fullmatch(r"nvidia\d+|kfd|dxg", p.name))
+
+
+def _warn_of_typed_secrets(job_overrides: Sequence[Sequence[str]]) -> None:
+    """A credential typed on the command line: the suite writes it <redacted> in its own files
+    (sweep.json, submission.json, result.json, the dry run), but Hydra's and submitit's files
+    keep what was typed; a reference keeps the value out of them."""
+    from suite.status import typed_secrets
+
+    keys = sorted({key for overrides in job_overrides for key in typed_secrets(overrides)})
+    if keys:
+        log.warning(f"A credential typed on the command line ({', '.join(keys)}): the suite writes it as "
+                    "<redacted> in its own files, but Hydra (.hydra/overrides.yaml, config.yaml, "
+                    "multirun.yaml) and submitit (the .submitit/ pickles) keep what was typed. Pass it "
+                    "from the environment instead, e.g. +cluster.env.NAME='${oc.env:NAME}': then they "
+                    "keep only the reference")
 
 
 def _refuse_mixed_sweeps(runs: List[PlannedRun]) -> None:

@@ -220,7 +220,10 @@ def sbatch_refusal(script: str) -> Optional[str]:
     with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="suite-test-only-") as f:
         f.write(script)
         f.flush()
-        out = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=60)
+        try:
+            out = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:  # not on PATH here, or hanging
+            return f"sbatch --test-only could not be run here: {exc}"
     return None if out.returncode == 0 else (out.stderr.strip() or out.stdout.strip() or f"exit {out.returncode}")
 
 
@@ -296,13 +299,25 @@ class SlurmScheduler(Scheduler):
         command = ["sinfo", "-h", "-N", "-t", "idle,mixed,allocated,completing", "-o", "%N"]
         if partition:
             command += ["-p", partition]
-        out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        try:
+            out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        except OSError as exc:  # no Slurm client on this machine (a laptop, a container)
+            raise SchedulerRefused(f"submit.each_node needs Slurm's sinfo to list the nodes that are "
+                                   f"up, and it cannot run here ({exc.strerror}: {command[0]}); run "
+                                   "the sweep where Slurm's commands are on PATH") from None
         if out.returncode != 0:
             raise SchedulerRefused(f"sinfo failed: {out.stderr.strip()}")
         return sorted(set(out.stdout.split()))
 
     def describe(self, group: Sequence[PlannedRun]) -> str:
         return f"sbatch script:\n{self._script(group)}"
+
+    @staticmethod
+    def can_ask() -> bool:
+        """Whether sbatch is on PATH here (the dry run puts each array to --test-only where it is)."""
+        import shutil
+
+        return shutil.which("sbatch") is not None
 
     def account(self, job: Any) -> Tuple[str, Dict[str, Any]]:
         state = sacct_states([str(job.job_id)]).get(str(job.job_id))
@@ -323,7 +338,9 @@ def describe_array(group: Sequence[PlannedRun], params: Dict[str, Any]) -> str:
     asked = ", ".join(f"{k}={params[k]}" for k in ("nodes", "ntasks_per_node", "gpus_per_node",
                                                   "cpus_per_task", "mem", "partition", "time")
                       if k in params)
+    from suite.status import redact_label
+
     first = group[0]
-    return (f"the job array of {len(group)} run(s) like #{first.idx} ({first.label}), asking for "
+    return (f"the job array of {len(group)} run(s) like #{first.idx} ({redact_label(first.label)}), asking for "
             f"{asked} (cluster={first.typed.cluster.name}: cluster.nodes, cluster.gpus_per_node, "
             "cluster.cpus_per_task, cluster.mem_gb, cluster.partition, cluster.timeout_min)")
