@@ -221,11 +221,44 @@ def largest_unit_params(m: Any) -> int:
     return max(block, models.param_count(m)["total"] - m.n_layers * block)
 
 
+#: fp32: a rank builds its model's weights in fp32 (torch's default dtype) before the engine
+#: casts or shards them
+BUILD_BYTES_PER_PARAM = 4
+
+
+def build_bytes(cfg: Any, plan: Any) -> float:
+    """Bytes of the weights a rank builds before its engine shards or casts them, in fp32, on
+    its device (on GPUs the GPU, on the CPU the host), at the build's peak:
+
+    - DeepSpeed ZeRO stages 0-2, tensor parallel included, and torch DDP: the whole model
+      (AutoTP partitions a model built whole inside deepspeed.initialize; the others build on
+      the device, suite/workload/train.py _build_context and torch_engine.build);
+    - pipeline parallel: the stage's share (total / pp; each stage builds its own layers);
+    - DeepSpeed ZeRO-3: 0, zero.Init partitions each layer as it is built;
+    - FSDP2: built on the meta device and sharded there, then only this rank's shards are
+      materialised: the fp32 shards (total / sharding ranks) plus one whole parameter, the
+      largest (drawn on the host and handed to distribute_tensor, which moves it to the
+      device before it keeps this rank's shard).
+    The peak of a run is the larger of this and the training terms (predict_memory,
+    host_memory_per_rank): the build is over before training allocates anything."""
+    m, s = cfg.model, cfg.strategy
+    engine = _engine(s)
+    total = models.param_count(m)["total"]
+    if engine == "fsdp2":
+        largest = models.family(m.family).largest_layer_params(m)
+        return float((total / plan.sharding_size + largest) * BUILD_BYTES_PER_PARAM)
+    if engine == "deepspeed" and s.zero_stage == 3:
+        return 0.0
+    return float(total * BUILD_BYTES_PER_PARAM / plan.pipeline_parallel)
+
+
 def predict_memory(cfg: Any, plan: Any) -> Dict[str, float]:
     """Predicted bytes per device for the run `plan` of config `cfg` (suite.config.SuiteConfig,
     suite.plan.RunPlan): model_state_bytes, activation_bytes, logits_bytes, buffer_bytes,
-    predicted_bytes (their sum) and required_bytes = predicted x (1 + ALLOCATOR_ALLOWANCE)
-    (+ CUDA_CONTEXT_BYTES on cuda), to compare with the device's memory.
+    predicted_bytes (their sum: the training peak), build_bytes (the weights built before the
+    engine shards or casts them: build_bytes) and required_bytes = max(predicted, build) x
+    (1 + ALLOCATOR_ALLOWANCE) (+ CUDA_CONTEXT_BYTES on cuda), to compare with the device's
+    memory.
 
     The four terms are summed as if their peaks coincided. They nearly do without
     checkpointing (the loss's backward peak comes while every block's tensors are kept); with
@@ -252,10 +285,12 @@ def predict_memory(cfg: Any, plan: Any) -> Dict[str, float]:
     buffers = buffer_bytes(s, plan.precision, total / (tp * pp), largest_unit_params=unit,
                            matmul_params=matmul)
     predicted = states + activations + logits + buffers
-    required = predicted * (1 + ALLOCATOR_ALLOWANCE) + (CUDA_CONTEXT_BYTES if accelerator == "cuda" else 0)
+    build = build_bytes(cfg, plan)
+    required = (max(predicted, build) * (1 + ALLOCATOR_ALLOWANCE)
+                + (CUDA_CONTEXT_BYTES if accelerator == "cuda" else 0))
     return {"model_state_bytes": float(states), "activation_bytes": activations,
             "logits_bytes": logits, "buffer_bytes": buffers,
-            "predicted_bytes": predicted, "required_bytes": required}
+            "predicted_bytes": predicted, "build_bytes": build, "required_bytes": required}
 
 
 # --- host memory on the CPU --------------------------------------------------------------------
@@ -270,22 +305,6 @@ def predict_memory(cfg: Any, plan: Any) -> Dict[str, float]:
 #: process group is up, 0.35 GiB at the peak of a plain data-parallel run of the tiny GPT
 #: (whose own terms are 6 MiB); counted as 0.5 GiB (docs/memory.md).
 CPU_RANK_RUNTIME_BYTES = 1 << 29
-
-#: fp32: a rank builds its model's weights in fp32 before the engine casts or shards them
-BUILD_BYTES_PER_PARAM = 4
-
-
-def build_bytes(cfg: Any, plan: Any) -> float:
-    """Bytes of the weights a rank builds before its engine shards or casts them, in fp32 on the
-    host (CPU runs): its pipeline stage's share (total / pp) of the whole model, tensor parallel
-    included (AutoTP splits a model built whole); 0 under DeepSpeed ZeRO-3, whose zero.Init
-    partitions each layer as it is built (suite/workload/train.py, _build_context). PyTorch's
-    baselines build the whole model on every rank too (FSDP2 shards it afterwards)."""
-    engine = _engine(cfg.strategy)
-    if engine == "deepspeed" and cfg.strategy.zero_stage == 3:
-        return 0.0
-    return float(models.param_count(cfg.model)["total"] * BUILD_BYTES_PER_PARAM / plan.pipeline_parallel)
-
 
 def host_memory_per_rank(cfg: Any, plan: Any) -> Dict[str, float]:
     """Host memory one rank of a CPU run (plan.accelerator cpu) needs at its peak: the terms of

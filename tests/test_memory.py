@@ -307,3 +307,47 @@ def test_predict_memory_for_torch_ddp_and_fsdp2():
     # stage 3 over 2 ranks: 169,728 x 16 / 2; buffers: the root unit 69,760 x 4 bytes x 2
     assert out["model_state_bytes"] == 1_357_824
     assert out["buffer_bytes"] == 558_080
+
+
+# --- the build: the weights made before the engine shards or casts them ----------------------
+
+def test_the_build_term_by_hand_and_the_gpu_check_takes_the_larger_peak():
+    # AutoTP: DeepSpeed splits a model built whole, so every GPU first holds the whole model in
+    # fp32: llama3_1_8b, 8,030,261,248 parameters x 4 = 32,121,044,992 bytes (29.92 GiB), though
+    # training holds far less (tp 8, ZeRO-1 over 2 replicas, bf16, recompute full): 26,343,136,768
+    llama8b = ModelConfig(name="llama3_1_8b", family="llama", n_layers=32, d_model=4096, n_heads=32,
+                          n_kv_heads=8, ffn_dim=14336, vocab_size=128256, seq_len=8192, rope_theta=500000.0)
+    from suite.config import PrecisionConfig
+
+    cfg = SuiteConfig(model=llama8b, strategy=StrategyConfig(name="tp8", zero_stage=1, tensor_parallel=8),
+                      precision=PrecisionConfig(name="bf16"),
+                      cluster=ClusterConfig(scheduler="slurm", accelerator="cuda", gpus_per_node=8, nodes=2,
+                                            gpu_memory_gb=32),
+                      train=TrainConfig(micro_batch_size=1, activation_checkpointing="full"))
+    plan = plan_run(cfg, check_memory=False)
+    out = memory.predict_memory(cfg, plan)
+    assert out["build_bytes"] == 8_030_261_248 * 4 == 32_121_044_992
+    assert out["predicted_bytes"] == 26_343_136_768  # the training terms, as before
+    # max(build, training) x 1.1 + the CUDA context: 33.91 GiB, not 27.99
+    assert out["required_bytes"] == pytest.approx(32_121_044_992 * 1.1 + 2 ** 30)
+    from suite.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"needs 33\.91 GiB per device by the memory model"):
+        plan_run(cfg)  # on 32 GiB GPUs: the build does not fit, training alone would
+    # where training is the larger peak, the build changes nothing
+    small, plan = tiny_run(zero_stage=0)
+    out = memory.predict_memory(small, plan)
+    assert out["build_bytes"] == TINY * 4 < out["predicted_bytes"]
+    assert out["required_bytes"] == pytest.approx(out["predicted_bytes"] * 1.1)
+
+
+def test_the_build_of_each_engine():
+    # ZeRO-3: zero.Init partitions each layer as it is built
+    assert memory.predict_memory(*tiny_run(zero_stage=3))["build_bytes"] == 0
+    # torch DDP: the whole model, on every rank's device
+    assert memory.predict_memory(*tiny_run(engine="torch_ddp"))["build_bytes"] == TINY * 4
+    # FSDP2 builds on the meta device and materialises each rank's shards only: the fp32 shards
+    # (169,728 / 2) and one whole parameter at a time, the largest (the 512 x 64 token table)
+    cfg, plan = tiny_run(engine="fsdp2", zero_stage=3)
+    assert memory.predict_memory(cfg, plan)["build_bytes"] == (169_728 / 2 + 512 * 64) * 4 == 470_528
+    assert memory.host_memory_per_rank(cfg, plan)["build_bytes"] == 470_528

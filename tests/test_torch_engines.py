@@ -228,3 +228,102 @@ def test_engine_steps_as_deepspeed_does():
     assert log == ["no_sync on", "forward", "no_sync off", "forward", "step with grad=0.5",
                    "zero_grad", "schedule after w=2.5"]
     assert module.w.item() == pytest.approx(2.5, abs=1e-6)
+
+
+# --- the forward timer of the straggler table (suite/workload/train.py) ---------------------
+
+class _Clock:
+    """A stand-in for the GPU's stream: forward passes advance it; events read it."""
+
+    def __init__(self):
+        self.now_ms, self.synchronised, self.log = 0.0, False, []
+
+
+class _FakeEvent:
+    """torch.cuda.Event(enable_timing=True) without a GPU: record() stamps the clock;
+    elapsed_time() is only allowed once the device has been synchronised (as CUDA's is only
+    meaningful after the end event completed), in milliseconds as CUDA's."""
+
+    def __init__(self, clock):
+        self.clock, self.at = clock, None
+
+    def record(self):
+        self.clock.log.append("record")
+        self.at = self.clock.now_ms
+
+    def synchronize(self):
+        self.clock.log.append("event.synchronize")
+
+    def elapsed_time(self, end):
+        assert self.clock.synchronised, "events read before the step's final synchronize"
+        return end.at - self.at
+
+
+class _TimedEngine:
+    def __init__(self, clock, forward_ms):
+        self.clock, self.forward_ms, self.calls = clock, list(forward_ms), 0
+
+    def __call__(self, batch):
+        self.clock.log.append("forward")
+        self.clock.now_ms += self.forward_ms[self.calls]
+        self.calls += 1
+        return torch.tensor(float(batch))
+
+    def backward(self, loss):
+        self.clock.log.append("backward")
+        self.clock.now_ms += 100.0  # not forward time
+
+    def step(self):
+        self.clock.log.append("step")
+
+
+def test_the_cuda_forward_timer_never_synchronises_between_micro_batches(monkeypatch):
+    from suite.workload import device, train
+
+    clock = _Clock()
+
+    def synchronize():
+        clock.log.append("synchronize")
+        clock.synchronised = True
+
+    monkeypatch.setattr(device, "synchronize", synchronize)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: synchronize())
+    timer = train.CudaForwardTimer(event=lambda: _FakeEvent(clock))
+    assert isinstance(train.forward_timer("cuda"), train.CudaForwardTimer)
+    assert isinstance(train.forward_timer("cpu"), train.CpuForwardTimer)
+    # 2 steps of 3 micro-batches; forward passes of 1, 2, 3 then 4, 5, 6 ms
+    engine = _TimedEngine(clock, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    step_fn = lambda step: train.micro_batch_steps(engine, [1, 2, 3], timer, lambda loss: loss)  # noqa: E731
+    times, losses = train.timed_loop(step_fn, warmup=0, timed=2)
+    # the loop's own bracket only: one synchronize before and after each step, none inside
+    per_step = ["synchronize"] + ["record", "forward", "record", "backward", "step"] * 3 + ["synchronize"]
+    assert clock.log == per_step * 2
+    assert [float(x) for x in losses] == [2.0, 2.0]
+    # the forward seconds are the events', read after the loop: 1 + 2 + 3 ms, 4 + 5 + 6 ms
+    assert timer.step_seconds() == pytest.approx([0.006, 0.015])
+
+
+def test_the_slowed_rank_waits_for_its_own_forward_pass_only(monkeypatch):
+    from suite.workload import train
+
+    clock, slept = _Clock(), []
+    monkeypatch.setattr(train.time, "sleep", slept.append)
+    timer = train.CudaForwardTimer(stretch=1.0, event=lambda: _FakeEvent(clock))
+    engine = _TimedEngine(clock, [2.0, 4.0])
+    clock.synchronised = True  # the end event was waited for (event.synchronize), not the device
+    train.micro_batch_steps(engine, [1, 2], timer, lambda loss: loss)
+    assert "synchronize" not in clock.log and clock.log.count("event.synchronize") == 2
+    assert slept == pytest.approx([0.002, 0.004])  # train.fault_slowdown=1: twice as long
+    assert timer.step_seconds() == pytest.approx([0.012])  # 6 ms on the GPU + 6 ms asleep
+
+
+def test_the_cpu_forward_timer_is_the_clock_around_the_pass(monkeypatch):
+    from suite.workload import device, train
+
+    monkeypatch.setattr(device, "synchronize", lambda: pytest.fail("synchronised"))
+    ticks = iter([10.0, 10.25, 11.0, 11.5])
+    monkeypatch.setattr(train.time, "perf_counter", lambda: next(ticks))
+    timer = train.CpuForwardTimer()
+    engine = _TimedEngine(_Clock(), [0.0, 0.0])
+    train.micro_batch_steps(engine, [1, 2], timer, lambda loss: loss)
+    assert timer.step_seconds() == [0.75]  # 0.25 + 0.5

@@ -3,6 +3,8 @@ causal attention through scaled_dot_product_attention (grouped-query where the m
 key/value heads; DeepSpeed-Ulysses around it under sequence parallelism) and the loss."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import math
 from typing import Iterable
@@ -20,13 +22,34 @@ def parameter_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little")
 
 
+def initial_weight(seed: int, name: str, shape, std: float) -> torch.Tensor:
+    """The initial value of weight `name` ("blocks.3.q_proj.weight"): N(0, std) drawn on the CPU
+    from its own stream, whatever device the weight will live on. A CUDA generator draws other
+    numbers than a CPU one for the same seed, so drawing on the weight's device would give a
+    layout built on the GPU other weights than one built on the CPU (the pipeline builds its
+    stages on the CPU); every layout draws here instead and copies the result to its device."""
+    generator = torch.Generator(device="cpu").manual_seed(parameter_seed(seed, name))
+    return torch.randn(tuple(shape), generator=generator, device="cpu") * std
+
+
 def init_parameters(module: nn.Module, seed: int, prefix: str, residual_outputs: Iterable[str] = (),
                     n_layers: int = 1) -> None:
     """N(0, 0.02) for every Linear and Embedding weight, each from its own stream named
-    `prefix.<name>`, so the plain model, its pipeline stages and its ZeRO-3 partitions all start
-    from the same weights; the projections named in `residual_outputs` (those writing into the
-    residual stream) get 0.02 / sqrt(2 n_layers), as GPT-2 and nanoGPT do. Biases are zero,
-    norm weights one (their constructors' defaults)."""
+    `prefix.<name>` (drawn on the CPU: initial_weight), so the plain model, its pipeline stages,
+    its ZeRO-3 partitions and its FSDP2 shards all start from the same weights; the projections
+    named in `residual_outputs` (those writing into the residual stream) get 0.02 / sqrt(2
+    n_layers), as GPT-2 and nanoGPT do. Biases are zero, norm weights one (their constructors'
+    defaults). Each Linear and Embedding keeps its stream and std (`INIT_ATTRIBUTE`), so that a
+    model built on the meta device under `deferred_initialisation()` draws nothing here and is
+    initialised after it is sharded (reset_parameters)."""
+    residual_outputs = tuple(residual_outputs)
+    for name, sub in module.named_modules():
+        if isinstance(sub, (nn.Linear, nn.Embedding)):
+            full = f"{prefix}.{name}.weight" if name else f"{prefix}.weight"
+            std = INIT_STD / math.sqrt(2 * n_layers) if name.split(".")[-1] in residual_outputs else INIT_STD
+            setattr(sub, INIT_ATTRIBUTE, (seed, full, std))
+    if _DEFERRED.get():
+        return  # reset_parameters initialises the materialised shards from the same streams
     params = list(module.parameters())
     if any(hasattr(p, "ds_id") for p in params):
         # Under ZeRO-3's zero.Init each nn.Linear is partitioned as soon as it is built: gather
@@ -34,23 +57,94 @@ def init_parameters(module: nn.Module, seed: int, prefix: str, residual_outputs:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
-            _init(module, seed, prefix, tuple(residual_outputs), n_layers)
+            _init(module)
     else:
-        _init(module, seed, prefix, tuple(residual_outputs), n_layers)
+        _init(module)
 
 
-def _init(module: nn.Module, seed: int, prefix: str, residual_outputs: tuple, n_layers: int) -> None:
-    for name, sub in module.named_modules():
-        if not isinstance(sub, (nn.Linear, nn.Embedding)):
+#: the attribute of each Linear and Embedding that names its weight's stream: (seed, name, std)
+INIT_ATTRIBUTE = "suite_init"
+
+_DEFERRED: contextvars.ContextVar = contextvars.ContextVar("suite_deferred_init", default=False)
+
+
+@contextlib.contextmanager
+def deferred_initialisation():
+    """Modules built inside record their weights' streams but draw nothing (FSDP2 builds the
+    model on the meta device and initialises only each rank's shards: reset_parameters)."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
+def _init(module: nn.Module) -> None:
+    for sub in module.modules():
+        spec = getattr(sub, INIT_ATTRIBUTE, None)
+        if spec is None:
             continue
-        full = f"{prefix}.{name}.weight" if name else f"{prefix}.weight"
-        std = INIT_STD / math.sqrt(2 * n_layers) if name.split(".")[-1] in residual_outputs else INIT_STD
-        device = sub.weight.device
-        generator = torch.Generator(device=device).manual_seed(parameter_seed(seed, full))
         with torch.no_grad():
-            sub.weight.copy_(torch.randn(sub.weight.shape, generator=generator, device=device) * std)
+            sub.weight.copy_(initial_weight(*spec[:2], sub.weight.shape, spec[2]))
             if getattr(sub, "bias", None) is not None:
                 sub.bias.zero_()
+
+
+def to_empty(module: nn.Module, device) -> nn.Module:
+    """module.to_empty(device=device), keeping shared parameters shared: nn.Module's to_empty
+    gives each module holding a tied weight (Llama's tied head) its own new tensor, which would
+    untie the head from the embedding (FSDP2's sharded modules keep them shared already)."""
+    owners, ties = {}, []
+    for sub in module.modules():
+        for name, param in sub._parameters.items():
+            if param is None:
+                continue
+            if id(param) in owners:
+                ties.append((sub, name, owners[id(param)]))
+            else:
+                owners[id(param)] = (sub, name)
+    module.to_empty(device=device)
+    for sub, name, (owner, owner_name) in ties:
+        if getattr(sub, name) is not getattr(owner, owner_name):
+            setattr(sub, name, getattr(owner, owner_name))
+    return module
+
+
+def reset_parameters(module: nn.Module, fill=None) -> None:
+    """Initialise a model whose storage was made without values (built on the meta device,
+    sharded by FSDP2, then `to_empty`), with the values the plain model is built with: every
+    Linear and Embedding weight from its own stream (initial_weight, one whole parameter at a
+    time on the CPU), biases zero, LayerNorm/RMSNorm weights one. `fill(param, full)` writes the
+    whole CPU tensor `full` into `param` (FSDP2: this rank's shard of it; default: copy_). A
+    parameter shared by two modules (a tied head) keeps the value of the first, as in the plain
+    model, where tying replaces the head's weight by the embedding's. Buffers have no value
+    after to_empty: a module that registers one must recompute it in its own `reset_buffers()`;
+    one without it is refused here, naming it."""
+    fill = fill or (lambda param, full: param.copy_(full))
+    done = set()
+
+    def write(param: torch.Tensor, full: torch.Tensor) -> None:
+        if id(param) not in done:
+            done.add(id(param))
+            fill(param, full)
+
+    with torch.no_grad():
+        for name, sub in module.named_modules():
+            spec = getattr(sub, INIT_ATTRIBUTE, None)
+            if spec is not None:
+                write(sub.weight, initial_weight(*spec[:2], sub.weight.shape, spec[2]))
+            elif isinstance(sub, (nn.LayerNorm, nn.RMSNorm)) and sub.weight is not None:
+                write(sub.weight, torch.ones(sub.weight.shape))
+            for pname, param in sub.named_parameters(recurse=False):
+                if pname == "bias":
+                    write(param, torch.zeros(param.shape))
+                elif id(param) not in done:
+                    raise ValueError(f"reset_parameters: {name}.{pname} has no initialisation rule")
+            if dict(sub.named_buffers(recurse=False)):
+                if not hasattr(sub, "reset_buffers"):
+                    raise ValueError(f"reset_parameters: {name or type(sub).__name__} has buffers "
+                                     "but no reset_buffers() to recompute them after to_empty")
+                sub.reset_buffers()
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

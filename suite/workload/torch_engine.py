@@ -113,17 +113,50 @@ def _wrap(model: nn.Module, config: Dict[str, Any], plan: RunPlan, dev: torch.de
                        reshard_after_forward=fsdp["reshard_after_forward"])
 
 
+def _materialise_shards(module: nn.Module, dev: torch.device) -> None:
+    """FSDP2's model was built on the meta device and sharded there: give each rank's shards
+    storage on the device (to_empty) and the plain model's values (layers.reset_parameters),
+    each whole parameter drawn on the CPU from its own stream, one at a time, and only this
+    rank's shard of it copied (distribute_tensor with src_data_rank=None: every rank draws the
+    same tensor, so nothing is sent)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    from suite.models.layers import reset_parameters, to_empty
+
+    to_empty(module, dev)
+
+    def fill(param: torch.Tensor, full: torch.Tensor) -> None:
+        if isinstance(param, DTensor):
+            shard = distribute_tensor(full.to(param.dtype), param.device_mesh, param.placements,
+                                      src_data_rank=None)
+            param.to_local().copy_(shard.to_local())
+        else:
+            param.copy_(full)
+
+    reset_parameters(module, fill)
+
+
 def build(cfg: SuiteConfig, plan: RunPlan, checkpoint: Optional[Callable]) -> TorchEngine:
     """The plain model of cfg.model's family (initialised from its parameter names, as every
-    DeepSpeed layout is, so both start from identical weights), on the device, wrapped as
-    plan.torch_config says, with its optimizer and schedule."""
+    DeepSpeed layout is, so both start from identical weights), wrapped as plan.torch_config
+    says, with its optimizer and schedule. torch DDP: built whole on the device. FSDP2: built on
+    the meta device (no storage), sharded by fully_shard there, then only this rank's shards are
+    made on the device and initialised (_materialise_shards): no rank ever holds the whole model,
+    the host holds one whole parameter at a time."""
     config = plan.torch_config
     dev = torch.device(device.current_device())
-    # built whole on every rank, then wrapped (FSDP2 shards it then); zero.Init is DeepSpeed's
-    with dev if plan.accelerator == "cuda" else contextlib.nullcontext():
-        model = models.family(cfg.model.family).build(cfg.model, cfg.train.seed, checkpoint=checkpoint,
-                                                      sequence_group=None)
-    module = _wrap(model, config, plan, dev)
+    family = models.family(cfg.model.family)
+    if config["engine"] == "fsdp2":
+        from suite.models.layers import deferred_initialisation
+
+        with torch.device("meta"), deferred_initialisation():
+            model = family.build(cfg.model, cfg.train.seed, checkpoint=checkpoint, sequence_group=None)
+        module = _wrap(model, config, plan, dev)
+        _materialise_shards(module, dev)
+    else:
+        with dev if plan.accelerator == "cuda" else contextlib.nullcontext():
+            model = family.build(cfg.model, cfg.train.seed, checkpoint=checkpoint, sequence_group=None)
+        module = _wrap(model, config, plan, dev)
     optimizer = _resolve(config["optimizer"]["class"])(
         [p for p in module.parameters() if p.requires_grad], **config["optimizer"]["params"])
     scheduler = None

@@ -113,6 +113,110 @@ def _own_summary(times: List[float], forward_times: List[float], peak: int) -> d
             "forward_time_cv": spread, "peak_memory_bytes": peak}
 
 
+class ForwardTimer:
+    """Seconds of each step's forward passes, per rank (the straggler table's figure): time(run)
+    runs one micro-batch's forward pass and times it, end_step() closes a step's entry, and
+    step_seconds() returns every closed step's forward seconds, to be read after the timed
+    loop's final synchronisation. `stretch` (train.fault=slow) sleeps that fraction of each
+    forward pass's time more, counted in it. Made by forward_timer(accelerator)."""
+
+    def __init__(self, stretch: float = 0.0) -> None:
+        self.stretch = stretch
+        self._steps: List = []
+
+    def time(self, run):
+        raise NotImplementedError
+
+    def end_step(self) -> None:
+        raise NotImplementedError
+
+    def step_seconds(self) -> List[float]:
+        raise NotImplementedError
+
+
+class CpuForwardTimer(ForwardTimer):
+    """perf_counter around the call, nothing else: the CPU runs each op as it is called (its
+    accelerator's synchronize() is a no-op), so the clock sees the whole pass."""
+
+    def __init__(self, stretch: float = 0.0) -> None:
+        super().__init__(stretch)
+        self._seconds = 0.0
+
+    def time(self, run):
+        start = time.perf_counter()
+        out = run()
+        if self.stretch:
+            time.sleep(self.stretch * (time.perf_counter() - start))
+        self._seconds += time.perf_counter() - start
+        return out
+
+    def end_step(self) -> None:
+        self._steps.append(self._seconds)
+        self._seconds = 0.0
+
+    def step_seconds(self) -> List[float]:
+        return list(self._steps)
+
+
+class CudaForwardTimer(ForwardTimer):
+    """CUDA events recorded on the stream before and after each forward pass; nothing waits for
+    them until step_seconds(), after the timed loop's final synchronisation, so the launch queue
+    is never drained between micro-batches (synchronising around each forward pass, as the
+    suite did, drained it twice per micro-batch and exposed the launch latency in the step
+    time). `event()` makes a timing event (torch.cuda.Event(enable_timing=True); a test passes
+    a fake). train.fault=slow waits for its own forward pass's end event to know how long to
+    sleep: that fault's rank is meant to be slow."""
+
+    def __init__(self, stretch: float = 0.0, event=None) -> None:
+        super().__init__(stretch)
+        self._event = event or (lambda: torch.cuda.Event(enable_timing=True))
+        self._pairs: List = []
+        self._slept = 0.0
+
+    def time(self, run):
+        start, end = self._event(), self._event()
+        start.record()
+        out = run()
+        end.record()
+        self._pairs.append((start, end))
+        if self.stretch:
+            end.synchronize()
+            slept = self.stretch * start.elapsed_time(end) / 1e3
+            time.sleep(slept)
+            self._slept += slept
+        return out
+
+    def end_step(self) -> None:
+        self._steps.append((self._pairs, self._slept))
+        self._pairs, self._slept = [], 0.0
+
+    def step_seconds(self) -> List[float]:
+        """elapsed_time is in milliseconds; the events must have completed (they have, after
+        the step's final synchronize)."""
+        return [sum(start.elapsed_time(end) for start, end in pairs) / 1e3 + slept
+                for pairs, slept in self._steps]
+
+
+def forward_timer(accelerator: str, stretch: float = 0.0) -> ForwardTimer:
+    """The forward-pass timer of the run's accelerator."""
+    return CudaForwardTimer(stretch) if accelerator == "cuda" else CpuForwardTimer(stretch)
+
+
+def micro_batch_steps(engine, batches, timer: ForwardTimer, poison, backward_scale: float = 1.0
+                      ) -> torch.Tensor:
+    """One optimizer step of DeepSpeed's engine (or the torch baselines'), micro-batch by
+    micro-batch: forward (timed by `timer`), backward, engine.step(); the mean loss, on the
+    device. Nothing here waits for the device."""
+    losses = []
+    for batch in batches:
+        loss = timer.time(lambda: poison(engine(batch)))
+        engine.backward(loss * backward_scale if backward_scale != 1.0 else loss)
+        engine.step()
+        losses.append(loss.detach())
+    timer.end_step()
+    return torch.stack(losses).mean()
+
+
 class _Poison:
     """train.fault=nan: multiplies the loss by NaN during the fault step."""
 
@@ -154,6 +258,8 @@ def _build(cfg: SuiteConfig, plan: RunPlan, poison: _Poison, sp_state):
     if plan.pipeline_parallel > 1:
         from deepspeed.pipe import PipelineModule
 
+        # the stages are built on the CPU (DeepSpeed moves them): their weights are drawn on the
+        # CPU, as every layout's are (suite.models.layers.initial_weight), so they equal ddp's
         return PipelineModule(
             layers=family.pipeline_layers(m, cfg.train.seed), num_stages=plan.pipeline_parallel,
             loss_fn=lambda logits, targets: poison(next_token_loss(logits, targets)),
@@ -191,11 +297,12 @@ def _data_parallel_rank(engine, plan: RunPlan, rank: int) -> int:
     return rank
 
 
-def prepare(cfg: SuiteConfig, plan: RunPlan):
-    """The engine, the step function (one optimizer step -> its mean loss, on the device; it
-    appends the step's forward seconds to `forward_times`, except under pipeline parallelism,
-    whose engine runs forward and backward as one schedule) and this replica's micro-batches;
-    everything before the timed loop."""
+def prepare(cfg: SuiteConfig, plan: RunPlan, timer: Optional[ForwardTimer] = None):
+    """The engine, the step function (one optimizer step -> its mean loss, on the device), this
+    replica's micro-batches and the forward timer (`timer`, else the accelerator's:
+    forward_timer), which has each step's forward seconds once the loop is over (none under
+    pipeline parallelism, whose engine runs forward and backward as one schedule); everything
+    before the timed loop."""
     rank = int(os.environ.get("RANK", 0))
     poison = _Poison()
     if plan.engine != "deepspeed":
@@ -241,19 +348,9 @@ def prepare(cfg: SuiteConfig, plan: RunPlan):
             plan.micro_batch_size, plan.grad_accum_steps, dp_rank, plan.data_parallel_size,
             pin_memory=plan.accelerator == "cuda"))
 
-    forward_times: List[float] = []
     slowed = cfg.train.fault == "slow" and cfg.train.fault_rank in (None, rank)
-
-    def forward(batch: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """The loss and the forward pass's seconds (device-synchronised; train.fault=slow
-        stretches the slowed rank's by train.fault_slowdown)."""
-        device.synchronize()
-        start = time.perf_counter()
-        loss = poison(engine(batch))
-        device.synchronize()
-        if slowed:
-            time.sleep(cfg.train.fault_slowdown * (time.perf_counter() - start))
-        return loss, time.perf_counter() - start
+    if timer is None:  # train.fault=slow stretches the slowed rank's forward passes
+        timer = forward_timer(plan.accelerator, cfg.train.fault_slowdown if slowed else 0.0)
 
     def step_fn(step: int) -> torch.Tensor:
         _fault(step, cfg, rank)
@@ -267,17 +364,9 @@ def prepare(cfg: SuiteConfig, plan: RunPlan):
             batches = micro[step % DATA_POOL]
         if plan.pipeline_parallel > 1:
             return engine.train_batch(iter([(b[:, :-1], b[:, 1:]) for b in batches]))
-        losses, seconds = [], 0.0
-        for batch in batches:
-            loss, spent = forward(batch)
-            seconds += spent
-            engine.backward(loss * backward_scale if backward_scale != 1.0 else loss)
-            engine.step()
-            losses.append(loss.detach())
-        forward_times.append(seconds)
-        return torch.stack(losses).mean()
+        return micro_batch_steps(engine, batches, timer, poison, backward_scale)
 
-    return engine, step_fn, micro, forward_times
+    return engine, step_fn, micro, timer
 
 
 def timed_loop(step_fn, warmup: int, timed: int, beat=lambda step: None, slowdown: float = 0.0,
@@ -307,7 +396,7 @@ def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None,
     step completes (the hang watchdog)."""
     out = Measurements()
     t_init = time.perf_counter()
-    engine, step_fn, _, forward_times = prepare(cfg, plan)
+    engine, step_fn, _, timer = prepare(cfg, plan)
     out.device_name = device.device_name(plan.accelerator)
     out.memory_capacity_bytes = _memory_capacity(plan.accelerator)
     device.synchronize()
@@ -323,6 +412,7 @@ def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None,
                                     float(os.environ.get(SLOWDOWN_VARIABLE, 0) or 0),
                                     on_timed_start=sensor.start if sensor else lambda: None)
     own_telemetry = sensor.stop() if sensor else None
+    forward_times = timer.step_seconds()  # after the last step's synchronisation
     total = cfg.train.warmup_steps + cfg.train.timed_steps
 
     # Collectives after timing: a step lasts as long as its slowest rank; losses are averaged.
