@@ -114,15 +114,19 @@ def test_every_cpu_layout_trains_the_same_model_as_data_parallel(parity):
 
 def test_recomputation_trains_the_same_model_and_counts_in_hfu(tmp_path, parity):
     runs, _ = parity
-    # torch's checkpoint under ZeRO-3 (the GPT), DeepSpeed's in the pipeline engine (the Llama)
+    # torch's checkpoint under ZeRO-3 (the GPT), DeepSpeed's in the pipeline engine (the Llama),
+    # DeepSpeed's own checkpointing (activations kept on the CPU) under Ulysses, which its
+    # configure() once refused ("train_batch_size ... 2 != 2 * 1 * 2": all ranks counted as
+    # data parallel)
     recomputed = []
-    for model, strategy in (("tiny", "zero3"), ("llama_tiny", "pp2")):
-        done = run_sweep(tmp_path / model, "experiment=parity", f"model={model}", f"strategy={strategy}",
-                         "train.activation_checkpointing=full", "report.enabled=false")
+    for model, strategy, mode in (("tiny", "zero3", "full"), ("llama_tiny", "pp2", "full"),
+                                  ("llama_tiny", "sp2_zero2", "cpu")):
+        done = run_sweep(tmp_path / strategy, "experiment=parity", f"model={model}", f"strategy={strategy}",
+                         f"train.activation_checkpointing={mode}", "report.enabled=false")
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        [sweep] = sweep_dirs(tmp_path / model)
+        [sweep] = sweep_dirs(tmp_path / strategy)
         recomputed += records(sweep)
-    assert len(recomputed) == 2 and {r["status"] for r in recomputed} == {"ok"}
+    assert len(recomputed) == 3 and {r["status"] for r in recomputed} == {"ok"}
     for r in recomputed:  # the same losses as the parity sweep's run without recomputation
         plain = runs[r["model"], "ddp"]["metrics"]["loss_per_step"]
         assert max_difference(r["metrics"]["loss_per_step"], plain) < 1e-4, (r["model"], r["strategy"])

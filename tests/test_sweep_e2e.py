@@ -68,3 +68,24 @@ def test_an_invalid_sweep_is_refused_before_any_run_starts(tmp_path):
     assert "The sweep was refused, nothing was started" in out
     assert "precision=fp16 needs a GPU" in out and "optimizer=lamb needs a GPU" in out
     assert not list(tmp_path.glob("*/*/result.json")) and not list(tmp_path.glob("*/.submitit/*/*"))
+
+
+def test_every_optimizer_the_suite_offers_trains_on_the_cpu_or_is_refused_with_the_reason(tmp_path):
+    # sgd, sgd_momentum and adamw train in the parity and default sweeps; adam and adagrad had
+    # only been planned. Each trains here (adam as DeepSpeed's Adam with torch_adam, adagrad as
+    # DeepSpeed's CPU Adagrad under ZeRO-2); lamb is DeepSpeed's CUDA kernel and is refused.
+    from suite.config import OPTIMIZERS
+
+    done = run_sweep(tmp_path / "ran", "optimizer=adam,adagrad", "strategy=zero2", "train.timed_steps=3",
+                     "train.warmup_steps=1", "report.enabled=false")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [sweep] = sweep_dirs(tmp_path / "ran")
+    runs = {json.loads(p.read_text())["optimizer"]: json.loads(p.read_text()) for p in sweep.glob("*/result.json")}
+    assert set(runs) == {"adam", "adagrad"} and {r["status"] for r in runs.values()} == {"ok"}
+    for r in runs.values():  # it trained: the loss moved
+        losses = r["metrics"]["loss_per_step"]
+        assert len(losses) == 4 and losses[-1] != losses[0]
+    refused = run_sweep(tmp_path / "refused", "optimizer=lamb")
+    assert refused.returncode != 0 and "optimizer=lamb needs a GPU" in refused.stdout + refused.stderr
+    trained_elsewhere = {"sgd", "sgd_momentum", "adamw"}  # tests/test_parallel.py, the default sweep
+    assert set(OPTIMIZERS) == set(runs) | trained_elsewhere | {"lamb"}

@@ -235,8 +235,19 @@ def _checkpoint_function(cfg: SuiteConfig, plan: RunPlan):
         from torch.utils.checkpoint import checkpoint
 
         return lambda block, x: checkpoint(block, x, use_reentrant=False)
-    deepspeed.checkpointing.configure(None, deepspeed_config=plan.ds_config)
+    deepspeed.checkpointing.configure(None, deepspeed_config=checkpointing_config(plan))
     return lambda block, x: deepspeed.checkpointing.checkpoint(block, x)
+
+
+def checkpointing_config(plan: RunPlan) -> dict:
+    """The config DeepSpeed's activation checkpointing is configured from. Without an mpu it
+    checks the batch against every rank as if all were data parallel; under Ulysses that fails
+    (train_batch_size 2 != 2 x 1 x 2 on 2 ranks of sp2), so the sequence-parallel degree goes
+    in under DeepSpeed's own key for mpu-less configs, `sequence_parallel_size`
+    (runtime/config.py: world size / sequence_parallel_size)."""
+    if plan.sequence_parallel == 1:
+        return plan.ds_config
+    return {**plan.ds_config, "sequence_parallel_size": plan.sequence_parallel}
 
 
 def _sequence_parallel_state(plan: RunPlan):
