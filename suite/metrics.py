@@ -10,22 +10,23 @@ from typing import Any, Dict, List, Optional, Sequence
 from suite import models
 
 # Dense (non-sparse) datasheet peaks in TFLOP/s per device; vendors print tensor rates "with
-# sparsity", twice these. fp32 is the plain (non-tensor-core) rate: PyTorch does not use TF32 for
-# matmuls unless asked. None = not published, or not confirmed by us.
+# sparsity", twice these. fp32 is the plain (non-tensor-core) rate, which every run gets unless
+# precision.tf32 asks for TF32 (the suite sets it: suite/workload/device.py); tf32 is the TF32
+# tensor-core rate. None = not published, or not confirmed by us.
 PEAK_TFLOPS: Dict[str, Dict[str, Optional[float]]] = {
-    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5},
-    "H100 SXM": {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9},
-    "H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "fp32": 51.2},
-    "H100 NVL": {"bf16": 835.5, "fp16": 835.5, "fp32": 60.0},
-    "H200": {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9},
-    "H200 NVL": {"bf16": 835.5, "fp16": 835.5, "fp32": 60.0},
-    "GH200": {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9},  # the H100/H200 chip at SXM rates
-    "B200": {"bf16": 2250.0, "fp16": 2250.0, "fp32": None},  # fp32: 75 or 80 in NVIDIA's papers
-    "GB200": {"bf16": 2500.0, "fp16": 2500.0, "fp32": None},  # fp32: 80 or 90, likewise
-    "B300": {"bf16": 2250.0, "fp16": 2250.0, "fp32": None},
-    "L40S": {"bf16": 362.05, "fp16": 362.05, "fp32": 91.6},
-    "MI300X": {"bf16": 1307.4, "fp16": 1307.4, "fp32": 163.4},
-    "MI325X": {"bf16": 1307.4, "fp16": 1307.4, "fp32": 163.4},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5, "tf32": 156.0},
+    "H100 SXM": {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9, "tf32": 494.7},
+    "H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "fp32": 51.2, "tf32": 378.0},
+    "H100 NVL": {"bf16": 835.5, "fp16": 835.5, "fp32": 60.0, "tf32": 417.5},
+    "H200": {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9, "tf32": 494.7},
+    "H200 NVL": {"bf16": 835.5, "fp16": 835.5, "fp32": 60.0, "tf32": 417.5},
+    "GH200": {"bf16": 989.4, "fp16": 989.4, "fp32": 66.9, "tf32": 494.7},  # the H100/H200 chip at SXM rates
+    "B200": {"bf16": 2250.0, "fp16": 2250.0, "fp32": None, "tf32": None},  # fp32: 75 or 80 in NVIDIA's papers
+    "GB200": {"bf16": 2500.0, "fp16": 2500.0, "fp32": None, "tf32": None},  # fp32: 80 or 90, likewise
+    "B300": {"bf16": 2250.0, "fp16": 2250.0, "fp32": None, "tf32": None},
+    "L40S": {"bf16": 362.05, "fp16": 362.05, "fp32": 91.6, "tf32": 183.0},
+    "MI300X": {"bf16": 1307.4, "fp16": 1307.4, "fp32": 163.4, "tf32": 653.7},
+    "MI325X": {"bf16": 1307.4, "fp16": 1307.4, "fp32": 163.4, "tf32": 653.7},
 }
 
 # The names torch.cuda.get_device_name() reports (the driver's own names; ROCm's from
@@ -61,6 +62,12 @@ def device_key(device_name: Optional[str]) -> Optional[str]:
     if not device_name:
         return None
     return _DEVICE_KEYS.get(" ".join(device_name.upper().split()))
+
+
+def peak_dtype(precision: str, tf32: bool) -> str:
+    """The peak a run's MFU is taken against: its precision's, or TF32's for fp32 matmuls that
+    were allowed TF32 (precision.tf32)."""
+    return "tf32" if precision == "fp32" and tf32 else precision
 
 
 def peak_tflops(device_name: Optional[str], dtype: str) -> Optional[float]:

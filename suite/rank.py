@@ -370,7 +370,7 @@ def _training_metrics(typed: Any, plan: planning.RunPlan, measured: Any) -> Dict
         global_batch_size=plan.global_batch_size, step_times_s=measured.step_times_s,
         losses=measured.losses, peak_memory_bytes=measured.peak_memory_bytes,
         peak_memory_reserved_bytes=measured.peak_memory_reserved_bytes,
-        device_name=measured.device_name, dtype=plan.precision,
+        device_name=measured.device_name, dtype=metrics.peak_dtype(plan.precision, typed.precision.tf32),
         recompute=typed.train.activation_checkpointing != "none")
     run_metrics.update(metrics.energy_metrics(measured.telemetry, tokens=run_metrics["tokens_per_s"]
                                               * sum(measured.step_times_s)))

@@ -264,3 +264,15 @@ def test_model_state_memory_by_optimizer_and_precision():
     assert [per_param(precision="bf16", optimizer=o) for o in ("sgd", "sgd_momentum", "adam")] == [8, 12, 16]
     # ZeRO-3 with only the parameters offloaded: (2 + 2 + 12) / 4 - 2 / 4 = 3.5 bytes per parameter
     assert per_param(precision="bf16", optimizer="adamw", zero_stage=3, dp=4, offload_params=True) == 3.5
+
+
+def test_fp32_runs_allowed_tf32_are_measured_against_the_tf32_peak():
+    from suite.metrics import peak_dtype, peak_tflops
+
+    assert peak_dtype("fp32", tf32=False) == "fp32" and peak_dtype("fp32", tf32=True) == "tf32"
+    assert peak_dtype("bf16", tf32=True) == "bf16"  # TF32 touches fp32 matmuls only
+    # H100 SXM datasheet: TF32 tensor core 989 TFLOP/s with sparsity, 494.7 dense; plain fp32 66.9
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "tf32") == 494.7
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "fp32") == 66.9
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", "tf32") == 156.0
+    assert peak_tflops("NVIDIA B200", "tf32") is None  # not confirmed: no MFU rather than a guess
