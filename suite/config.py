@@ -5,7 +5,8 @@ values when it composes, and `__post_init__` rejects values outside the allowed 
 the field (suite/plain_config.py builds these dataclasses from the composed values).
 """
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -20,9 +21,31 @@ def _choice(field_name: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{field_name}={value!r} is not allowed; choose one of {list(allowed)}")
 
 
+def _finite(field_name: str, value: Any) -> None:
+    """Refuse a float that is not a finite number (NaN, inf), in a list or mapping too: every
+    range check compares (`x > 0`, `0 <= x < 1`), and NaN is neither above nor below anything,
+    so without this a NaN would pass a check written as a refusal of the values below it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{field_name}={value!r} is not a finite number; give a finite value")
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _finite(f"{field_name}[{i}]", item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _finite(f"{field_name}.{key}", item)
+
+
+def _finite_fields(schema: Any, group: str) -> None:
+    """Every float of a schema's fields finite (called first in each __post_init__, so a float
+    field added later is covered without a range check of its own)."""
+    for f in fields(schema):
+        _finite(f"{group}.{f.name}", getattr(schema, f.name))
+
+
 def _positive(field_name: str, value: Optional[float], allow_zero: bool = False) -> None:
     if value is None:
         return
+    _finite(field_name, value)
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{field_name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
@@ -54,14 +77,40 @@ class ModelConfig:
     rope_theta: float = 10000.0
     #: epsilon of the LayerNorms (gpt) or RMSNorms (llama)
     norm_eps: float = 1e-5
+    #: size of each attention head (llama); null = d_model / n_heads (Qwen3: d 2048, 32 heads of 128)
+    head_dim: Optional[int] = None
+    #: RMSNorm on each query and key head before the rotary positions (llama; Qwen3 has it)
+    qk_norm: bool = False
+    #: mixture of experts (docs/models.md): routed experts per MLP through DeepSpeed-MoE;
+    #: 0 or 1 = the dense MLP
+    n_experts: int = 0
+    #: experts each token is routed to (top-k)
+    experts_per_token: int = 2
+    #: hidden size of each (SwiGLU) expert; null = ffn_dim's rule
+    moe_ffn_dim: Optional[int] = None
+    #: shared experts every token passes through (DeepSeek, Qwen2-MoE): a dense SwiGLU of
+    #: n_shared_experts x moe_ffn_dim added to the routed output
+    n_shared_experts: int = 0
+    #: each expert takes at most capacity_factor x k x tokens / n_experts tokens of a micro-batch
+    capacity_factor: float = 1.0
+    #: drop the routes past an expert's capacity (false: capacity = the busiest expert's load)
+    drop_tokens: bool = True
+    #: coefficient of the router's load-balancing loss, summed over layers, in the training loss
+    aux_loss_coef: float = 0.01
+    #: no random token selection nor sampled second expert, so that layouts route alike
+    deterministic_routing: bool = True
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "model")
         from suite.models import family
 
         for name in ("n_layers", "d_model", "n_heads", "n_kv_heads", "ffn_dim", "seq_len",
-                     "vocab_size", "rope_theta", "norm_eps"):
+                     "vocab_size", "rope_theta", "norm_eps", "head_dim", "experts_per_token",
+                     "moe_ffn_dim", "capacity_factor"):
             _positive(f"model.{name}", getattr(self, name))
-        if self.d_model % self.n_heads:
+        for name in ("n_experts", "n_shared_experts", "aux_loss_coef"):
+            _positive(f"model.{name}", getattr(self, name), allow_zero=True)
+        if self.head_dim is None and self.d_model % self.n_heads:
             raise ConfigError(
                 f"model.d_model={self.d_model} must divide by model.n_heads={self.n_heads}"
             )
@@ -118,6 +167,9 @@ class StrategyConfig:
     #: DeepSpeed-Ulysses sequence-parallel degree: each rank holds seq_len/sp tokens of every
     #: sample; attention all-to-alls trade the sequence slice for n_heads/sp whole heads
     sequence_parallel: int = 1
+    #: expert-parallel degree (DeepSpeed-MoE's ep_size): each rank of an expert group holds
+    #: n_experts / expert_parallel of every MoE layer's experts; tokens reach them by all-to-all
+    expert_parallel: int = 1
     #: how layers are split into stages: parameters, uniform, or type:<regex>
     pipeline_partition_method: str = "parameters"
     #: ZeRO++ (stage 3, CUDA only): quantised weights (qwZ), quantised gradients (qgZ),
@@ -139,12 +191,14 @@ class StrategyConfig:
     fsdp_reshard_after_forward: bool = True
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "strategy")
         _choice("strategy.zero_stage", self.zero_stage, (0, 1, 2, 3))
         _choice("strategy.engine", self.engine, ENGINES)
         self._check_engine()
         _positive("strategy.tensor_parallel", self.tensor_parallel)
         _positive("strategy.pipeline_parallel", self.pipeline_parallel)
         _positive("strategy.sequence_parallel", self.sequence_parallel)
+        _positive("strategy.expert_parallel", self.expert_parallel)
         _positive("strategy.zero_hpz_partition_size", self.zero_hpz_partition_size)
         if not (self.pipeline_partition_method in ("parameters", "uniform")
                 or self.pipeline_partition_method.startswith("type:")):
@@ -217,6 +271,7 @@ class OptimizerConfig:
     gradient_clipping: float = 1.0
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "optimizer")
         _choice("optimizer.name", self.name, OPTIMIZERS)
         _choice("optimizer.scheduler", self.scheduler, SCHEDULERS)
         _choice("optimizer.implementation", self.implementation, ADAM_IMPLEMENTATIONS)
@@ -250,6 +305,7 @@ class PrecisionConfig:
     tf32: bool = False
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "precision")
         _choice("precision.name", self.name, PRECISION_CHOICES)
         _positive("precision.loss_scale", self.loss_scale, allow_zero=True)
 
@@ -321,6 +377,7 @@ class ClusterConfig:
     signal_delay_s: int = 60
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "cluster")
         _choice("cluster.scheduler", self.scheduler, BACKENDS)
         _positive("cluster.nodes", self.nodes)
         _positive("cluster.gpus_per_node", self.gpus_per_node)
@@ -407,6 +464,7 @@ class TrainConfig:
     step_timeout_s: float = 900.0
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "train")
         _positive("train.micro_batch_size", self.micro_batch_size)
         _positive("train.grad_accum_steps", self.grad_accum_steps)
         _positive("train.global_batch_size", self.global_batch_size)
@@ -455,6 +513,7 @@ class WorkloadConfig:
     rounds: int = 5
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "workload")
         _choice("workload.name", self.name, WORKLOADS)
         for dtype in self.gemm_dtypes:
             _choice("workload.gemm_dtypes[]", dtype, PRECISIONS)
@@ -488,6 +547,7 @@ class DataConfig:
     workers: int = 2
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "data")
         _choice("data.name", self.name, ("synthetic", "tokens"))
         _choice("data.token_dtype", self.token_dtype, ("uint16", "uint32"))
         _positive("data.workers", self.workers, allow_zero=True)
@@ -518,6 +578,7 @@ class SubmitConfig:
     each_node: bool = False
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "submit")
         _positive("submit.repeats", self.repeats)
 
 
@@ -569,6 +630,7 @@ class ReportConfig:
     otava_min_nights: int = 6
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "report")
         _positive("report.window", self.window)
         _choice("report.change_method", self.change_method, ("otava", "median_mad"))
         for name in ("otava_window", "otava_min_nights"):

@@ -5,7 +5,9 @@ Nothing here touches processes, files or devices, so tests call it directly.
 """
 from __future__ import annotations
 
+import functools
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -170,6 +172,12 @@ def check_layout(cfg: SuiteConfig, world: int) -> None:
     if cfg.train.activation_checkpointing in ("partitioned", "cpu") and pp > 1:
         raise ConfigError(f"train.activation_checkpointing={cfg.train.activation_checkpointing} "
                           "is not wired into the pipeline model of this suite (yet); use full")
+    if cfg.train.activation_checkpointing == "partitioned" and tp == 1:
+        raise ConfigError(f"train.activation_checkpointing=partitioned with strategy.tensor_parallel=1: "
+                          "DeepSpeed partitions checkpointed activations across tensor-parallel ranks "
+                          "only, and with one there is nothing to partition over; use it with "
+                          "strategy.tensor_parallel > 1, or full (torch's checkpoint per block) or "
+                          "cpu (DeepSpeed's, kept in host memory)")
 
 
 def check_site(cfg: SuiteConfig, per_node: int) -> None:
@@ -281,8 +289,12 @@ def _layout(cfg: SuiteConfig, plan: "RunPlan") -> str:
     parallel = "".join(f", {name} {d}" for name, d in (("tensor parallel", plan.tensor_parallel),
                                                        ("pipeline parallel", plan.pipeline_parallel),
                                                        ("sequence parallel", plan.sequence_parallel)) if d > 1)
+    # ZeRO-0 and torch DDP keep a whole copy on every data-parallel rank: nothing is sharded
+    shards = s.zero_stage > 0 or s.engine == "fsdp2"
+    sharding = (f", sharding over {plan.sharding_size} ranks" if shards
+                else f", replicated on {plan.sharding_size} data-parallel ranks")
     return (f"{engine}, {plan.nodes} node{'s' if plan.nodes > 1 else ''} x {plan.ranks_per_node} ranks"
-            f"{parallel}, sharding over {plan.sharding_size} ranks, {plan.precision}, {cfg.optimizer.name}, "
+            f"{parallel}{sharding}, {plan.precision}, {cfg.optimizer.name}, "
             f"micro-batch {plan.micro_batch_size}, recompute {cfg.train.activation_checkpointing}")
 
 
@@ -294,9 +306,9 @@ def _memory_problem(cfg: SuiteConfig, plan: "RunPlan", kind: str, need: Dict[str
     terms = (f"model states {_gib(need['model_state_bytes'])}, activations {_gib(need['activation_bytes'])}, "
              f"logits and loss {_gib(need['logits_bytes'])}, buffers {_gib(need['buffer_bytes'])}, "
              f"+{ALLOCATOR_ALLOWANCE:.0%} allocator allowance")
+    if need.get("build_bytes", 0) > need["predicted_bytes"]:
+        terms += f"; the fp32 weights built before the engine shards them, {_gib(need['build_bytes'])}, are the peak"
     if kind == "host":
-        if need["build_bytes"] > need["predicted_bytes"]:
-            terms += f"; the fp32 weights built before the engine shards them, {_gib(need['build_bytes'])}, are the peak"
         terms += f", + {_gib(need['runtime_bytes'])} for the rank's runtime (Python, torch, DeepSpeed)"
         what, has = "of host memory per rank", f"the {_gib(available)} each rank has ({source})"
     else:
@@ -748,13 +760,15 @@ def torch_config(cfg: SuiteConfig, accelerator: str, precision: str, micro: int,
 
 
 def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0, check_memory: bool = True,
-             local_memory: Any = None) -> RunPlan:
+             local_memory: Any = None, check_deepspeed: bool = True) -> RunPlan:
     """Validate one run's config and derive its plan. `local_gpus`: GPUs the submitting
     machine sees (used only where the config leaves accelerator or ranks to be detected).
     `local_memory`: the submitting machine's memory (suite.memory.LocalMemory, read by the
     launcher), for local runs whose config does not declare it; without it such a run is not
     checked. `check_memory`: refuse a run the memory model says will not fit (unless
-    submit.try_anyway); the autotune search asks for the verdict itself (memory_need)."""
+    submit.try_anyway); the autotune search asks for the verdict itself (memory_need).
+    `check_deepspeed`: put a training run's DeepSpeed config to DeepSpeed's own validation
+    (check_deepspeed_config; deepspeed is imported once, on the first such run)."""
     typed = to_object(cfg)
     accelerator = resolve_accelerator(typed.cluster.accelerator, local_gpus)
     precision = resolve_precision(typed.precision.name, accelerator)
@@ -793,11 +807,228 @@ def plan_run(cfg: DictConfig | SuiteConfig, local_gpus: int = 0, check_memory: b
         gpu_memory_bytes=gpu_memory, gpu_memory_source=gpu_source,
         host_memory_bytes=host_memory, host_memory_source=host_source,
     )
+    if check_deepspeed and typed.workload.name == "train":
+        check_deepspeed_config(typed, plan)
     if check_memory and not typed.submit.try_anyway and typed.workload.name == "train":
         need = memory_need(typed, plan)
         if need.problem:
             raise ConfigError(need.problem)
     return plan
+
+
+# ---- DeepSpeed's own config validation, at planning time ------------------------------------
+
+class _World:
+    """What DeepSpeedConfig asks of deepspeed.comm while it validates, without a process group:
+    rank 0 of `world` ranks (DeepSpeed's own fallback without one is a world of 1, which would
+    accept any batch arithmetic)."""
+
+    def __init__(self, world: int) -> None:
+        self.world = world
+
+    def get_rank(self, group: Any = None) -> int:
+        return 0
+
+    def get_world_size(self, group: Any = None) -> int:
+        return self.world
+
+
+class _DataParallel:
+    """The `mpu` DeepSpeedConfig reads: the data-parallel world size the run's engine counts."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def get_data_parallel_world_size(self) -> int:
+        return self.size
+
+
+def deepspeed_world_sizes(plan: "RunPlan") -> Dict[str, int]:
+    """The world sizes DeepSpeed checks train_batch_size against in the run (suite/workload/
+    train.py): deepspeed.initialize, whose mpu is the pipeline grid (data parallel) or Ulysses'
+    parallel_state_sp (world / sp), or none under AutoTP (the whole world: AutoTP makes its
+    groups after the check, hence train_batch_size x tp); and DeepSpeed's activation
+    checkpointing (checkpointing.configure with mpu=None: every rank, over
+    "sequence_parallel_size" where the run gives it)."""
+    engine = plan.world_size // (plan.pipeline_parallel * plan.sequence_parallel)
+    return {"engine": engine, "checkpointing": plan.world_size}
+
+
+_DEEPSPEED_CHECKS: Dict[str, Optional[str]] = {}
+
+
+def _deepspeed_verdict(config: Dict[str, Any], world: int, mpu_size: Optional[int]) -> Optional[str]:
+    """DeepSpeed's own refusal of `config` (its message), or None; cached per distinct config,
+    and deepspeed imported once, on the first call (~2 s)."""
+    import json
+
+    key = json.dumps([config, world, mpu_size], sort_keys=True, default=str)
+    if key in _DEEPSPEED_CHECKS:
+        return _DEEPSPEED_CHECKS[key]
+    import logging
+
+    disabled = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # its import's and its config's lines are noise here
+    try:
+        try:
+            import deepspeed.runtime.config as ds_config
+        except ImportError:  # not installed where the sweep is planned: checked by the run
+            return None
+        real = ds_config.dist
+        ds_config.dist = _World(world)
+        try:
+            ds_config.DeepSpeedConfig(json.loads(json.dumps(config)),  # a copy: DeepSpeed edits blocks
+                                      mpu=None if mpu_size is None else _DataParallel(mpu_size))
+            verdict = None
+        except Exception as exc:  # its asserts, ValueErrors, pydantic's ValidationErrors
+            verdict = f"{type(exc).__name__}: {str(exc).strip() or repr(exc)}"
+        finally:
+            ds_config.dist = real
+    finally:
+        logging.disable(disabled)
+    _DEEPSPEED_CHECKS[key] = verdict
+    return verdict
+
+
+def check_deepspeed_config(cfg: SuiteConfig, plan: "RunPlan") -> None:
+    """Run DeepSpeed's own config validation (deepspeed.runtime.config.DeepSpeedConfig: batch
+    arithmetic, the ZeRO, precision, optimizer and checkpointing blocks) as the run's engine and
+    its activation checkpointing will, with the world sizes they will have; DeepSpeed's refusal
+    becomes the plan's, in DeepSpeed's words."""
+    if plan.engine != "deepspeed" or not plan.ds_config:
+        return
+    worlds = deepspeed_world_sizes(plan)
+    verdict = _deepspeed_verdict(plan.ds_config, worlds["engine"], worlds["engine"])
+    where = "deepspeed.initialize"
+    if verdict is None and cfg.train.activation_checkpointing in ("partitioned", "cpu"):
+        config = dict(plan.ds_config)
+        if plan.sequence_parallel > 1:  # DeepSpeed's own key: its world is all ranks / sp
+            config["sequence_parallel_size"] = plan.sequence_parallel
+        verdict = _deepspeed_verdict(config, worlds["checkpointing"], None)
+        where = "deepspeed.checkpointing.configure"
+    if verdict is not None:
+        raise ConfigError(
+            f"DeepSpeed refuses this run's config ({where}, checked at planning with the run's "
+            f"world size {plan.world_size}: data parallel {plan.data_parallel_size}, tensor "
+            f"{plan.tensor_parallel}, pipeline {plan.pipeline_parallel}, sequence {plan.sequence_parallel}; "
+            f"strategy={cfg.strategy.name}, train.micro_batch_size={plan.micro_batch_size}, "
+            f"train.grad_accum_steps={plan.grad_accum_steps}): {verdict}")
+
+
+# ---- token files (data=tokens): the one check that reads, and only metadata ---------------------
+
+#: what a filesystem needs on the machine that plans the sweep, by fsspec protocol
+FILESYSTEM_NEEDS = {
+    "hdfs": ("pyarrow's HDFS client needs a Java runtime and libhdfs here: install a JDK and set "
+             "JAVA_HOME, set HADOOP_HOME (or ARROW_LIBHDFS_DIR, the folder of libhdfs.so) and "
+             "CLASSPATH=$(hadoop classpath --glob)"),
+    "webhdfs": "WebHDFS needs the namenode's HTTP address reachable from here (and Kerberos where the cluster uses it)",
+    "s3": ("s3fs needs credentials here (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE "
+           "or ~/.aws/credentials) and the endpoint reachable"),
+    "gs": "gcsfs needs credentials here (GOOGLE_APPLICATION_CREDENTIALS, or gcloud auth application-default login)",
+    "abfs": ("adlfs needs the storage account (AZURE_STORAGE_ACCOUNT_NAME) and a credential "
+             "(AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_CONNECTION_STRING or az login) here"),
+}
+for _alias, _protocol in (("s3a", "s3"), ("gcs", "gs"), ("abfss", "abfs"), ("az", "abfs"),
+                          ("viewfs", "hdfs"), ("arrow_hdfs", "hdfs"), ("swebhdfs", "webhdfs")):
+    FILESYSTEM_NEEDS[_alias] = FILESYSTEM_NEEDS[_protocol]
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message, its first line only (pyarrow's libjvm error lists ~100 paths)."""
+    text = str(exc).strip() or repr(exc)
+    lines = text.splitlines()
+    first = lines[0][:400]
+    return f"{type(exc).__name__}: {first}" + (f" (+{len(lines) - 1} more lines not shown)" if len(lines) > 1 else "")
+
+
+class _CapturedStderr:
+    """The process's stderr (file descriptor 2) held while a filesystem opens: pyarrow's libhdfs
+    loader writes a line there for each of ~100 places it looks for libjvm. Written back when
+    the filesystem opened (nothing was wrong), dropped when it failed (the refusal says why)."""
+
+    def __enter__(self):
+        import sys
+        import tempfile
+
+        sys.stderr.flush()
+        self.held = tempfile.TemporaryFile()
+        self.saved = os.dup(2)
+        os.dup2(self.held.fileno(), 2)
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        import sys
+
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        if kind is None:
+            self.held.seek(0)
+            text = self.held.read()
+            if text:
+                sys.stderr.write(text.decode(errors="replace"))
+        self.held.close()
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def token_file_samples(url: str, token_dtype: str, seq_len: int) -> Tuple[Optional[str], int]:
+    """(why data=tokens cannot train on `url`, or None; its samples of seq_len + 1 tokens), from
+    the file's size alone (fsspec's info: a stat, nothing read), for a local path and any fsspec
+    URL. Any exception fsspec raises while it opens the filesystem or stats the path becomes the
+    reason, naming data.path, the protocol, the exception and what to provide."""
+    import fsspec
+
+    from suite.workload.tokens import DTYPES
+
+    protocol = fsspec.core.split_protocol(url)[0] or "file"
+    need = FILESYSTEM_NEEDS.get(protocol, f"provide what fsspec's {protocol!r} filesystem needs here "
+                                          "(its package, credentials, network access)")
+    fix = (f"{need}; the machine that submits plans every point, so it must reach the file too; or "
+           "copy the file to a local path the nodes share")
+    try:
+        with _CapturedStderr():
+            fs, path = fsspec.core.url_to_fs(url)
+    except ImportError as exc:  # the filesystem's package is not installed: fsspec says which
+        return f"data.path={url}: {exc}", 0
+    except ValueError as exc:  # an unknown protocol ("Protocol not known: nosuch")
+        if "protocol" in str(exc).lower():
+            return f"data.path={url}: {exc}", 0
+        return f"data.path={url}: the {protocol!r} filesystem could not be opened: {_first_line(exc)}; {fix}", 0
+    except Exception as exc:  # a filesystem that is installed but cannot load or connect
+        return f"data.path={url}: the {protocol!r} filesystem could not be opened: {_first_line(exc)}; {fix}", 0
+    try:
+        with _CapturedStderr():
+            info = fs.info(path)
+    except FileNotFoundError:
+        return f"data.path={url}: no such file", 0
+    except Exception as exc:  # credentials, network, permissions: what the filesystem said
+        return (f"data.path={url}: the {protocol!r} filesystem could not stat it: {_first_line(exc)}; "
+                f"{fix}"), 0
+    if info.get("type", "file") != "file":
+        return f"data.path={url}: no such file (it is a {info.get('type')})", 0
+    size = int(info.get("size") or 0)
+    width = DTYPES[token_dtype]().itemsize
+    tokens = size // width
+    samples = max(tokens - 1, 0) // seq_len
+    if samples < 1:
+        return (f"data.path={url} holds {tokens:,} tokens ({size:,} bytes of data.token_dtype="
+                f"{token_dtype}, {width} bytes each), fewer than one sample of model.seq_len={seq_len} "
+                f"+ 1 = {seq_len + 1:,} tokens; write a longer file (python -m suite.workload.data "
+                "FILE --tokens N) or lower model.seq_len"), 0
+    return None, samples
+
+
+def check_data(cfg: SuiteConfig) -> Optional[int]:
+    """data=tokens: refuse a data.path that cannot be read or holds less than one sample of the
+    model's sequence (ConfigError naming data.path); its samples, or None for synthetic data."""
+    if cfg.data.name != "tokens":
+        return None
+    problem, samples = token_file_samples(cfg.data.path, cfg.data.token_dtype, cfg.model.seq_len)
+    if problem:
+        raise ConfigError(problem)
+    return samples
 
 
 def collective_timeout_s(init_timeout_s: float, step_timeout_s: float) -> float:

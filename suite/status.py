@@ -29,12 +29,42 @@ class RunState:
     detail: str = ""            # the job id, the scheduler's state, the record's error
 
 
+def redact_override(override: str) -> str:
+    """One command-line override as the suite writes and prints it: the value of a key whose
+    name looks like a credential (suite.results.redact: TOKEN, KEY, SECRET, ...) as
+    <redacted>, user:password@ in a URL masked; a reference (${oc.env:NAME}) is kept."""
+    key, sep, value = override.partition("=")
+    if not sep or "${" in value:
+        return override
+    name = key.lstrip("+~").rsplit(".", 1)[-1]
+    redacted = results.redact(name, value)
+    return f"{key}={redacted}" if redacted != value else override
+
+
+def redact_overrides(overrides: Sequence[str]) -> List[str]:
+    return [redact_override(o) for o in overrides]
+
+
+def typed_secrets(overrides: Sequence[str]) -> List[str]:
+    """The keys of overrides that carry a credential as typed (not as a reference): a value of
+    a credential's name, or a URL's user:password@."""
+    return [o.partition("=")[0].lstrip("+~") for o in overrides if redact_override(o) != o]
+
+
+def redact_label(label: str) -> str:
+    """A label of space-separated overrides (PlannedRun.label), redacted as redact_override."""
+    return " ".join(redact_override(o) for o in label.split(" "))
+
+
 def write_sweep_file(sweep_dir: Path, runs: Sequence[dict], scheduler: str) -> Path:
-    """[{"name": run folder, "label": overrides}] of every run the sweep will have a record for."""
+    """[{"name": run folder, "label": overrides}] of every run the sweep will have a record for;
+    the labels' credentials redacted (redact_label), whoever passes them."""
     path = Path(sweep_dir) / SWEEP_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    runs = [{**run, "label": redact_label(run["label"])} if isinstance(run.get("label"), str) else run
+            for run in runs]
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"scheduler": scheduler, "written_at": results.now_iso(), "runs": list(runs)}, indent=1))
+    tmp.write_text(json.dumps({"scheduler": scheduler, "written_at": results.now_iso(), "runs": runs}, indent=1))
     os.replace(tmp, path)
     return path
 

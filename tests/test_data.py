@@ -49,3 +49,86 @@ def test_a_missing_file_or_an_unknown_scheme_is_named(tmp_path):
     assert "nosuch" in source_problem("nosuch://bucket/t.bin")
     path = write_token_file(tmp_path / "t.bin", 100, VOCAB)
     assert source_problem(str(path)) is None and source_problem(f"file://{path}") is None
+
+
+# --- planning's check of data.path (suite.plan.token_file_samples): a stat, nothing read ------
+
+def test_a_file_shorter_than_one_sample_is_refused_at_planning_local_or_remote(tmp_path):
+    from suite.plan import token_file_samples
+
+    short = write_token_file(tmp_path / "short.bin", SEQ, VOCAB)  # SEQ tokens: one short of a sample
+    with fsspec.open("memory://bucket/short.bin", "wb") as f:
+        f.write(short.read_bytes())
+    for url in (str(short), f"file://{short}", "memory://bucket/short.bin"):
+        problem, samples = token_file_samples(url, "uint16", SEQ)
+        assert problem == (f"data.path={url} holds 16 tokens (32 bytes of data.token_dtype=uint16, 2 bytes "
+                           f"each), fewer than one sample of model.seq_len=16 + 1 = 17 tokens; write a longer "
+                           "file (python -m suite.workload.data FILE --tokens N) or lower model.seq_len"), url
+    # the token width counts: 34 bytes are 17 uint16 tokens (one sample), 8 uint32 tokens (none)
+    exact = write_token_file(tmp_path / "exact.bin", SEQ + 1, VOCAB)
+    assert token_file_samples(str(exact), "uint16", SEQ) == (None, 1)
+    assert "holds 8 tokens (34 bytes of data.token_dtype=uint32" in token_file_samples(str(exact), "uint32", SEQ)[0]
+    assert token_file_samples(str(write_token_file(tmp_path / "long.bin", 1_000, VOCAB)), "uint16", SEQ) == (None, 62)
+    assert token_file_samples(str(tmp_path / "absent.bin"), "uint16", SEQ)[0] == \
+        f"data.path={tmp_path / 'absent.bin'}: no such file"
+    assert "Protocol not known" in token_file_samples("nosuch://bucket/t.bin", "uint16", SEQ)[0]
+
+
+def test_the_plan_refuses_a_short_token_file_naming_data_path(tmp_path):
+    from suite.config import ConfigError, DataConfig, ModelConfig, SuiteConfig
+    from suite.plan import check_data
+
+    short = write_token_file(tmp_path / "short.bin", 64, VOCAB)
+    cfg = SuiteConfig(model=ModelConfig(seq_len=64), data=DataConfig(name="tokens", path=str(short)))
+    with pytest.raises(ConfigError, match=f"data.path={short} holds 64 tokens .* model.seq_len=64 "):
+        check_data(cfg)
+    assert check_data(SuiteConfig(model=ModelConfig(seq_len=63), data=DataConfig(name="tokens", path=str(short)))) == 1
+    assert check_data(SuiteConfig()) is None  # synthetic data: nothing to read
+
+
+class _BrokenFileSystem(fsspec.AbstractFileSystem):
+    """A filesystem that is installed but cannot open here (as pyarrow's HDFS without a JVM)."""
+    protocol = "brokenfs"
+
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("the client library could not load\nline two of its complaint")
+
+
+class _NoStatFileSystem(fsspec.AbstractFileSystem):
+    """One that opens, then cannot stat the path (credentials, network)."""
+    protocol = "nostatfs"
+
+    def info(self, path, **kwargs):
+        raise PermissionError("403 Forbidden")
+
+
+def test_any_exception_opening_the_filesystem_or_stating_the_path_is_a_refusal(capfd):
+    from suite.plan import token_file_samples
+
+    fsspec.register_implementation("brokenfs", _BrokenFileSystem, clobber=True)
+    fsspec.register_implementation("nostatfs", _NoStatFileSystem, clobber=True)
+    problem, _ = token_file_samples("brokenfs://store/tokens.bin", "uint16", SEQ)
+    assert problem.startswith("data.path=brokenfs://store/tokens.bin: the 'brokenfs' filesystem could not be "
+                              "opened: RuntimeError: the client library could not load (+1 more lines not shown); "
+                              "provide what fsspec's 'brokenfs' filesystem needs here"), problem
+    problem, _ = token_file_samples("nostatfs://store/tokens.bin", "uint16", SEQ)
+    assert problem.startswith("data.path=nostatfs://store/tokens.bin: the 'nostatfs' filesystem could not stat "
+                              "it: PermissionError: 403 Forbidden; "), problem
+
+
+def test_hdfs_without_a_jvm_is_refused_with_what_is_missing_and_how_to_provide_it(capfd):
+    """pyarrow installed, no JVM or libhdfs on this machine: pyarrow raises OSError 'Unable to load
+    libjvm' (its message and stderr list ~100 places it looked); the refusal is one line."""
+    pytest.importorskip("pyarrow")
+    from suite.plan import token_file_samples
+
+    capfd.readouterr()
+    url = "hdfs://namenode:8020/data/tokens.bin"
+    problem, _ = token_file_samples(url, "uint16", SEQ)
+    if "libjvm" not in problem and "libhdfs" not in problem:  # a JVM and libhdfs load here
+        pytest.skip(f"libhdfs loads on this machine: {problem}")
+    # the first attempt in a process says "Unable to load libjvm", a later one "Prior attempt to
+    # load libhdfs failed"
+    assert problem.startswith(f"data.path={url}: the 'hdfs' filesystem could not be opened: OSError: "), problem
+    assert "JAVA_HOME" in problem and "HADOOP_HOME" in problem and "hadoop classpath --glob" in problem
+    assert problem.count("\n") == 0 and "dlopen" not in capfd.readouterr().err  # pyarrow's stderr held back

@@ -660,7 +660,7 @@ def test_a_refusal_names_the_model_and_the_layout_it_was_checked_for():
     tiny = "model=tiny (169,728 parameters) with strategy="
     small = dict(accelerator="cpu", gpu_memory_gb=0.001)  # nothing fits in 1 MiB per device
     assert layout(suite_cfg(cluster=ClusterConfig(**small))) == (
-        tiny + "ddp (ZeRO-0, 1 node x 2 ranks, sharding over 2 ranks, fp32, adamw, micro-batch 2, recompute none)")
+        tiny + "ddp (ZeRO-0, 1 node x 2 ranks, replicated on 2 data-parallel ranks, fp32, adamw, micro-batch 2, recompute none)")
     gpus = dict(scheduler="slurm", accelerator="cuda", gpus_per_node=4, nodes=2, gpu_memory_gb=0.001)
     offload = StrategyConfig(name="zero3_offload", zero_stage=3, offload_optimizer=True, offload_params=True)
     assert layout(suite_cfg(strategy=offload, cluster=ClusterConfig(**gpus), optimizer=OptimizerConfig(name="adam"),
@@ -676,7 +676,7 @@ def test_a_refusal_names_the_model_and_the_layout_it_was_checked_for():
         tiny + "tp2 (ZeRO-1, 1 node x 4 ranks, tensor parallel 2, sharding over 2 ranks,")
     assert layout(suite_cfg(strategy=StrategyConfig(name="pp2", pipeline_parallel=2),
                             cluster=ClusterConfig(cpu_ranks=4, **small))).startswith(
-        tiny + "pp2 (ZeRO-0, 1 node x 4 ranks, pipeline parallel 2, sharding over 2 ranks,")
+        tiny + "pp2 (ZeRO-0, 1 node x 4 ranks, pipeline parallel 2, replicated on 2 data-parallel ranks,")
     # Ulysses: a replica's sequence-parallel ranks share its weights, so ZeRO shards over all 4
     assert layout(suite_cfg(strategy=StrategyConfig(name="sp2", zero_stage=3, sequence_parallel=2),
                             cluster=ClusterConfig(cpu_ranks=4, **small))).startswith(
@@ -698,8 +698,8 @@ def test_a_host_memory_refusal_gives_every_term_where_it_has_its_memory_and_what
     # 53,715,927,040 = 50.03 GiB, logits 2,640,379,904 = 2.46 GiB, buffers 2e9 = 1.86 GiB;
     # x 1.1 + 0.5 GiB = 275.19 GiB, against 23 GiB / 2 ranks = 11.50 GiB
     assert refusal(plan_run, cfg, 0, True, laptop) == (
-        "model=gpt_13b (13,111,183,360 parameters) with strategy=ddp (ZeRO-0, 1 node x 2 ranks, sharding over "
-        "2 ranks, fp32, adamw, micro-batch 2, recompute none) needs 275.19 GiB of host memory per rank by the "
+        "model=gpt_13b (13,111,183,360 parameters) with strategy=ddp (ZeRO-0, 1 node x 2 ranks, replicated on "
+        "2 data-parallel ranks, fp32, adamw, micro-batch 2, recompute none) needs 275.19 GiB of host memory per rank by the "
         "memory model (model states 195.37 GiB, activations 50.03 GiB, logits and loss 2.46 GiB, buffers "
         "1.86 GiB, +10% allocator allowance, + 0.50 GiB for the rank's runtime (Python, torch, DeepSpeed); "
         "docs/memory.md), more than the 11.50 GiB each rank has (MemAvailable 23.00 GiB of this machine at "
@@ -709,11 +709,12 @@ def test_a_host_memory_refusal_gives_every_term_where_it_has_its_memory_and_what
 
 def test_the_fp32_weights_built_whole_are_named_when_they_are_the_peak():
     wide = ModelConfig(name="wide", n_layers=8, d_model=1024, n_heads=8, seq_len=8, vocab_size=512)
-    cfg = suite_cfg(model=wide, strategy=StrategyConfig(name="fsdp2", engine="fsdp2", zero_stage=3),
+    cfg = suite_cfg(model=wide, strategy=StrategyConfig(name="tp8", zero_stage=0, tensor_parallel=8),
                     cluster=ClusterConfig(scheduler="slurm", accelerator="cpu", gpus_per_node=8, host_memory_gb=6),
                     train=TrainConfig(micro_batch_size=1))
-    # 101,828,608 parameters x 4 bytes = 0.38 GiB built on every rank, more than FSDP2's
-    # sharded training peak; x 1.1 + 0.5 GiB = 0.92 GiB, against 6 GiB / 8 ranks = 0.75 GiB
+    # 101,828,608 parameters x 4 bytes = 0.38 GiB built whole on every rank (AutoTP splits it
+    # inside deepspeed.initialize), more than the 8-way split's training peak; x 1.1 + 0.5 GiB
+    # = 0.92 GiB, against 6 GiB / 8 ranks = 0.75 GiB
     text = refusal(plan_run, cfg)
     assert ("+10% allocator allowance; the fp32 weights built before the engine shards them, 0.38 GiB, are the "
             "peak, + 0.50 GiB for the rank's runtime (Python, torch, DeepSpeed); docs/memory.md), more than the "
@@ -726,8 +727,8 @@ def test_a_gpu_refusal_counts_the_cuda_context_and_suggests_offload():
                                                          gpu_memory_gb=80),
                     train=TrainConfig(micro_batch_size=4), precision=PrecisionConfig(name="bf16"))
     assert refusal(plan_run, cfg) == (
-        "model=gpt_13b (13,111,183,360 parameters) with strategy=ddp (ZeRO-0, 1 node x 8 ranks, sharding over "
-        "8 ranks, bf16, adamw, micro-batch 4, recompute none) needs 277.23 GiB per device by the memory model "
+        "model=gpt_13b (13,111,183,360 parameters) with strategy=ddp (ZeRO-0, 1 node x 8 ranks, replicated on "
+        "8 data-parallel ranks, bf16, adamw, micro-batch 4, recompute none) needs 277.23 GiB per device by the memory model "
         "(model states 195.37 GiB, activations 50.05 GiB, logits and loss 4.76 GiB, buffers 0.93 GiB, +10% "
         "allocator allowance + the CUDA context; docs/memory.md), more than cluster.gpu_memory_gb=80. Would "
         "fit, by the same model: strategy.zero_stage=3 strategy.offload_optimizer=true "

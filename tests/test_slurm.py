@@ -66,7 +66,12 @@ def test_dry_run_prints_the_scripts_and_submits_nothing(tmp_path):
     # each run's exact DeepSpeed config, the command that reruns it by hand, its predicted memory
     assert done.stdout.count('deepspeed_config.json: {"train_batch_size":4,') == 4
     assert done.stdout.count('"zero_optimization":{"stage":3,') == 2
-    assert done.stdout.count("rerun by hand: cd ") == 4 and "-m torch.distributed.run --standalone" in done.stdout
+    # the dry run writes no run folder: it says what would be written where
+    assert done.stdout.count("rerun by hand once it exists: cd ") == 4 and "-m torch.distributed.run --standalone" in done.stdout
+    assert done.stdout.count("      would write ") == 4 and "/ (submission.json, deepspeed_config.json, rerun.sh" in done.stdout
+    # and it asks sbatch --test-only, as the submission would (a request the cluster cannot meet:
+    # test_the_dry_run_asks_sbatch_and_refuses_what_the_cluster_cannot_meet)
+    assert "sbatch --test-only accepted each of the 1 job array(s); nothing was submitted." in done.stdout
     # the 8B in bf16 with AdamW, unsharded: 16 bytes x 8,030,261,248 parameters = 119.66 GiB of model states
     assert "model states 119.66, " in done.stdout and done.stdout.count("memory model: ") == 4
     # shortest expected job first: zero3 costs more than ddp, the 8B more than the tiny GPT
@@ -78,6 +83,28 @@ def test_dry_run_prints_the_scripts_and_submits_nothing(tmp_path):
     assert jobs_submitted_from(tmp_path) == []
     assert not list(tmp_path.glob("*/.submitit/*.sh")) and not list(tmp_path.glob("*/.submitit/*/*.pkl"))
     assert not list(tmp_path.glob("*/*/submission.json"))
+
+
+def test_the_dry_run_asks_sbatch_and_refuses_what_the_cluster_cannot_meet(tmp_path):
+    """8 nodes on the 2-node test cluster: refused in the dry run, as the submission would be;
+    and where sbatch is not on PATH the dry run says the scheduler was not asked."""
+    done = run_sweep(tmp_path, *SLURM, "cluster.nodes=8", "strategy=ddp", "optimizer=adamw", "submit.dry_run=true")
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out[-2000:]
+    assert "Dry run: sbatch refused the job array of 1 run(s)" in out and "nodes=8" in out, out[-2000:]
+    assert "Node count specification invalid" in out and "Traceback" not in out
+    time.sleep(1)
+    assert jobs_submitted_from(tmp_path) == [] and not list(tmp_path.glob("*/*/submission.json"))
+    # no sbatch here: the same dry run prints, says so, and exits 0 (the submission would ask)
+    python_only = tmp_path / "bin"
+    python_only.mkdir()
+    env = {**os.environ, "PATH": str(python_only), "SUITE_RESULTS_DIR": str(tmp_path / "no_sbatch"),
+           "PYTHONUNBUFFERED": "1"}
+    blind = subprocess.run([sys.executable, "-m", "suite.sweep", "-m", *SLURM, "cluster.nodes=8", "strategy=ddp",
+                            "optimizer=adamw", "submit.dry_run=true"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert blind.returncode == 0, (blind.stdout + blind.stderr)[-2000:]
+    assert "The scheduler was not asked: sbatch is not on PATH here" in blind.stdout
 
 
 def test_timeout_cancel_and_exception_each_end_as_a_record(tmp_path):

@@ -1,13 +1,19 @@
 """A catalogue of bad sweeps, each refused through the real command line before anything
 starts: the message names the field, no run folder appears, no Slurm job is submitted."""
 import concurrent.futures
+import tempfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import run_sweep
 from test_slurm import jobs_submitted_from
 
 SLURM = ["cluster=slurm_local"]
+# a token file of 64 tokens: one short of a sample of the tiny model's seq_len 64 (+ 1 target)
+SHORT_TOKENS = Path(tempfile.gettempdir()) / "suite-catalogue-64-tokens.bin"
+np.arange(64, dtype=np.uint16).tofile(SHORT_TOKENS)
 CATALOGUE = [  # (overrides, what the message must name)
     (["model.d_modle=3"], "d_modle"),
     (["+strategy.bucket=1"], "bucket"),
@@ -63,6 +69,29 @@ CATALOGUE = [  # (overrides, what the message must name)
     # what only Slurm can say (sbatch --test-only), before anything is submitted
     (["cluster.nodes=3"], "Node count specification invalid"),
     (["cluster.gpus_per_node=8"], "Requested node configuration is not available"),
+    # ... and in the dry run too, which asks sbatch --test-only as the submission would
+    (["cluster.nodes=8", "submit.dry_run=true"], "Dry run: sbatch refused the job array"),
+    # floats that are not finite numbers: NaN passes any `x > 0`, inf any lower bound
+    (["optimizer.lr=nan"], "optimizer.lr=nan is not a finite number"),
+    (["optimizer.weight_decay=inf"], "optimizer.weight_decay=inf is not a finite number"),
+    (["optimizer.betas=[0.9,nan]"], "optimizer.betas[1]=nan is not a finite number"),
+    (["precision.loss_scale=nan"], "precision.loss_scale=nan is not a finite number"),
+    (["cluster.host_memory_gb=inf"], "cluster.host_memory_gb=inf is not a finite number"),
+    (["train.step_timeout_s=nan"], "train.step_timeout_s=nan is not a finite number"),
+    (["report.memory_ratio_bounds=[0.9,inf]"], "report.memory_ratio_bounds[1]=inf is not a finite number"),
+    (["report.max_cv=-inf"], "report.max_cv=-inf is not a finite number"),
+    # a token file too short for one sample, local or as an fsspec URL (its size: nothing read)
+    (["data=tokens", f"data.path={SHORT_TOKENS}"], f"data.path={SHORT_TOKENS} holds 64 tokens"),
+    (["data=tokens", f"data.path=file://{SHORT_TOKENS}", "model.seq_len=128"],
+     f"data.path=file://{SHORT_TOKENS} holds 64 tokens"),
+    # a filesystem that is installed but cannot load here (pyarrow's HDFS without a JVM)
+    (["data=tokens", "data.path=hdfs://namenode:8020/tokens.bin"],
+     "data.path=hdfs://namenode:8020/tokens.bin: the 'hdfs' filesystem could not be opened"),
+    # what DeepSpeed's initialize would refuse: partitioned checkpointing without TP ranks
+    (["strategy=sp2", "train.activation_checkpointing=partitioned"],
+     "train.activation_checkpointing=partitioned with strategy.tensor_parallel=1"),
+    (["train.activation_checkpointing=partitioned"],
+     "train.activation_checkpointing=partitioned with strategy.tensor_parallel=1"),
 ]
 
 
@@ -104,3 +133,31 @@ def test_refusal_lists_every_invalid_point(tmp_path):
     out = done.stdout + done.stderr
     assert out.count("must be > 0") == 4  # 0 and -2, for each strategy
     assert "nothing was started" in out and not list(tmp_path.glob("*/*/result.json"))
+
+
+def test_a_typed_secret_is_in_no_file_the_suite_writes_and_the_sweep_warns(tmp_path):
+    """A credential typed as a config value is written <redacted> in every file of the suite's own
+    (sweep.json's labels, submission.json, result.json, the report, the engine config, rerun.sh),
+    and the sweep warns that Hydra's .hydra/ and submitit's .submitit/ keep what was typed."""
+    secret = "s3cr3t-value-4242"
+    done = run_sweep(tmp_path, "strategy=ddp", "optimizer=sgd", "train.warmup_steps=0", "train.timed_steps=1",
+                     f"+cluster.env.NCCL_IB_SECRET_KEY={secret}")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "A credential typed on the command line (cluster.env.NCCL_IB_SECRET_KEY)" in out
+    assert "${oc.env:NAME}" in out
+    written = [p for p in tmp_path.rglob("*") if p.is_file()
+               and not {".hydra", ".submitit"} & set(p.relative_to(tmp_path).parts)
+               and p.name != "multirun.yaml"]  # Hydra's, beside .hydra/
+    names = {p.name for p in written}
+    assert {"sweep.json", "submission.json", "result.json", "rerun.sh"} <= names, names
+    assert [p for p in written if secret.encode() in p.read_bytes()] == []
+    sweep_file = next(p for p in written if p.name == "sweep.json")
+    assert "NCCL_IB_SECRET_KEY=<redacted>" in sweep_file.read_text()
+    # the dry run prints it redacted too, and a refusal's list of invalid points
+    dry = run_sweep(tmp_path / "dry", "strategy=ddp", "optimizer=sgd", f"+cluster.env.NCCL_IB_SECRET_KEY={secret}",
+                    "submit.dry_run=true")
+    assert dry.returncode == 0 and "+cluster.env.NCCL_IB_SECRET_KEY=<redacted>" in dry.stdout, dry.stderr[-2000:]
+    refused = run_sweep(tmp_path / "refused", "train.micro_batch_size=0,1", f"+cluster.env.NCCL_IB_SECRET_KEY={secret}")
+    assert refused.returncode != 0 and "NCCL_IB_SECRET_KEY=<redacted>" in refused.stdout + refused.stderr
+    assert secret not in dry.stdout + dry.stderr + refused.stdout + refused.stderr

@@ -44,11 +44,12 @@ class LocalScheduler(Scheduler):
         import submitit
 
         from suite.rank import MASTER_ADDR_VARIABLE
+        from suite.status import redact_label
 
         executor = submitit.LocalExecutor(folder=self.folder)
         jobs = []
         for run in group:
-            log.info(f"\t#{run.idx} : {run.label} ({run.plan.world_size} ranks, {run.plan.accelerator})")
+            log.info(f"\t#{run.idx} : {redact_label(run.label)} ({run.plan.world_size} ranks, {run.plan.accelerator})")
             executor.update_parameters(
                 tasks_per_node=run.plan.ranks_per_node,
                 gpus_per_node=run.plan.ranks_per_node if run.plan.accelerator == "cuda" else 0,
