@@ -602,7 +602,8 @@ class ReportConfig:
     #: ... but a drop beyond this fraction (or min_drop, if larger) is a regression however
     #: noisy the history (a MAD of two or three nights can exceed the baseline itself)
     max_allowed_drop: float = 0.5
-    #: repeats whose coefficient of variation exceeds this are flagged as too noisy to compare
+    #: a configuration whose step times (within a run) or repeats (tokens/s across runs) vary
+    #: by a coefficient of variation above this is flagged too noisy to compare, saying which
     max_cv: float = 0.05
     #: a run's slowest rank is a straggler when its forward pass takes longer than the median
     #: of the other ranks' by more than this fraction ...
