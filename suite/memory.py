@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from suite import models
 from suite.metrics import model_state_memory
@@ -252,6 +252,37 @@ def build_bytes(cfg: Any, plan: Any) -> float:
     return float(total * BUILD_BYTES_PER_PARAM / plan.pipeline_parallel)
 
 
+def state_groups(cfg: Any, plan: Any) -> List[Tuple[int, int]]:
+    """(parameters a rank holds, ranks ZeRO shards their states over) per group: a dense model
+    is one group, the whole model over the data-parallel ranks. A mixture of experts under
+    expert parallelism ep: the dense parameters over the data-parallel ranks, and the rank's
+    1/ep of the routed experts over the expert-data-parallel group, dp / ep ranks
+    (DeepSpeed-MoE's expert groups; suite.models.moe.params_per_rank)."""
+    from suite.models import moe
+
+    m, ep = cfg.model, max(1, getattr(cfg.strategy, "expert_parallel", 1))
+    if not moe.is_moe(m):
+        return [(models.param_count(m)["total"], plan.sharding_size)]
+    per_rank = moe.params_per_rank(m, ep)
+    return [(per_rank["dense"], plan.sharding_size), (per_rank["expert"], max(1, plan.sharding_size // ep))]
+
+
+def moe_dispatch_bytes(m: Any, micro_batch: int, precision: str, sp: int = 1) -> float:
+    """DeepSpeed-MoE's dispatch and combine tensors kept for backward, per MoE layer: each
+    (n_experts, capacity, d_model), capacity = ceil(capacity_factor x k x tokens / n_experts)
+    for the rank's tokens of a micro-batch (sharded_moe.py _capacity; dropless routing sizes it
+    by the busiest expert, counted here at its balanced share, capacity factor 1: an allowance,
+    not a bound). 0 for a dense model."""
+    from suite.models import moe
+
+    if not moe.is_moe(m):
+        return 0.0
+    tokens = micro_batch * m.seq_len / sp
+    factor = m.capacity_factor if m.drop_tokens else 1.0
+    capacity = math.ceil(factor * m.experts_per_token * tokens / m.n_experts)
+    return float(m.n_layers * 2 * m.n_experts * capacity * m.d_model * (4 if precision == "fp32" else 2))
+
+
 def predict_memory(cfg: Any, plan: Any) -> Dict[str, float]:
     """Predicted bytes per device for the run `plan` of config `cfg` (suite.config.SuiteConfig,
     suite.plan.RunPlan): model_state_bytes, activation_bytes, logits_bytes, buffer_bytes,
@@ -269,11 +300,11 @@ def predict_memory(cfg: Any, plan: Any) -> Dict[str, float]:
     tp, pp, sp = plan.tensor_parallel, plan.pipeline_parallel, plan.sequence_parallel
     total = models.param_count(m)["total"]
     zero_stage = {"deepspeed": s.zero_stage, "torch_ddp": 0, "fsdp2": 3}[engine]
-    states = model_state_memory(
-        n_params=total, precision=plan.precision, optimizer=cfg.optimizer.name,
-        zero_stage=zero_stage, dp=plan.sharding_size, model_parallel=tp * pp,
+    states = sum(model_state_memory(
+        n_params=n, precision=plan.precision, optimizer=cfg.optimizer.name,
+        zero_stage=zero_stage, dp=group, model_parallel=tp * pp,
         offload_optimizer=s.offload_optimizer, offload_params=s.offload_params,
-    )["model_state_bytes_predicted"]
+    )["model_state_bytes_predicted"] for n, group in state_groups(cfg, plan))
     accelerator = "cuda" if plan.accelerator == "cuda" else "cpu"
     in_flight = min(pp, plan.grad_accum_steps) if pp > 1 else 1
     activations = activation_bytes(m, plan.micro_batch_size, plan.precision,
@@ -284,6 +315,7 @@ def predict_memory(cfg: Any, plan: Any) -> Dict[str, float]:
     matmul = models.param_count(m)["non_embedding"] / (tp * pp)
     buffers = buffer_bytes(s, plan.precision, total / (tp * pp), largest_unit_params=unit,
                            matmul_params=matmul)
+    activations += moe_dispatch_bytes(m, plan.micro_batch_size, plan.precision, sp)
     predicted = states + activations + logits + buffers
     build = build_bytes(cfg, plan)
     required = (max(predicted, build) * (1 + ALLOCATOR_ALLOWANCE)

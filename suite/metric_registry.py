@@ -52,6 +52,11 @@ METRICS: Tuple[Metric, ...] = (
     Metric("mfu", "1", "MFU", "share", True),
     Metric("hfu", "1", "HFU", "share", True),
     Metric("peak_tflops_per_device", "TFLOP/s", "datasheet peak (TFLOP/s)", ".4g"),
+    # mixture of experts: routing over the timed steps, every rank's counts summed (null: dense)
+    Metric("moe_dropped_fraction", "1", "tokens dropped", "pct", False),
+    Metric("moe_expert_load", "1", "expert load (busiest / mean)", ".3f", False),
+    Metric("moe_expert_load_max", "1", "expert load, worst layer", ".3f", False),
+    Metric("moe_aux_loss", "1", "load-balancing loss", ".4g", False),
     # memory
     Metric("peak_memory_bytes", "B", "peak memory (MiB)", "mib", False),
     Metric("peak_memory_reserved_bytes", "B", "peak reserved (MiB)", "mib", False),
@@ -72,6 +77,7 @@ METRICS: Tuple[Metric, ...] = (
     Metric("rank_step_time_s", "s", "", kind="json"),
     Metric("rank_forward_time_s", "s", "", kind="json"),
     Metric("rank_forward_time_cv", "1", "", kind="json"),
+    Metric("rank_forward_times_s", "s", "", kind="json"),
     Metric("rank_peak_memory_bytes", "B", "", kind="json"),
     # losses
     Metric("loss_first", "1", "first loss", ".4f"),

@@ -261,10 +261,11 @@ def deepspeed_estimate(cfg, plan) -> Optional[int]:
 def per_rank_metrics(per_rank: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Each rank's own figures as short lists in rank order (rank i at index i): its host, its
     median step time, its median forward-pass time and their coefficient of variation over the
-    timed steps (null where not measured) and its peak memory. The run's aggregates (slowest
-    step, largest peak) stay as they are."""
+    timed steps (null where not measured), every timed step's forward seconds, and its peak
+    memory. The run's aggregates (slowest step, largest peak) stay as they are."""
     return {"rank_hosts": [r["host"] for r in per_rank],
             "rank_step_time_s": [r["step_time_s"] for r in per_rank],
             "rank_forward_time_s": [r["forward_time_s"] for r in per_rank],
             "rank_forward_time_cv": [r.get("forward_time_cv") for r in per_rank],
+            "rank_forward_times_s": [r.get("forward_times_s") for r in per_rank],
             "rank_peak_memory_bytes": [r["peak_memory_bytes"] for r in per_rank]}

@@ -144,6 +144,10 @@ def check_layout(cfg: SuiteConfig, world: int) -> None:
                           f"strategy.tensor_parallel={tp} x strategy.pipeline_parallel={pp} x "
                           f"strategy.sequence_parallel={sp}")
     models.family(m.family).check_layout(m, tp, sp, pp)
+    from suite.models import moe
+
+    moe.check_layout(m, s.expert_parallel, world // (tp * pp * sp), tp, pp, sp, s.zero_stage, s.engine,
+                     cfg.train.activation_checkpointing, s.contiguous_gradients, cfg.train.compile)
     if sp > 1 and (tp > 1 or pp > 1):
         raise ConfigError(f"strategy.sequence_parallel={sp} with strategy.tensor_parallel={tp} / "
                           f"strategy.pipeline_parallel={pp}: this suite runs DeepSpeed-Ulysses with "
@@ -445,15 +449,18 @@ def what_would_fit(cfg: SuiteConfig, plan: "RunPlan", kind: str, available: floa
 
 def _smaller_preset(cfg: SuiteConfig, plan: "RunPlan", need, available: float, presets: Dict[str, Any]
                     ) -> Optional[str]:
-    """The largest model preset of the same family with fewer parameters that fits this layout."""
+    """The largest model preset of the same family and kind (dense, or mixture of experts) with
+    fewer parameters that fits this layout."""
     import dataclasses
 
     from suite.config import ConfigError
+    from suite.models import moe
 
     m = cfg.model
     size = models.param_count(m)["total"]
     candidates = sorted(((models.param_count(p)["total"], name, p) for name, p in presets.items()
-                         if p.family == m.family and models.param_count(p)["total"] < size), reverse=True)
+                         if p.family == m.family and moe.is_moe(p) == moe.is_moe(m)
+                         and models.param_count(p)["total"] < size), reverse=True)
     for params, name, preset in candidates:
         try:
             models.family(preset.family).check_layout(preset, plan.tensor_parallel, plan.sequence_parallel,

@@ -381,6 +381,7 @@ def _training_metrics(typed: Any, plan: planning.RunPlan, measured: Any) -> Dict
     run_metrics["comm_bytes_per_step"] = measured.comm_bytes_per_step
     run_metrics["compiled_graphs"] = measured.compiled_graphs
     run_metrics["graph_breaks"] = measured.graph_breaks
+    run_metrics.update(measured.moe or {})  # mixture of experts: routing over the timed steps
     run_metrics.update(metrics.model_state_memory(
         n_params=results.record_axes(typed, plan)["n_params"], precision=plan.precision,
         optimizer=typed.optimizer.name, zero_stage=s.zero_stage, dp=plan.sharding_size,

@@ -34,15 +34,35 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-# Fields of the suite's own config schema whose names contain a credential word but whose
-# values are not secrets (data.token_dtype: "uint16"); redacting them made a record's config
-# unusable for a rerun. Free-form names (cluster.env, environment variables) are still matched.
-_SCHEMA_FIELDS_NOT_SECRET = frozenset({"token_dtype"})
+@functools.lru_cache(maxsize=1)
+def _schema_fields() -> frozenset:
+    """Every field name of the suite's own config schemas. Some contain a credential word but
+    hold no secret (data.token_dtype "uint16", model.experts_per_token 2, model.drop_tokens);
+    redacting them made a record's config unusable for a rerun. The schema holds no secret of
+    its own: credentials come in free-form names (cluster.env, environment variables), which
+    are still matched."""
+    import dataclasses
+
+    from suite import config
+
+    names, seen = set(), set()
+    stack = [config.SuiteConfig]
+    while stack:
+        schema = stack.pop()
+        if schema in seen:
+            continue
+        seen.add(schema)
+        for f in dataclasses.fields(schema):
+            names.add(f.name)
+            kind = f.type if isinstance(f.type, type) else getattr(config, str(f.type), None)
+            if dataclasses.is_dataclass(kind):
+                stack.append(kind)
+    return frozenset(names)
 
 
 @functools.lru_cache(maxsize=4096)
 def _is_secret_name(name: str) -> bool:
-    return name not in _SCHEMA_FIELDS_NOT_SECRET and bool(_SECRET_NAME.search(name))
+    return name not in _schema_fields() and bool(_SECRET_NAME.search(name))
 
 
 def redact(name: str, value: Any) -> Any:

@@ -382,10 +382,11 @@ def test_the_measured_peak_is_judged_against_the_memory_model_on_gpus_only():
         {**base, "accelerator": "cuda", "peak_memory_bytes": 120.0, "memory_predicted_bytes": 100.0},
         {**base, "accelerator": "cpu", "peak_memory_bytes": 900.0, "memory_predicted_bytes": 100.0}])
     table = model_vs_measured(configs, [0.9, 4.0])
-    assert list(table.peak_ratio[:2]) == [1.05, 1.2] and pd.isna(table.peak_ratio[2])
+    assert table.configuration.tolist() == ["cpu", "cuda", "cuda"]  # rows in order
+    assert list(table.peak_ratio[1:]) == [1.05, 1.2] and pd.isna(table.peak_ratio[0])
     # 1.05 is inside the 10% allocator allowance; 1.2 means the model under-predicts
-    assert table.flag[0] == "" and table.flag[1] == "peak 1.20x the memory model: it under-predicts"
-    assert table.flag[2] == ""  # the CPU's resident set includes the runtime: not compared
+    assert table.flag[1] == "" and table.flag[2] == "peak 1.20x the memory model: it under-predicts"
+    assert table.flag[0] == ""  # the CPU's resident set includes the runtime: not compared
 
 
 # ---- micro-benchmark ceilings --------------------------------------------------------------
@@ -671,7 +672,8 @@ def test_a_failed_run_or_one_without_a_reference_has_no_difference():
         parity_run("zero1", 0, [10.0, 9.0], world_size=4, data_parallel=4, offload_optimizer=True)])
     table = parity_table(frame).set_index(["strategy", "data_parallel"])
     assert table.matches.to_dict() == {("ddp", 2): "yes", ("zero2", 2): "run failed", ("zero3", 2): "run failed",
-                                       ("ddp", 4): "run failed", ("zero1", 4): "no ddp run"}
+                                       ("ddp", 4): "run failed",
+                                       ("zero1", 4): "no comparable ddp run: ddp ran on 2 ranks; this layout on 4"}
     unmatched = table.drop(index=[("ddp", 2)])
     assert unmatched.max_abs_diff.isna().all() and unmatched.tolerance.isna().all()
     # a sweep without parity runs: the table is empty, with its columns
@@ -759,13 +761,17 @@ def gpu_config(model, strategy, world_size, predicted, peak, memory_model, comm,
 
 def test_the_models_are_flagged_only_outside_their_bounds_and_every_flag_is_told():
     configs = pd.DataFrame([
-        # peak 300 / model states 100 = 3.0; counted 100 + 50 = 150 bytes / 75 predicted = 2.0:
-        # both on the edge of their bounds (0.9..3.0 and 0.5..2.0), not flagged
-        gpu_config("tiny", "zero1", 2, 100.0, 300.0, 300.0, {"all_reduce": 100, "all_gather": 50}, 75.0),
-        # 90 / 100 = 0.9 and 50 / 100 = 0.5: the lower edges
-        gpu_config("small", "zero2", 4, 100.0, 90.0, 100.0, {"reduce_scatter": 50}, 100.0, optimizer="sgd_momentum"),
-        # 500 / 100 = 5.0 of both models and 250 / 100 = 2.5 of the communication model
-        gpu_config("tiny", "zero3", 4, 100.0, 500.0, 100.0, {"all_gather": 250}, 100.0),
+        # peak 300 = 3.0 x the model states (shown, not judged) and 1.0 x the memory model;
+        # on 2 ranks the logger's all_reduce message of 100 puts 2 x 1/2 x 100 = 100 bytes on the
+        # wire, its all_gather shard of 50 another (2 - 1) x 50: 150 against the model's 75, 2.0
+        gpu_config("tiny", "zero1", 2, 100.0, 300.0, 300.0, {"all_reduce": 100, "all_gather_into_tensor": 50}, 75.0),
+        # 90 / 100 = 0.9 of the memory model, its lower bound; a reduce-scatter of a 50-byte
+        # buffer on 4 ranks sends 3/4 x 50 = 37.5 bytes: 0.5 of the model's 75, the lower edge
+        gpu_config("small", "zero2", 4, 100.0, 90.0, 100.0, {"reduce_scatter_tensor": 50}, 75.0,
+                   optimizer="sgd_momentum"),
+        # 500 / 100 = 5.0 of the memory model; an all_gather shard of 250 on 4 ranks: 3 x 250 =
+        # 750 on the wire, 2.5 x the model's 300
+        gpu_config("tiny", "zero3", 4, 100.0, 500.0, 100.0, {"all_gather_into_tensor": 250}, 300.0),
         # no model-state prediction (0) and nothing counted: no ratios; peak 110 / 100 is the 10%
         # allocator allowance exactly, not beyond it
         gpu_config("small", "ddp", 2, 0.0, 110.0, 100.0, None, 100.0)])
@@ -773,21 +779,24 @@ def test_the_models_are_flagged_only_outside_their_bounds_and_every_flag_is_told
     assert list(table.columns) == ["model", "strategy", "configuration", "world_size", "model_state_bytes_predicted",
                                    "deepspeed_estimate_bytes", "peak_memory_bytes", "memory_ratio",
                                    "memory_predicted_bytes", "peak_ratio", "comm_bytes_per_step_predicted",
-                                   "comm_bytes_per_step_counted", "comm_ratio", "flag"]
-    assert table.flag.tolist() == ["", "", "memory 5.00x model; peak 5.00x the memory model: it under-predicts; "
-                                           "communication 2.50x model", ""]
-    assert table.memory_ratio[:3].tolist() == pytest.approx([3.0, 0.9, 5.0]) and pd.isna(table.memory_ratio[3])
-    assert table.comm_bytes_per_step_counted[:3].tolist() == [150, 50, 250]
-    assert pd.isna(table.comm_bytes_per_step_counted[3])
-    assert table.comm_ratio[:3].tolist() == pytest.approx([2.0, 0.5, 2.5]) and pd.isna(table.comm_ratio[3])
-    assert table.peak_ratio.tolist() == pytest.approx([1.0, 0.9, 5.0, 1.1])
+                                   "comm_message_bytes_logged", "comm_bytes_per_step_counted", "comm_ratio", "flag"]
+    # rows in order of model, world size, strategy
     assert table[["model", "strategy", "world_size"]].values.tolist() == [
-        ["tiny", "zero1", 2], ["small", "zero2", 4], ["tiny", "zero3", 4], ["small", "ddp", 2]]
-    assert table.model_state_bytes_predicted.tolist() == [100.0, 100.0, 100.0, 0.0]
-    assert table.deepspeed_estimate_bytes.tolist() == [200.0, 200.0, 200.0, 0.0]
-    assert table.peak_memory_bytes.tolist() == [300.0, 90.0, 500.0, 110.0]
-    assert table.memory_predicted_bytes.tolist() == [300.0, 100.0, 100.0, 100.0]
-    assert table.comm_bytes_per_step_predicted.tolist() == [75.0, 100.0, 100.0, 100.0]
+        ["small", "ddp", 2], ["small", "zero2", 4], ["tiny", "zero1", 2], ["tiny", "zero3", 4]]
+    assert table.flag.tolist() == ["", "", "", "peak 5.00x the memory model: it under-predicts; "
+                                               "communication on the wire 2.50x model"]
+    assert pd.isna(table.memory_ratio[0]) and table.memory_ratio[1:].tolist() == pytest.approx([0.9, 3.0, 5.0])
+    assert pd.isna(table.comm_message_bytes_logged[0])
+    assert table.comm_message_bytes_logged[1:].tolist() == [50, 150, 250]
+    assert pd.isna(table.comm_bytes_per_step_counted[0])
+    assert table.comm_bytes_per_step_counted[1:].tolist() == pytest.approx([37.5, 150.0, 750.0])
+    assert pd.isna(table.comm_ratio[0]) and table.comm_ratio[1:].tolist() == pytest.approx([0.5, 2.0, 2.5])
+    assert table.peak_ratio.tolist() == pytest.approx([1.1, 0.9, 1.0, 5.0])
+    assert table.model_state_bytes_predicted.tolist() == [0.0, 100.0, 100.0, 100.0]
+    assert table.deepspeed_estimate_bytes.tolist() == [0.0, 200.0, 200.0, 200.0]
+    assert table.peak_memory_bytes.tolist() == [110.0, 90.0, 300.0, 500.0]
+    assert table.memory_predicted_bytes.tolist() == [100.0, 100.0, 300.0, 100.0]
+    assert table.comm_bytes_per_step_predicted.tolist() == [100.0, 75.0, 75.0, 300.0]
     # model, strategy and ranks have columns: only the optimizer is named
     assert table.configuration.tolist() == ["adamw", "sgd_momentum", "adamw", "adamw"]
     # nothing else varies: no name
@@ -809,7 +818,7 @@ def test_the_scaling_table_carries_each_runs_figures_and_names_only_what_tells_s
     assert list(table.columns) == ["model", "strategy", "mode", "configuration", "world_size", "nodes",
                                    "global_batch_size", "tokens_per_s", "tokens_per_s_per_device",
                                    "step_time_median_s", "speedup", "efficiency", "efficiency_low",
-                                   "efficiency_high", "noisy"]
+                                   "efficiency_high", "noisy", "noisy_reason"]
     # model and strategy have columns: of the rest only the micro-batch varies
     assert table[["model", "strategy", "configuration", "world_size"]].values.tolist() == [
         ["small", "zero1", "mb 2", 1], ["small", "zero1", "mb 2", 2], ["tiny", "ddp", "mb 2", 1],
@@ -1000,3 +1009,55 @@ def test_preflight_with_one_run_per_node_takes_the_noise_from_its_interleaved_ro
                           node("n3", 8.7, [2.0, 1.0, 1.0, 1.0, 1.0])])
     nodes = node_preflight(frame, tolerance=0.10, noise_sigmas=3.0)[0].set_index("host")
     assert nodes.flagged.to_dict() == {"n1": False, "n2": False, "n3": True}  # 87% is beyond it
+
+
+def test_a_rank_held_back_for_a_few_steps_is_no_straggler_but_one_slow_at_every_step_is():
+    # forward seconds per timed step, by hand. Rank 1 of "burst" lost its core for 2 of 5
+    # steps (3.0 ms -> 25, 9 ms): its fastest step 3.0 ms, as rank 0's: excess 0 (with three
+    # bursts the medians would say 9.0 / 3.0, a 200% "straggler").
+    # Rank 1 of "slow" takes twice as long at every step: fastest 6.0 against 3.0, excess 100%.
+    # Noise: each rank's 1.4826 MAD / median; rank 0 [3.0, 3.1, 3.0, 3.2, 3.0]: median 3.0,
+    # deviations [0, .1, 0, .2, 0] -> MAD 0 -> 0; the threshold is the 30% floor.
+    per_step = {"burst": ([3.0, 3.1, 3.0, 3.2, 3.0], [3.0, 25.0, 3.1, 9.0, 3.0]),
+                "slow": ([3.0, 3.1, 3.0, 3.2, 3.0], [6.0, 6.2, 6.1, 6.0, 6.3]),
+                "three_bursts": ([3.0, 3.1, 3.0, 3.2, 3.0], [3.0, 25.0, 30.0, 9.0, 3.1])}
+    frame = pd.DataFrame([run(run_id=name, workload="train", world_size=2, step_time_cv=0.5,
+                              per_rank_json=json.dumps({"hosts": ["a", "a"],
+                                                        "forward_time_s": [sorted(r0)[2], sorted(r1)[2]],
+                                                        "forward_times_s": [r0, r1]}))
+                          for name, (r0, r1) in per_step.items()])
+    runs, _ = stragglers(frame, min_excess=0.30, noise_sigmas=3.0)
+    runs = runs.set_index("run_id")
+    assert runs.excess.to_dict() == pytest.approx({"burst": 0.0, "slow": 1.0, "three_bursts": 0.0})
+    assert runs.flagged.to_dict() == {"burst": False, "slow": True, "three_bursts": False}
+    # bursts in 3 of 5 steps are most of the run: rank 1's median 9.0, deviations [6, 16, 21, 0,
+    # 5.9] -> MAD 6, 1.4826 x 6 / 9 = 0.988; median over the two ranks (0, 0.988) = 0.494: the
+    # run is that noisy, so the threshold is 3 x 0.494 = 148%
+    assert runs.threshold.to_dict() == pytest.approx({"burst": 0.30, "slow": 0.30, "three_bursts": 1.4826})
+    # the step CV (50% here) no longer sets the threshold: bursts inflate it, not a straggler
+    # a noisy rank at every step raises it: deviations 1.0 around 4.0 -> 1.4826 x 1 / 4 = 37%
+    noisy = pd.DataFrame([run(run_id="n", workload="train", world_size=2, step_time_cv=0.0,
+                              per_rank_json=json.dumps({"hosts": ["a", "a"], "forward_time_s": [4.0, 4.0],
+                                                        "forward_times_s": [[3.0, 4.0, 5.0], [3.0, 4.0, 5.0]]}))])
+    assert stragglers(noisy, 0.30, 3.0)[0].threshold.iloc[0] == pytest.approx(3 * 1.4826 / 4)
+
+
+def test_records_without_per_step_forward_times_keep_the_median_rule():
+    frame = pd.DataFrame([run(run_id="old", workload="train", world_size=2, step_time_cv=0.05,
+                              per_rank_json=json.dumps({"hosts": ["a", "b"], "forward_time_s": [3.0, 4.5],
+                                                        "forward_time_cv": [0.1, 0.2]}))])
+    runs, _ = stragglers(frame, min_excess=0.30, noise_sigmas=3.0)
+    # medians 3.0 and 4.5: excess 50%; noise max(5%, median CV 15%) -> threshold 45%
+    assert runs.excess.iloc[0] == pytest.approx(0.5) and runs.threshold.iloc[0] == pytest.approx(0.45)
+    assert bool(runs.flagged.iloc[0])
+
+
+def test_overlap_comm_left_to_deepspeed_keeps_the_key_of_the_nights_that_wrote_its_value():
+    from suite.report.analysis import configuration_key
+
+    key = lambda stage, overlap: configuration_key(json.dumps(  # noqa: E731
+        {"strategy": {"name": f"zero{stage}", "zero_stage": stage, "overlap_comm": overlap}}))
+    # ZeRO-1/2 ran without overlap before and after null became the default: one configuration
+    assert key(2, None) == key(2, False) and key(1, None) == key(1, False)
+    # ZeRO-3 now overlaps (DeepSpeed's default): another configuration than the nights without
+    assert key(3, None) == key(3, True) != key(3, False)

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from suite.report.changepoints import (changes_per_configuration, median_mad_flags, median_mad_verdicts,
-                                       otava_changes)
+from suite.report.changepoints import (changes_per_configuration, decide, median_mad_flags,
+                                       median_mad_verdicts, otava_changes, otava_nights)
+from suite.report.collate import load_sweep
 
 NIGHTS, DROP_NIGHT = 30, 20
 
@@ -162,3 +163,105 @@ def test_the_error_rate_benchmark_runs_in_small_mode():
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| median/MAD ") or line.startswith("| Otava ")]
     assert len(rows) == 2 * 12  # both methods, 3 noise-only cells and 9 drop cells
+
+
+def long_history(series: dict) -> pd.DataFrame:
+    """One run a night of each configuration (key: its nightly values, oldest first), the
+    nights consecutive from 1 January 2026, as `history.load` gives them."""
+    rows = []
+    for key, values in series.items():
+        for night, value in enumerate(values):
+            date = f"{pd.Timestamp('2026-01-01') + pd.Timedelta(days=night):%Y-%m-%d}"
+            rows.append({"sweep_id": f"night{night:03d}", "sweep_date": date, "finished_at": f"{date}T03:00:00",
+                         "status": "ok", "config_key": key, "model": "gpt_tiny", "strategy": key,
+                         "optimizer": "adamw", "precision": "fp32", "world_size": 2,
+                         "tokens_per_s_per_device": value})
+    return pd.DataFrame(rows)
+
+
+def steps(seed: int, *changes, nights: int = 200, noise: float = 0.01) -> list:
+    """`nights` nights around 1000 at `noise`; each (nights_ago, factor) multiplies the nights
+    from that one (0 = tonight) on."""
+    values = 1000.0 * (1 + noise * np.random.default_rng(seed).standard_normal(nights))
+    for ago, factor in changes:
+        values[nights - 1 - ago:] *= factor
+    return values.tolist()
+
+
+# (series, the verdict): changes inside the window of 7 nights (0-6 nights ago) and outside it
+# (7 nights ago, inside the nights Otava is given; 100 nights ago, before them)
+SERIES = {"quiet": (steps(21), "unchanged"),
+          "drop_tonight": (steps(22, (0, 0.8)), "regression"),
+          "drop_3": (steps(23, (3, 0.9)), "regression"),
+          "drop_6": (steps(24, (6, 0.9)), "regression"),
+          "drop_7": (steps(25, (7, 0.9)), "unchanged"),
+          "drop_20": (steps(26, (20, 0.9)), "unchanged"),
+          "drop_100": (steps(27, (100, 0.9)), "unchanged"),
+          "rise_2": (steps(28, (2, 1.1)), "improvement"),
+          "old_drop_new_rise": (steps(29, (100, 0.9), (2, 1.1)), "improvement"),
+          "two_drops": (steps(30, (50, 0.9), (4, 0.9)), "regression"),
+          "short": (steps(31, (2, 0.9), nights=12), "regression")}
+
+
+def test_otava_on_the_nights_the_verdict_reads_decides_as_over_the_whole_series():
+    """The report runs Otava on each configuration's last otava_window + window nights
+    (otava_nights): on 200-night series with a change inside the window of 7 nights, just
+    outside it and long before, the verdicts (and the latest change's night and sign inside
+    the window) are the same as over all 200 nights."""
+    frame = long_history({key: values for key, (values, _) in SERIES.items()})
+    regress = pd.DataFrame({"config_key": list(SERIES), "verdict": "unchanged"})
+    tail = otava_nights(7)
+    assert tail == 37
+    whole = changes_per_configuration(frame, "otava").set_index("config_key")
+    last = changes_per_configuration(frame, "otava", last_nights=tail).set_index("config_key")
+    assert last.nights.to_dict() == {key: min(len(values), tail) for key, (values, _) in SERIES.items()}
+    verdicts = [decide(regress, table.reset_index(), "otava", min_nights=6, recent_nights=7)
+                .set_index("config_key").verdict.to_dict() for table in (whole, last)]
+    assert verdicts[0] == verdicts[1] == {key: verdict for key, (_, verdict) in SERIES.items()}
+    recent = whole.nights_since < 7
+    assert (whole.change_sweep_id[recent] == last.change_sweep_id[recent]).all()
+    assert (np.sign(whole.change[recent]) == np.sign(last.change[recent])).all()
+
+
+def test_only_the_given_configurations_are_analysed():
+    frame = long_history({key: SERIES[key][0] for key in ("quiet", "drop_3", "rise_2")})
+    table = changes_per_configuration(frame, "otava", last_nights=37, config_keys=["rise_2", "drop_3", "new"])
+    assert table.config_key.tolist() == ["drop_3", "rise_2"]  # in the history's order; "new" has no nights
+    assert (table.nights == 37).all() and table.first_sweep_date.tolist() == ["2026-06-13"] * 2
+    assert changes_per_configuration(frame, "otava", config_keys=[]).empty
+
+
+def test_the_report_over_a_long_history_reads_only_the_nights_it_needs(tmp_path):
+    """A history of 70 nights, its oldest night's file unreadable: the report never opens it
+    (the verdicts and the trend plot read the last 37 nights) and decides by Otava: a drop two
+    nights before tonight is a regression, one 60 nights ago is old news."""
+    from suite import results
+    from suite.config import ReportConfig
+    from suite.report import history
+    from suite.report.build import report_sweep
+
+    store = tmp_path / "history"
+    nights = 70
+    series = {"ddp": steps(41, (2, 0.85), nights=nights + 1), "zero1": steps(42, (60, 0.85), nights=nights + 1)}
+    tonight = pd.Timestamp("2026-12-08")
+    for night in range(nights + 1):
+        day = tonight - pd.Timedelta(days=nights - night)
+        sweep = tmp_path / f"{day:%Y-%m-%d}_01-00-00"
+        for strategy, values in series.items():
+            results.write_record(sweep / f"0_{strategy}", results.make_record(
+                run_id=f"{sweep.name}/0_{strategy}", sweep_id=sweep.name, status="ok", error=None,
+                config={"model": {"name": "tiny"}, "strategy": strategy}, env={"torch": "2.13.0"},
+                metrics={"tokens_per_s_per_device": values[night], "tokens_per_s": 2 * values[night]},
+                axes={"model": "tiny", "strategy": strategy, "optimizer": "adamw", "precision": "fp32",
+                      "world_size": 2},
+                started_at=f"{day:%Y-%m-%d}T01:00:00+00:00", finished_at=f"{day:%Y-%m-%d}T02:00:00+00:00"))
+        if night < nights:  # the earlier nights enter the store as their reports would add them
+            history.append(store, load_sweep(sweep))
+    oldest = sorted(store.glob("sweep_date=*/*.parquet"))[0]
+    oldest.write_bytes(b"not parquet")  # opened, it would fail the report
+    report = report_sweep(sweep, ReportConfig(history_dir=str(store)))
+    verdicts = report.regressions.set_index("strategy")
+    assert verdicts.verdict.to_dict() == {"ddp": "regression", "zero1": "unchanged"}
+    assert verdicts.method.tolist() == ["otava", "otava"] and (verdicts.nights == 7).all()
+    assert "from 2026-12-06 (2 nights ago" in verdicts.otava["ddp"]
+    assert verdicts.otava["zero1"] == "no change point"  # 60 nights ago: before the nights Otava is given

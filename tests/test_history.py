@@ -79,3 +79,51 @@ def test_the_night_is_the_earliest_start_and_none_without_starts():
     rows = pd.DataFrame({"started_at": ["2026-12-08T00:00:07+00:00", None, "2026-12-07T23:59:54+00:00"]})
     assert sweep_night(rows) == "2026-12-07"
     assert sweep_night(pd.DataFrame({"started_at": [None, ""]})) is None
+
+
+def test_the_newest_nights_are_read_and_the_older_files_never_opened(tmp_path):
+    store = tmp_path / "history"
+    for day in range(1, 6):  # five nights, one sweep each
+        sweep = tmp_path / f"2026-12-0{day}_01-00-00"
+        write(sweep, "0_ddp", f"2026-12-0{day}T01:00:00+00:00", tokens=1000.0 + day)
+        history.append(store, load_sweep(sweep))
+    undated = load_sweep(tmp_path / "2026-12-01_01-00-00").assign(sweep_id="undated", started_at=None,
+                                                                   sweep_date=None)
+    history.append(store, undated)  # a sweep that names no night is read whatever the nights asked
+    # a sweep moved out of its night leaves an empty partition, which is no night
+    (store / "sweep_date=2026-12-09").mkdir()
+    for path in store.glob("sweep_date=2026-12-0[12]/*.parquet"):
+        path.write_bytes(b"not parquet")  # opened, these would fail the load
+    assert history.nights(store) == [f"2026-12-0{day}" for day in range(1, 6)]
+    loaded = history.load(store, ["sweep_id", "tokens_per_s_per_device"], last_nights=3)
+    assert sorted(loaded.sweep_id) == ["2026-12-03_01-00-00", "2026-12-04_01-00-00", "2026-12-05_01-00-00",
+                                       "undated"]
+    assert sorted(loaded.sweep_date.dropna()) == ["2026-12-03", "2026-12-04", "2026-12-05"]
+    assert list(history.load(store, last_nights=0).sweep_id) == ["undated"]
+
+
+def test_a_schema_field_at_its_default_changes_no_key_and_old_keys_are_made_again(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from suite.config import SuiteConfig
+    from suite.report.analysis import configuration_key
+
+    tonight = asdict(SuiteConfig())
+    # a record written before precision.tf32, workload.rounds and the MoE fields existed
+    before = json.loads(json.dumps(tonight))
+    for group, field in (("precision", "tf32"), ("workload", "rounds"), ("model", "n_experts"),
+                         ("strategy", "expert_parallel")):
+        before[group].pop(field)
+    assert configuration_key(json.dumps(before)) == configuration_key(json.dumps(tonight))
+    # a history file keyed by the scheme before (every field filled in: another hash) and with no
+    # config_key_version column: its keys are made again on loading, and match tonight's
+    old = tmp_path / "2026-12-01"
+    write(old, "0_ddp", "2026-12-01T01:00:00+00:00")
+    frame = load_sweep(old)
+    frame = frame.assign(config_json=json.dumps(before), config_key="made-by-version-1").drop(
+        columns="config_key_version")
+    store = tmp_path / "history"
+    history.append(store, frame)
+    loaded = history.load(store, history.COLUMNS)
+    assert loaded.config_key.tolist() == [configuration_key(json.dumps(tonight))]

@@ -351,3 +351,25 @@ def test_the_build_of_each_engine():
     cfg, plan = tiny_run(engine="fsdp2", zero_stage=3)
     assert memory.predict_memory(cfg, plan)["build_bytes"] == (169_728 / 2 + 512 * 64) * 4 == 470_528
     assert memory.host_memory_per_rank(cfg, plan)["build_bytes"] == 470_528
+
+
+def test_the_expert_states_are_split_over_ep_and_sharded_over_the_expert_data_parallel_group(compose_cfg):
+    from suite.plan import plan_run
+
+    cfg = compose_cfg("model=moe_tiny", "strategy=zero2", "strategy.expert_parallel=2", "optimizer=adamw",
+                      "precision=fp32", "train.micro_batch_size=2")
+    plan = plan_run(cfg)
+    # moe_tiny: 2 layers x 4 experts x 3 x d 64 x ffn 128 = 196,608 routed-expert parameters of
+    # 336,704; dense 140,096 on every rank, experts 196,608 / ep 2 = 98,304 per rank
+    assert memory.state_groups(cfg, plan) == [(140_096, 2), (98_304, 1)]
+    # ZeRO-2, fp32 AdamW: 4 bytes of weights whole + (4 gradient + 8 Adam) bytes over the group:
+    # dense 4 x 140,096 + 12 x 140,096 / 2 = 1,400,960; experts over dp / ep = 1 rank:
+    # 4 x 98,304 + 12 x 98,304 = 1,572,864
+    need = memory.predict_memory(cfg, plan)
+    assert need["model_state_bytes"] == 1_400_960 + 1_572_864
+    # dispatch + combine per MoE layer: 4 experts x capacity ceil(1.0 x 2 x 64 / 4) = 32 tokens
+    # x d 64 x 4 bytes, twice, in 2 layers = 131,072 bytes
+    assert memory.moe_dispatch_bytes(cfg.model, 2, "fp32") == 2 * 2 * 4 * 32 * 64 * 4
+    dense = compose_cfg("model=llama_tiny", "strategy=zero2")
+    assert memory.moe_dispatch_bytes(dense.model, 2, "fp32") == 0
+    assert memory.state_groups(dense, plan_run(dense)) == [(memory.models.param_count(dense.model)["total"], 2)]

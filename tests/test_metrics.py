@@ -132,12 +132,12 @@ def test_each_ranks_figures_are_lists_in_rank_order():
 
     got = per_rank_metrics([
         {"host": "node1", "step_time_s": 0.5, "forward_time_s": 0.1, "forward_time_cv": 0.02,
-         "peak_memory_bytes": 7},
+         "forward_times_s": [0.1, 0.12], "peak_memory_bytes": 7},
         {"host": "node2", "step_time_s": 0.5, "forward_time_s": None, "forward_time_cv": None,
-         "peak_memory_bytes": 9}])
+         "forward_times_s": [], "peak_memory_bytes": 9}])
     assert got == {"rank_hosts": ["node1", "node2"], "rank_step_time_s": [0.5, 0.5],
                    "rank_forward_time_s": [0.1, None], "rank_forward_time_cv": [0.02, None],
-                   "rank_peak_memory_bytes": [7, 9]}
+                   "rank_forward_times_s": [[0.1, 0.12], []], "rank_peak_memory_bytes": [7, 9]}
 
 
 def test_a_ranks_own_summary_over_its_timed_steps():

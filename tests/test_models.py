@@ -30,15 +30,18 @@ def llama(**shape) -> ModelConfig:
 def test_param_count_of_the_tiny_gpt():
     # per block 12*64^2 + 13*64 = 49,984; embeddings 512*64 + 64*64 = 36,864;
     # head 2*64 + 64*512 = 32,896; total 36,864 + 2*49,984 + 32,896 = 169,728
+    # a dense model: every parameter is active (each token passes through all of them)
     assert models.param_count(preset("tiny")) == {"total": 169_728, "embedding": 36_864,
-                                                  "non_embedding": 132_864}
+                                                  "non_embedding": 132_864, "active": 169_728,
+                                                  "active_non_embedding": 132_864}
 
 
 def test_param_count_of_gpt3_125m():
     # per block 12*768^2 + 13*768 = 7,087,872; embeddings (50,304 + 2,048)*768 = 40,206,336;
     # head 2*768 + 768*50,304 = 38,635,008; total 40,206,336 + 12*7,087,872 + 38,635,008
     assert models.param_count(preset("gpt_125m")) == {
-        "total": 163_895_808, "embedding": 40_206_336, "non_embedding": 123_689_472}
+        "total": 163_895_808, "embedding": 40_206_336, "non_embedding": 123_689_472,
+        "active": 163_895_808, "active_non_embedding": 123_689_472}
 
 
 def test_flops_per_token_of_the_tiny_gpt():
@@ -62,7 +65,8 @@ def test_llama3_1_8b_has_its_published_parameter_count():
     assert (m.n_layers, m.d_model, m.n_heads, m.n_kv_heads, m.ffn_dim, m.vocab_size,
             m.seq_len) == (32, 4096, 32, 8, 14336, 128256, 8192)
     assert models.param_count(m) == {"total": 8_030_261_248, "embedding": 525_336_576,
-                                     "non_embedding": 7_504_924_672}
+                                     "non_embedding": 7_504_924_672, "active": 8_030_261_248,
+                                     "active_non_embedding": 7_504_924_672}
 
 
 @pytest.mark.parametrize("name, total", [
@@ -93,6 +97,8 @@ def test_a_tied_head_counts_once_but_is_still_a_matmul():
     assert models.param_count(untied)["total"] - models.param_count(tied)["total"] == 128_256 * 2_048
     # the output projection is a matmul either way: the same FLOPs per token
     assert models.flops_per_token(tied) == models.flops_per_token(untied)
+    # and active: the tied head counts among the active non-embedding parameters too
+    assert models.param_count(tied)["active_non_embedding"] == models.param_count(tied)["non_embedding"]
 
 
 def test_flops_per_token_of_llama3_1_8b_under_both_conventions():
@@ -207,5 +213,8 @@ def test_the_docs_preset_table_states_every_presets_count():
             for line in text.split("## Presets")[1].split("\n## ")[0].splitlines() if line.startswith("| `")}
     presets = sorted(p.stem for p in CONF.glob("*.yaml"))
     assert sorted(rows) == presets
+    active = {line.split("|")[1].strip(" `"): line.split("|")[14].strip()
+              for line in text.split("## Presets")[1].split("\n## ")[0].splitlines() if line.startswith("| `")}
     for name in presets:
         assert rows[name] == f"{models.param_count(preset(name))['total']:,}", name
+        assert active[name] == f"{models.param_count(preset(name))['active']:,}", name

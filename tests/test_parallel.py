@@ -95,18 +95,17 @@ def test_every_cpu_layout_trains_the_same_model_as_data_parallel(parity):
         n = len(layouts)
         assert f"loss parity: {n} of {n} compared runs match plain data parallel" in reports[model]
         assert reports[model].split("## Loss parity")[1].split("##")[0].count("| yes ") == n
-        # no rank was slowed: at most one straggler among the runs whose forward passes are
-        # timed (all but the pipeline layouts), where tests/test_multinode.py's slowed rank is
-        # named in every run. Under ZeRO-Offload on 2 shared cores rank 0's forward pass was
-        # 20-25% slower than rank 1's in every run looked at (the CPU optimizer's work competes
-        # with it): a real asymmetry that the report may name. Once a torch DDP run's rank 0
-        # was 34% slower than rank 1 throughout (threshold 30%): the machine, not the suite,
-        # slowed it, and the report said so; one such run in a sweep is tolerated, two are not.
+        # no rank was slowed: no straggler among the runs whose forward passes are timed (all
+        # but the pipeline layouts, listed as not judged), offload included. The rule takes each
+        # rank's fastest step: bursts of another process's load on one rank for a few steps
+        # (5-28 ms on a 2.3 ms forward pass, seen under every layout here) flagged runs when it
+        # took the medians; tests/test_multinode.py's slowed rank is still named in every run.
         section = reports[model].split("## Stragglers")[1].split("\n## ")[0]
         rows = [line.split("|") for line in section.split("### Nodes")[0].splitlines()
-                if line.startswith("| ") and "_n1 " in line]
-        assert len(rows) == n - len([s for s in layouts if s.startswith("pp")])
-        assert len([r[2].strip() for r in rows if r[-2].strip() == "YES" and "offload" not in r[2]]) <= 1
+                if line.startswith("| ") and "_n1 " in line and "not judged" not in line]
+        judged = [s for s in layouts if not s.startswith("pp")]
+        assert len(rows) == len(judged)
+        assert [r[2].strip() for r in rows if r[-2].strip() == "YES"] == []
     # the two families are different models: different losses from the same seed and data
     assert max_difference(runs["tiny", "ddp"]["metrics"]["loss_per_step"],
                           runs["llama_tiny", "ddp"]["metrics"]["loss_per_step"]) > 1e-3

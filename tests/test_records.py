@@ -572,3 +572,16 @@ def test_a_multi_node_rerun_runs_one_torchrun_per_node_through_srun():
     assert results.rerun_command(Path("/r/sw/0_tiny"), 1, 8, "python", "/work") == (
         "cd /work && python -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node 8 "
         "-m suite.rerun /r/sw/0_tiny")
+
+
+def test_no_field_of_the_suites_own_schema_is_redacted_but_free_form_credentials_are():
+    from dataclasses import asdict
+
+    from suite.config import ModelConfig, SuiteConfig
+
+    # model.experts_per_token and model.drop_tokens contain "token": their values are settings
+    cfg = asdict(SuiteConfig(model=ModelConfig(n_experts=4, experts_per_token=2, moe_ffn_dim=128)))
+    assert results.redact("config", cfg) == cfg
+    env = {"HF_TOKEN": "hf_abc", "NCCL_IB_SECRET_KEY": "k", "MY_API_TOKEN": "t", "NCCL_DEBUG": "WARN"}
+    assert results.redact("env", env) == {"HF_TOKEN": "<redacted>", "NCCL_IB_SECRET_KEY": "<redacted>",
+                                          "MY_API_TOKEN": "<redacted>", "NCCL_DEBUG": "WARN"}

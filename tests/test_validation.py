@@ -30,6 +30,13 @@ CATALOGUE = [  # (overrides, what the message must name)
     (["train.global_batch_size=6", "train.grad_accum_steps=1"], "train.global_batch_size=6 must equal"),
     (["train.micro_batch_size=0"], "train.micro_batch_size=0 must be > 0"),
     (["strategy=tp2", "cluster.gpus_per_node=3"], "is not divisible by strategy.tensor_parallel=2"),
+    # mixtures of experts: an EP degree that does not divide, what DeepSpeed-MoE does not support
+    (["model=moe_tiny", "strategy=zero2", "strategy.expert_parallel=3"], "strategy.expert_parallel=3"),
+    (["model=moe_tiny", "strategy=zero3", "strategy.expert_parallel=2"], "with strategy.zero_stage=3"),
+    (["model=moe_tiny", "strategy=tp2", "strategy.expert_parallel=2"], "must divide the data-parallel size 1"),
+    (["model=moe_tiny", "strategy=tp2", "strategy.expert_parallel=2", "cluster.gpus_per_node=4"],
+     "with strategy.tensor_parallel=2"),
+    (["strategy.expert_parallel=2"], "needs a mixture of experts"),
     (["strategy=tp2", "model.n_heads=1"], "model.n_heads=1 must be divisible by strategy.tensor_parallel=2"),
     (["strategy=pp2", "model.n_layers=1"], "strategy.pipeline_parallel=2 exceeds model.n_layers=1"),
     (["strategy=pp2", "strategy.zero_stage=3"], "strategy.pipeline_parallel=2 cannot run with strategy.zero_stage=3"),

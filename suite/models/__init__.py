@@ -5,8 +5,10 @@ imported only where a model is built. A family provides:
 
 - `check(m)`: refuse a shape that family cannot build, naming the field (ConfigError);
 - `check_layout(m, tp, sp)`: refuse tensor/sequence-parallel degrees its heads cannot split;
-- `param_count(m)`: {"total", "embedding", "non_embedding"} parameters (embedding = lookup
-  tables only; the output head is a matmul and counts as non-embedding, tied or not);
+- `param_count(m)`: {"total", "embedding", "non_embedding", "active", "active_non_embedding"}
+  parameters (embedding = lookup tables only; the output head is a matmul and counts as
+  non-embedding, tied or not; active = what one token passes through: all of a dense model,
+  the router, k routed and the shared experts of a mixture of experts, suite/models/moe.py);
 - `largest_layer_params(m)`: the biggest single weight (DeepSpeed's ZeRO-3 estimator needs it);
 - `TP_PARTITION`: DeepSpeed AutoTP's partition config for the family's layer names;
 - `CHECKPOINTABLE_LAYERS`: class names the pipeline engine may recompute;
@@ -15,7 +17,7 @@ imported only where a model is built. A family provides:
 - `pipeline_layers(m, seed)`: the same model as DeepSpeed LayerSpecs, ending in logits.
 
 The FLOPs per token of every family come from one formula (`flops_per_token` below): they need
-only the non-embedding parameters and the attention shape (layers, query heads, head size),
+only the active non-embedding parameters and the attention shape (layers, query heads, head size),
 which every decoder has. Adding a family: a package here, its name in FAMILIES, its conf/model
 files and its tests (docs/models.md)."""
 from __future__ import annotations
@@ -37,8 +39,19 @@ def family(name: str) -> ModuleType:
 
 
 def param_count(m: Any) -> Dict[str, int]:
-    """{"total", "embedding", "non_embedding"} parameters of model config `m`."""
-    return family(m.family).param_count(m)
+    """{"total", "embedding", "non_embedding", "active", "active_non_embedding"} parameters of
+    model config `m` (active = per token; equal to total and non_embedding for a dense model)."""
+    counts = dict(family(m.family).param_count(m))
+    counts.setdefault("active", counts["total"])
+    # every lookup table is passed through by each token; a tied head counts again as a matmul
+    tied_head = counts["non_embedding"] - (counts["total"] - counts["embedding"])
+    counts.setdefault("active_non_embedding", counts["active"] - counts["embedding"] + tied_head)
+    return counts
+
+
+def head_dim(m: Any) -> int:
+    """Each attention head's size: model.head_dim, else d_model / n_heads."""
+    return m.head_dim if getattr(m, "head_dim", None) is not None else m.d_model // m.n_heads
 
 
 def flops_per_token(m: Any, causal: bool = False) -> float:
@@ -47,15 +60,16 @@ def flops_per_token(m: Any, causal: bool = False) -> float:
     the attention scores and their weighted sum, forward and backward, over the whole T x T
     square. causal=True halves that attention term (6N + 6 L H Q T): only the lower triangle is
     needed, which is how Megatron-Core counts now (docs/models.md says which published figures
-    use which)."""
-    attention = 12.0 * m.n_layers * m.n_heads * (m.d_model // m.n_heads) * m.seq_len
-    return 6.0 * param_count(m)["non_embedding"] + (attention / 2 if causal else attention)
+    use which). A mixture of experts counts the parameters a token passes through (N = active
+    non-embedding: the router, its k experts, the shared experts), as torchtitan does."""
+    attention = 12.0 * m.n_layers * m.n_heads * head_dim(m) * m.seq_len
+    return 6.0 * param_count(m)["active_non_embedding"] + (attention / 2 if causal else attention)
 
 
 def recompute_flops_per_token(m: Any) -> float:
     """Extra FLOPs per token of full activation checkpointing: one more forward, 2N + 4 L H Q T."""
-    return (2.0 * param_count(m)["non_embedding"]
-            + 4.0 * m.n_layers * m.n_heads * (m.d_model // m.n_heads) * m.seq_len)
+    return (2.0 * param_count(m)["active_non_embedding"]
+            + 4.0 * m.n_layers * m.n_heads * head_dim(m) * m.seq_len)
 
 
 def check_heads(m: Any, kv_heads: int, tp: int, sp: int) -> None:
@@ -75,5 +89,7 @@ def check_heads(m: Any, kv_heads: int, tp: int, sp: int) -> None:
 
 def describe(m: Any) -> str:
     """One line for the dry run: what is about to be trained."""
-    return (f"{m.name} ({m.family}): {param_count(m)['total']:,} parameters, "
+    counts = param_count(m)
+    active = f" ({counts['active']:,} active per token)" if counts["active"] != counts["total"] else ""
+    return (f"{m.name} ({m.family}): {counts['total']:,} parameters{active}, "
             f"{flops_per_token(m):.4g} FLOPs/token ({flops_per_token(m, causal=True):.4g} causal)")

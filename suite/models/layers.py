@@ -44,6 +44,8 @@ def init_parameters(module: nn.Module, seed: int, prefix: str, residual_outputs:
     initialised after it is sharded (reset_parameters)."""
     residual_outputs = tuple(residual_outputs)
     for name, sub in module.named_modules():
+        if getattr(sub, OWN_STREAM, False):
+            continue  # named by its layer already (an expert: by its global index, moe_layer.py)
         if isinstance(sub, (nn.Linear, nn.Embedding)):
             full = f"{prefix}.{name}.weight" if name else f"{prefix}.weight"
             std = INIT_STD / math.sqrt(2 * n_layers) if name.split(".")[-1] in residual_outputs else INIT_STD
@@ -64,6 +66,9 @@ def init_parameters(module: nn.Module, seed: int, prefix: str, residual_outputs:
 
 #: the attribute of each Linear and Embedding that names its weight's stream: (seed, name, std)
 INIT_ATTRIBUTE = "suite_init"
+#: set on a Linear whose stream its layer named (not after its module path): init_parameters
+#: keeps that name (the experts of suite/models/moe_layer.py, named by their global index)
+OWN_STREAM = "suite_own_stream"
 
 _DEFERRED: contextvars.ContextVar = contextvars.ContextVar("suite_deferred_init", default=False)
 
@@ -199,9 +204,22 @@ class Decoder(nn.Module):
         super().__init__()
         self.embedding, self.blocks, self.final = embedding, nn.ModuleList(blocks), final
         self.checkpoint = checkpoint
+        from suite.models.moe_layer import moe_layers
+
+        # mixture of experts (suite/models/moe_layer.py): a plain list, not submodules again
+        self._moe_layers = moe_layers(self.blocks)
+        #: each forward pass's routing figures, (layers, n_experts + 2) (moe_layer.route_counts)
+        self.routing_log: list = []
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embedding(tokens[:, :-1])
         for block in self.blocks:
             x = block(x) if self.checkpoint is None else self.checkpoint(block, x)
-        return next_token_loss(self.final(x), tokens[:, 1:])
+        loss = next_token_loss(self.final(x), tokens[:, 1:])
+        if self._moe_layers:  # + the routers' load-balancing losses (each times its coefficient)
+            from suite.models.moe_layer import collect
+
+            aux, routing = collect(self._moe_layers)
+            self.routing_log.append(routing)
+            loss = loss + aux
+        return loss

@@ -53,7 +53,10 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
         final = {r["run_id"] for p in search["points"] for r in p["runs"] if r["final"]}
         training = training[training.run_id.isin(final)]
     configs = analysis.aggregate_repeats(training, options.max_cv)
-    runs = intervals.runs_by_configuration(training)  # each run's step times: the intervals
+    # a record whose stored figure is not what its step times give has no interval (the bar
+    # and its interval would come from different numbers); the header names it
+    disagreeing = analysis.step_time_disagreements(training)
+    runs = intervals.runs_by_configuration(training[~training.run_id.isin(disagreeing.run_id)])
     configs = analysis.rate_intervals(configs, runs)
     configs["of_gemm_ceiling"] = analysis.of_gemm_ceiling(configs, ceilings)
     configs["measurement_error"] = analysis.measurement_errors(configs)
@@ -61,14 +64,16 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
     regress, trend = pd.DataFrame(columns=analysis.REGRESSION_COLUMNS), {}
     changes = pd.DataFrame(columns=changepoints.CHANGE_COLUMNS)
     if options.history_dir:  # the sweep's own rows are skipped by regressions()
-        ok = history.load(Path(options.history_dir), history.COLUMNS, ok_only=True)
+        otava_nights = changepoints.otava_nights(options.window, options.otava_window, options.otava_min_nights)
+        ok = history.load(Path(options.history_dir), history.COLUMNS, ok_only=True,  # the nights the verdicts read
+                          last_nights=max(otava_nights, options.window + 1))
         regress = analysis.regressions(configs, ok, window=options.window, min_drop=options.min_drop,
                                        noise_sigmas=options.noise_sigmas,
                                        max_allowed_drop=options.max_allowed_drop)
         # Otava's change points beside the median/MAD rule; report.change_method decides
         changes = changepoints.changes_per_configuration(
             ok, "otava", otava_window=options.otava_window, max_pvalue=options.otava_max_pvalue,
-            min_magnitude=options.otava_min_magnitude)
+            min_magnitude=options.otava_min_magnitude, last_nights=otava_nights, config_keys=configs.config_key)
         regress = changepoints.decide(regress, changes, options.change_method,
                                       min_nights=options.otava_min_nights, recent_nights=options.window)
         trend = analysis.trends(ok)
@@ -82,8 +87,9 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
         if line:
             header.insert(len(header) - 1 if header[-1].startswith("- torch") else len(header), line)
     best = analysis.best_configurations(configs, runs)
-    if sections.ties_line(best):
-        header.insert(len(header) - 1 if header[-1].startswith("- torch") else len(header), sections.ties_line(best))
+    for line in (sections.disagreement_line(disagreeing), sections.best_line(best)):
+        if line:
+            header.insert(len(header) - 1 if header[-1].startswith("- torch") else len(header), line)
     throughput = sections.throughput_section(configs)
     shown = [sections.autotune_section(search), sections.best_section(best)]
     if options.history_dir:
@@ -94,7 +100,8 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
               sections.model_section(analysis.model_vs_measured(configs, options.memory_ratio_bounds)),
               sections.engines_section(analysis.engine_comparison(configs)),
               sections.parity_section(parity),
-              sections.stragglers_section(straggling, slow_nodes, options), sections.failures_section(frame),
+              sections.stragglers_section(straggling, slow_nodes, options, analysis.straggler_exclusions(frame)),
+              sections.failures_section(frame),
               sections.environment_section(frame)]
     shown = [s for s in shown if s is not None]
     for s in shown:
@@ -104,7 +111,7 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
     markdown_path.write_text(render.markdown(shown, header))
     html_path.write_text(render.html_page(shown, header))
     summary = "\n".join(header) + "\n\n" + "\n\n".join(
-        f"{caption}\n{table.iloc[:, :12].to_markdown(index=False)}" for caption, table in throughput.tables)
+        f"{caption}\n{render.markdown_table(table)}" for caption, table in throughput.tables)
     n_ok = int((frame.status == "ok").sum())
     parity_ok = parity.empty or not bool((parity.matches == "NO").any())
     regression_ok = not (options.fail_on_regression and (regress.verdict == "regression").any())

@@ -135,36 +135,61 @@ def nightly_series(history: pd.DataFrame, metric: str = "tokens_per_s_per_device
             .reset_index().sort_values(["config_key", "finished_at", "sweep_id"], kind="stable"))
 
 
+def otava_nights(window: int, otava_window: int = OTAVA_WINDOW, min_nights: int = 6) -> int:
+    """How many of a configuration's latest nights the nightly verdict (`decide`) runs Otava on:
+    otava_window + window. `decide` reads only Otava's latest change point and whether it
+    started within the last `window` nights (an older one, or none, is 'unchanged'), and Otava
+    judges a night from the nights around it inside its sliding window of otava_window nights;
+    so the series ends tonight and gives the oldest night that can still be news a whole
+    window of nights before it. The nights before those can change the verdict only through
+    where Otava's windows fall and the stretch its t-test takes back to the previous change
+    point: a series of 1,000 nights took 67 windows a configuration, these take 3, and the
+    verdict is Otava's on the last otava_window + window nights (bench/RESULTS.md, 'Report speed
+    over a long history': how often it differs from Otava's over the whole series). At least `min_nights`
+    (otava_min_nights), so that a configuration with enough nights is judged by Otava."""
+    return max(otava_window + window, min_nights)
+
+
 def changes_per_configuration(history: pd.DataFrame, method: str = DEFAULT_METHOD, *,
                               metric: str = "tokens_per_s_per_device",
                               window: int = 7, min_drop: float = 0.05, noise_sigmas: float = 3.0,
                               max_allowed_drop: float = 0.5, otava_window: int = OTAVA_WINDOW,
                               max_pvalue: float = OTAVA_MAX_PVALUE,
-                              min_magnitude: float = OTAVA_MIN_MAGNITUDE) -> pd.DataFrame:
+                              min_magnitude: float = OTAVA_MIN_MAGNITUDE,
+                              last_nights: Optional[int] = None,
+                              config_keys: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """Per configuration of a history frame (`history.load`'s columns; the current sweep may be
-    among them): its nights, and the latest change with the night it started and its size.
-    otava: the last of Otava's change points over all its nights; before/after are the means
-    of the stretches either side, pvalue the t-test's. median_mad: the suite's rule night by
-    night; the latest run of nights flagged the same way starts the change, its change is that
-    night's against the baseline (before) and pvalue is null. No change: the change columns are
-    null."""
+    among them; only `config_keys`, where given): its nights (its last `last_nights`, where
+    given: the series the method runs on and `nights` counts), and the latest change with the
+    night it started and its size. otava: the last of Otava's change points over those nights;
+    before/after are the means of the stretches either side, pvalue the t-test's. median_mad:
+    the suite's rule night by night; the latest run of nights flagged the same way starts the
+    change, its change is that night's against the baseline (before) and pvalue is null. No
+    change: the change columns are null."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    if config_keys is not None and not history.empty:
+        history = history[history.config_key.isin(set(config_keys))]
     if history.empty:
         return pd.DataFrame(columns=CHANGE_COLUMNS)
     nights = nightly_series(history, metric)
+    if last_nights is not None:
+        nights = nights.groupby("config_key", sort=False).tail(last_nights)
+    # plain lists per configuration: pandas' row access costs ~1 ms a configuration
     keys = list(dict.fromkeys(nights.config_key))
-    per_key = {key: group.reset_index(drop=True) for key, group in nights.groupby("config_key", sort=False)}
+    columns = {c: nights[c].tolist() for c in ("value", "sweep_id", "sweep_date")}
+    per_key = {key: {c: [columns[c][i] for i in where] for c in columns}
+               for key, where in nights.groupby("config_key", sort=False).indices.items()}
     latest = {}
     if method == "otava":
         for key in keys:
-            found = otava_changes(per_key[key].value.tolist(), window=otava_window, max_pvalue=max_pvalue,
+            found = otava_changes(per_key[key]["value"], window=otava_window, max_pvalue=max_pvalue,
                                   min_magnitude=min_magnitude)
             if found:
                 c = found[-1]
                 latest[key] = (c.index, c.change, c.before, c.after, c.pvalue)
     else:
-        judged = median_mad_verdicts([per_key[key].value.tolist() for key in keys], metric=metric,
+        judged = median_mad_verdicts([per_key[key]["value"] for key in keys], metric=metric,
                                      window=window, min_drop=min_drop, noise_sigmas=noise_sigmas,
                                      max_allowed_drop=max_allowed_drop)
         for s, verdicts in judged.groupby("series"):
@@ -177,19 +202,21 @@ def changes_per_configuration(history: pd.DataFrame, method: str = DEFAULT_METHO
                 start -= 1
             r = verdicts.loc[start]
             latest[keys[s]] = (int(r.night), float(r.change), float(r.baseline), float(r.value), None)
-    described = history.drop_duplicates("config_key", keep="last").set_index("config_key")
+    about = history.drop_duplicates("config_key", keep="last")
+    described = {r["config_key"]: r for r in
+                 about[["config_key"] + [c for c in CHANGE_COLUMNS[1:6] if c in about]].to_dict("records")}
     rows = []
     for key in keys:
         series = per_key[key]
-        about = described.loc[key] if key in described.index else pd.Series(dtype=object)
-        row = {"config_key": key, **{c: about.get(c) for c in CHANGE_COLUMNS[1:6]}, "nights": len(series),
-               "first_sweep_date": series.sweep_date.iloc[0], "last_sweep_date": series.sweep_date.iloc[-1],
-               "method": method, "change_sweep_id": None, "change_sweep_date": None, "nights_since": None,
-               "change": None, "before": None, "after": None, "pvalue": None}
+        row = {"config_key": key, **{c: described.get(key, {}).get(c) for c in CHANGE_COLUMNS[1:6]},
+               "nights": len(series["value"]), "first_sweep_date": series["sweep_date"][0],
+               "last_sweep_date": series["sweep_date"][-1], "method": method, "change_sweep_id": None,
+               "change_sweep_date": None, "nights_since": None, "change": None, "before": None, "after": None,
+               "pvalue": None}
         if key in latest:
             index, change, before, after, pvalue = latest[key]
-            row.update(change_sweep_id=series.sweep_id[index], change_sweep_date=series.sweep_date[index],
-                       nights_since=len(series) - 1 - index,  # 0: the change started on the latest night
+            row.update(change_sweep_id=series["sweep_id"][index], change_sweep_date=series["sweep_date"][index],
+                       nights_since=len(series["value"]) - 1 - index,  # 0: the change started on the latest night
                        change=change, before=before, after=after, pvalue=pvalue)
         rows.append(row)
     out = pd.DataFrame(rows, columns=CHANGE_COLUMNS)
@@ -209,18 +236,21 @@ def decide(regress: pd.DataFrame, changes: pd.DataFrame, method: str, *, min_nig
     the median/MAD verdict stands. Adds median_mad_verdict, otava (text), method."""
     out = regress.copy()
     out["median_mad_verdict"] = out.verdict
-    by_key = changes.set_index("config_key") if len(changes) else pd.DataFrame()
-    otava_text, used = [], []
-    for i, r in out.iterrows():
-        c = by_key.loc[r.config_key] if r.config_key in by_key.index else None
-        found = c is not None and pd.notna(c.change)
-        otava_text.append(f"{c.change:+.1%} from {c.change_sweep_date} ({int(c.nights_since)} nights ago, "
-                          f"p {c.pvalue:.1g})" if found else "no change point")
-        if method == "otava" and c is not None and c.nights >= min_nights:
-            recent = found and c.nights_since < recent_nights
-            out.loc[i, "verdict"] = ("regression" if recent and c.change < 0 else
-                                     "improvement" if recent and c.change > 0 else "unchanged")
+    # dictionaries, not .loc per row: ~1.5 ms a configuration in pandas' row access
+    by_key = {c["config_key"]: c for c in changes.to_dict("records")} if len(changes) else {}
+    otava_text, used, verdicts = [], [], []
+    for key, verdict in zip(out.config_key.tolist(), out.verdict.tolist()):
+        c = by_key.get(key)
+        found = c is not None and pd.notna(c["change"])
+        otava_text.append(f"{c['change']:+.1%} from {c['change_sweep_date']} ({int(c['nights_since'])} nights "
+                          f"ago, p {c['pvalue']:.1g})" if found else "no change point")
+        if method == "otava" and c is not None and c["nights"] >= min_nights:
+            recent = found and c["nights_since"] < recent_nights
+            verdict = ("regression" if recent and c["change"] < 0 else
+                       "improvement" if recent and c["change"] > 0 else "unchanged")
             used.append("otava")
         else:
             used.append("median/MAD" + (f" (fewer than {min_nights} nights)" if method == "otava" else ""))
-    return out.assign(otava=otava_text, method=used)
+        verdicts.append(verdict)
+    return out.assign(verdict=pd.Series(verdicts, index=out.index, dtype=out.verdict.dtype) if len(out)
+                      else out.verdict, otava=otava_text, method=used)

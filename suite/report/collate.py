@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterable, List, Optional
 import pandas as pd
 
 from suite import metric_registry
-from suite.report.analysis import configuration_key
+from suite.report.analysis import KEY_VERSION, configuration_key
 from suite.results import RESULT_FILE, read_record
 
 AXES = ["workload", "data", "model", "model_family", "strategy", "engine", "zero_stage", "offload_optimizer", "offload_params", "optimizer",
@@ -22,7 +22,7 @@ ENV = ["python", "torch", "deepspeed", "cuda", "nccl", "driver", "device_name", 
        "hostname", "hostnames", "slurm_job_id", "git_revision", "variables", "fp32_matmul_precision",
        "gpu_binding"]
 COLUMNS = (["run_id", "sweep_id", "status", "error", "attempts", "config_hash", "config_key",
-            "schema_version"] + AXES
+            "config_key_version", "schema_version"] + AXES
            + METRICS + [f"env_{k}" for k in ENV]
            + ["started_at", "finished_at", "sweep_date", "config_json", "loss_per_step_json",
               "comm_bytes_per_step_json", "micro_json", "per_rank_json", "throttle_reasons",
@@ -30,13 +30,14 @@ COLUMNS = (["run_id", "sweep_id", "status", "error", "attempts", "config_hash", 
 # each rank's own figures (metric name -> key in per_rank_json)
 PER_RANK = {"rank_hosts": "hosts", "rank_step_time_s": "step_time_s",
             "rank_forward_time_s": "forward_time_s", "rank_forward_time_cv": "forward_time_cv",
+            "rank_forward_times_s": "forward_times_s",
             "rank_peak_memory_bytes": "peak_memory_bytes"}
 
 
 NUMERIC_AXES = ["zero_stage", "world_size", "data_parallel", "tensor_parallel", "pipeline_parallel",
                 "sequence_parallel",
                 "repeat_index", "nodes", "ranks_per_node", "micro_batch_size", "grad_accum_steps",
-                "global_batch_size", "seq_len", "n_params", "schema_version", "attempts"]
+                "global_batch_size", "seq_len", "n_params", "schema_version", "attempts", "config_key_version"]
 
 
 BOOL_COLUMNS = ["offload_optimizer", "offload_params", "compile", "check_parity"] + metric_registry.bool_columns()
@@ -69,6 +70,7 @@ def flatten(record: Dict[str, Any]) -> Dict[str, Any]:
     row["config_hash"] = record.get("config_hash")
     row["config_json"] = json.dumps(record.get("config"), sort_keys=True)
     row["config_key"] = configuration_key(row["config_json"])
+    row["config_key_version"] = KEY_VERSION
     row["loss_per_step_json"] = json.dumps((record.get("metrics") or {}).get("loss_per_step"))
     # each timed step's time, for confidence intervals (null in records from before they were kept)
     row["step_times_json"] = json.dumps(metrics["step_times_s"]) if metrics.get("step_times_s") else None

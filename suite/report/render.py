@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Tuple
 
@@ -26,6 +27,9 @@ class Section:
     text: List[str] = field(default_factory=list)
     tables: List[Tuple[str, pd.DataFrame]] = field(default_factory=list)
     images: List[Tuple[str, bytes]] = field(default_factory=list)
+    #: tables a reader looks up rather than reads: Markdown shows them after the tables, HTML
+    #: in a collapsed <details> block
+    details: List[Tuple[str, pd.DataFrame]] = field(default_factory=list)
 
 
 def fmt(fmt: str) -> Callable:
@@ -74,16 +78,41 @@ def metric(name: str) -> Tuple[str, Callable]:
     return m.heading, formatter or fmt(m.fmt)
 
 
+NUMBER = re.compile(r"^[+-]?[\d,]*\.?\d+(e[+-]?\d+)?%?$")
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A table as Markdown, each cell exactly as formatted (tabulate would read "11,693.4" and
+    "409.0" as numbers and write them back as 11693.4 and 409, so that one kind of figure
+    would read two ways); a column of figures is aligned right."""
+    if table.empty:
+        return "_none_"
+    def figures(column) -> bool:
+        cells = [str(v) for v in column if not _blank(v)]
+        return bool(cells) and all(NUMBER.match(c.replace(" ", "")) or c.startswith("[") for c in cells)
+    align = ["right" if figures(table[c]) else "left" for c in table.columns]
+    return table.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def _blank(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)) or str(value) in ("", "—")
+
+
 def markdown(sections: List[Section], header: List[str], title: str = "Benchmark report") -> str:
     parts = [f"# {title}", "", *header, ""]
     for s in sections:
         parts += [f"## {s.title}", ""] + [t + "\n" for t in s.text]
-        for caption, table in s.tables:
+        for caption, table in s.tables + s.details:
             if caption:
                 parts += [f"### {caption}", ""]
-            parts += [table.to_markdown(index=False) if not table.empty else "_none_", ""]
+            parts += [markdown_table(table), ""]
         parts += [f"![{name}]({name}.png)" for name, _ in s.images] + [""]
     return "\n".join(parts)
+
+
+def _html_table(table: pd.DataFrame) -> str:
+    return (table.to_html(index=False, border=0, classes="t", na_rep="—") if not table.empty
+            else "<p><em>none</em></p>")
 
 
 def html_page(sections: List[Section], header: List[str], title: str = "Benchmark report") -> str:
@@ -94,8 +123,10 @@ def html_page(sections: List[Section], header: List[str], title: str = "Benchmar
         for caption, table in s.tables:
             if caption:
                 body.append(f"<h3>{html.escape(caption)}</h3>")
-            body.append(table.to_html(index=False, border=0, classes="t", na_rep="—")
-                        if not table.empty else "<p><em>none</em></p>")
+            body.append(_html_table(table))
+        for caption, table in s.details:
+            body.append(f"<details><summary>{html.escape(caption or 'Details')}</summary>"
+                        f"{_html_table(table)}</details>")
         body += [f'<img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
                  for name, png in s.images]
     style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:90em;color:#222}"
@@ -103,6 +134,7 @@ def html_page(sections: List[Section], header: List[str], title: str = "Benchmar
              ".t th,.t td{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}"
              "table.t{display:block;overflow-x:auto;max-width:100%}"
              ".t th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}"
+             "summary{cursor:pointer;font-weight:600;margin:.5em 0}"
              "h2{border-bottom:2px solid #3b75af;padding-bottom:.2em;margin-top:2em}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")

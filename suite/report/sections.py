@@ -9,7 +9,7 @@ import pandas as pd
 
 from suite.metrics import implausible
 from suite.report.analysis import TIE, configuration_labels
-from suite.report.render import MIB, Section, fmt, metric, mib, pct, png, share, show
+from suite.report.render import MIB, Section, _blank, fmt, metric, mib, pct, png, share, show
 
 PLOTTED = 30  # most configurations in one throughput or trend plot
 
@@ -64,7 +64,10 @@ def _bars(labels: List[str], bars: Dict[str, list], xlabel: str, title: str,
         ax.barh([i - 0.4 + height * (k + 0.5) for i in range(len(labels))], values, height=height,
                 color=colour, label=name)
         if k == 0 and intervals is not None:
-            known = [i for i, (lo, hi) in enumerate(zip(*intervals)) if pd.notna(lo) and pd.notna(hi)]
+            # an interval that does not hold its bar (a record whose stored figure disagrees
+            # with its step times, flagged in the header) is not drawn: never a negative error bar
+            known = [i for i, (lo, hi) in enumerate(zip(*intervals))
+                     if pd.notna(lo) and pd.notna(hi) and lo <= values[i] <= hi]
             if known:
                 ax.errorbar([values[i] for i in known], [i - 0.4 + height * 0.5 for i in known],
                             xerr=[[values[i] - intervals[0][i] for i in known],
@@ -80,45 +83,77 @@ def _bars(labels: List[str], bars: Dict[str, list], xlabel: str, title: str,
     return png(fig)
 
 
+def _noisy(value, reason=None) -> str:
+    """'too noisy': YES and the CV that decided it, or no."""
+    if value is None or pd.isna(value):
+        return "—"
+    return f"YES: {reason}" if value and isinstance(reason, str) and reason else ("YES" if value else "no")
+
+
+def _yes_no(value) -> str:
+    """A configuration's switch (compiled): yes or no; — where the record does not say."""
+    return "—" if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)) else (
+        "yes" if value else "no")
+
+
+# The throughput figures people read first (the lead table); the rest is in the details table
+LEAD_METRICS = ("tflops_per_device", "mfu", "step_time_cv", "peak_memory_bytes")
+DETAIL_METRICS = ("hfu", "tokens_per_joule", "sm_clock_mean_mhz", "throttled", "step_time_median_s")
+
+
 def throughput_section(configs: pd.DataFrame) -> Section:
     section = Section("Throughput", ["One row per configuration: medians over its repeats. "
-                                     "CV = coefficient of variation (step times within a run; "
-                                     "tokens/s per device across repeats). MFU/HFU are empty (—) "
-                                     "where no datasheet peak is known (any CPU, a GPU not in the "
-                                     "peak table); 'of GEMM ceiling' is TFLOP/s per device over the "
-                                     "sweep's measured GEMM ceiling for the dtype (workload=gemm "
-                                     "runs). A share above 100% cannot be true and reads 'error'. "
-                                     "Tokens per joule: tokens trained in the timed steps over the "
-                                     "GPUs' energy (NVML) in them; 'throttled': power or heat held "
-                                     "the clocks down during the timed steps. The 95% interval of "
-                                     "tokens/s per device: a bootstrap over the repeats and each "
-                                     "run's timed steps (docs/report.md, 'Noise'). Beside the throughput "
-                                     "plot: MFU (where a peak is known) and the memory model's "
-                                     "predicted peak against the measured one (GPUs)."])
+                                     "CV = coefficient of variation (step CV: of the step times "
+                                     "within a run; repeat CV: of tokens/s per device across "
+                                     "repeats); a configuration is too noisy to compare when either "
+                                     "exceeds report.max_cv, and the column says which CV decided. "
+                                     "MFU is empty (—) where no datasheet peak is known (any CPU, "
+                                     "a GPU not in the peak table). The 95% interval of tokens/s "
+                                     "per device: a bootstrap over the repeats and each run's "
+                                     "timed steps (docs/report.md, 'Noise'). The details table "
+                                     "after the lead tables has the rest, a row per configuration: "
+                                     "its full layout and batch, HFU, 'of GEMM ceiling' (TFLOP/s "
+                                     "per device over the sweep's measured GEMM ceiling for the "
+                                     "dtype, workload=gemm runs), tokens per joule (tokens trained "
+                                     "in the timed steps over the GPUs' energy, NVML), the SM clock, "
+                                     "'throttled' (power or heat held the clocks down during the "
+                                     "timed steps), the median step time and the repeats; a column "
+                                     "with no value in any row (on the CPU: the GPU figures) is left "
+                                     "out. A share above 100% cannot be true and reads 'error'. "
+                                     "Beside the throughput plot: MFU (where a peak is known) and "
+                                     "the memory model's predicted peak against the measured one "
+                                     "(GPUs)."])
+    details = []
     for model, group in configs.groupby("model"):
         group = group.sort_values(ORDER)
-        others, labels = configuration_labels(group, shown=THROUGHPUT_AXES)
+        others, labels = configuration_labels(group, shown=("model", "strategy"))
         group = group.assign(layout=group.apply(_layout, axis=1), configuration=labels if others else "",
+                             label=configuration_labels(group, shown=("model",))[1],
                              tps_interval=[_interval(lo, hi, ",.0f") for lo, hi in zip(
                                  group.get("tokens_per_s_per_device_low", [None] * len(group)),
                                  group.get("tokens_per_s_per_device_high", [None] * len(group)))])
+        group = group.assign(too_noisy=[_noisy(v, why) for v, why in zip(
+            group.noisy, group.get("noisy_reason", pd.Series([None] * len(group), index=group.index)))])
         table = show(group, _with_configuration({
-            "strategy": ("strategy", None), "optimizer": ("optimizer", None),
-            "precision": ("precision", None), "world_size": ("ranks", fmt(".0f")),
-            "nodes": ("nodes", fmt(".0f")),
-            "layout": (LAYOUT, None), "micro_batch_size": ("micro", fmt(".0f")),
-            "grad_accum_steps": ("accum", fmt(".0f")),
-            "activation_checkpointing": ("recompute", None),
-            "compile": ("compiled", lambda v: "" if pd.isna(v) or not v else "yes"),
-            **{name: metric(name) for name in THROUGHPUT_METRICS[:1]},
+            "strategy": ("strategy", None),
+            "tokens_per_s_per_device": metric("tokens_per_s_per_device"),
             "tps_interval": ("95% interval", None),
-            **{name: metric(name) for name in THROUGHPUT_METRICS[1:4]},
-            "of_gemm_ceiling": ("of GEMM ceiling", share),
-            **{name: metric(name) for name in THROUGHPUT_METRICS[4:8]},
-            "repeats": ("repeats", fmt(".0f")), "repeat_cv": ("repeat CV", pct),
-            "noisy": ("too noisy", lambda v: "yes" if v else ""),
-            **{name: metric(name) for name in THROUGHPUT_METRICS[8:]}}, group, "compile"))
+            **{name: metric(name) for name in LEAD_METRICS[:3]},
+            "too_noisy": ("too noisy", None),
+            **{name: metric(name) for name in LEAD_METRICS[3:]}}, group, "strategy"))
         section.tables.append((str(model), table))
+        named = configuration_labels(group, shown=("model",))[0]
+        details.append(show(group.assign(model=str(model), optimizer=group.optimizer if "optimizer" not in named
+                                        else ""), {
+            "model": ("model", None), "label": ("configuration", None), "optimizer": ("optimizer", None),
+            "precision": ("precision", None), "world_size": ("ranks", fmt(".0f")),
+            "nodes": ("nodes", fmt(".0f")), "layout": (LAYOUT, None),
+            "micro_batch_size": ("micro", fmt(".0f")), "grad_accum_steps": ("accum", fmt(".0f")),
+            "activation_checkpointing": ("recompute", None), "compile": ("compiled", _yes_no),
+            **{name: metric(name) for name in DETAIL_METRICS[:1]},
+            "of_gemm_ceiling": ("of GEMM ceiling", share),
+            **{name: metric(name) for name in DETAIL_METRICS[1:]},
+            "repeats": ("repeats", fmt(".0f")), "repeat_cv": ("repeat CV", pct)}))
         group = group.nlargest(PLOTTED, "tokens_per_s_per_device").sort_values(ORDER)
         group = group.assign(label=configuration_labels(group, shown=("model",))[1],
                              tps_interval_low=group.get("tokens_per_s_per_device_low", pd.Series(None, index=group.index)),
@@ -152,6 +187,10 @@ def throughput_section(configs: pd.DataFrame) -> Section:
                 "its runs are on the CPU, where the measured peak is the whole process's resident "
                 "set (the runtime included), which the memory model does not predict." if on_gpu.empty
                 else "its GPU runs have no measured or no predicted peak."))
+    if details:
+        table = pd.concat(details, ignore_index=True)
+        filled = [c for c in table.columns if not table[c].map(_blank).all()]
+        section.details.append(("Details: layout, batch, energy, clocks, repeats", table[filled]))
     return section
 
 
@@ -169,7 +208,9 @@ def scaling_section(scaling: pd.DataFrame) -> Optional[Section]:
         "An efficiency's 95% interval: a bootstrap of its runs' rate against N0's (repeats and "
         "timed steps)."])
     scaling = scaling.assign(efficiency_interval=[
-        _interval(lo, hi, "pct0") for lo, hi in zip(scaling.efficiency_low, scaling.efficiency_high)])
+        _interval(lo, hi, "pct0") for lo, hi in zip(scaling.efficiency_low, scaling.efficiency_high)],
+        too_noisy=[_noisy(v, why) for v, why in zip(scaling.noisy, scaling.get(
+            "noisy_reason", pd.Series([None] * len(scaling), index=scaling.index)))])
     table = show(scaling, _with_configuration({
         "model": ("model", None), "strategy": ("strategy", None), "mode": ("mode", None),
         "world_size": ("ranks", fmt(".0f")), "nodes": ("nodes", fmt(".0f")),
@@ -177,7 +218,7 @@ def scaling_section(scaling: pd.DataFrame) -> Optional[Section]:
         "tokens_per_s": ("tokens/s", fmt(",.0f")), "tokens_per_s_per_device": ("tokens/s/device", fmt(",.0f")),
         "speedup": ("speed-up", fmt(".2f")), "efficiency": ("efficiency", pct),
         "efficiency_interval": ("95% interval", None),
-        "noisy": ("too noisy", lambda v: "yes" if v else "")}, scaling, "mode"))
+        "too_noisy": ("too noisy", None)}, scaling, "mode"))
     section.tables.append(("", table))
     for (model, mode), group in scaling.groupby(["model", "mode"]):
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -200,19 +241,29 @@ def scaling_section(scaling: pd.DataFrame) -> Optional[Section]:
     return section
 
 
+def _best_named(r) -> str:
+    """The best configuration's cell: the fastest configuration, or for a tie no winner."""
+    if r.verdict == TIE:
+        return f"no clear best: {r.configuration} and {r.runner_up} are within the noise"
+    return r.configuration
+
+
 def best_section(best: pd.DataFrame) -> Section:
-    table = show(best.assign(margin_interval=[_interval(lo, hi, "pct") for lo, hi in zip(best.margin_low, best.margin_high)]),
-                 {"model": ("model", None), "world_size": ("ranks", fmt(".0f")),
-                  "configuration": ("best configuration", None),
-                  "tokens_per_s_per_device": ("tokens/s/device", fmt(",.0f")),
-                  "memory_headroom_bytes": ("memory headroom (MiB)", mib),
-                  "runner_up": ("runner-up", None), "margin": ("ahead by", pct),
-                  "margin_interval": ("95% interval", None), "verdict": ("verdict", lambda v: v or "—")})
+    best = best.assign(named=[_best_named(r) for r in best.itertuples()],
+                       margin_interval=[_interval(lo, hi, "pct") for lo, hi in zip(best.margin_low, best.margin_high)])
+    table = show(best, {"model": ("model", None), "world_size": ("ranks", fmt(".0f")),
+                        "named": ("best configuration", None),
+                        "tokens_per_s_per_device": ("fastest's tokens/s/device", fmt(",.0f")),
+                        "memory_headroom_bytes": ("fastest's memory headroom (MiB)", mib),
+                        "runner_up": ("runner-up", None), "margin": ("fastest ahead by", pct),
+                        "margin_interval": ("95% interval", None), "verdict": ("verdict", lambda v: v or "—")})
     return Section("Best configuration per model and world size",
                    ["Ranked by tokens/s per device; headroom = device memory (CPU: RAM / local "
                     "ranks) - peak memory. The margin's 95% interval is a bootstrap over both "
                     "configurations' repeats and timed steps; where it reaches zero the two are a "
-                    "tie, not a winner and a loser: more repeats (submit.repeats) narrow it."], [("", table)])
+                    "tie: there is no clear best, neither is the winner (the figures are the "
+                    "faster-measured one's), and more repeats (submit.repeats) narrow the interval. "
+                    "Without step times there is no interval and no verdict (—)."], [("", table)])
 
 
 def _interval(low, high, form: str) -> str:
@@ -226,15 +277,37 @@ def _interval(low, high, form: str) -> str:
     return f"[{format(low, form)}, {format(high, form)}]"
 
 
-def ties_line(best: pd.DataFrame) -> Optional[str]:
-    """How many best-configuration margins are inside the noise (None when none was judged)."""
+def disagreement_line(disagreeing: pd.DataFrame) -> Optional[str]:
+    """The records whose stored tokens/s per device is not what their step times give
+    (analysis.step_time_disagreements): named, with both figures; None when there are none."""
+    if disagreeing.empty:
+        return None
+    named = "; ".join(
+        f"{r.run_id} (stored {fmt(',.0f')(r.stored)} tokens/s per device, its "
+        + (f"{r.steps} step times give {fmt(',.0f')(r.from_steps)}" if pd.notna(r.from_steps)
+           else f"{r.steps} step times give no rate") + ")"
+        for r in disagreeing.itertuples())
+    return (f"- warning: {_count(len(disagreeing), 'record')} whose stored figures disagree with "
+            f"their step times (edited by hand, or written by another version?): {named}; the "
+            "stored figure is shown without an interval and its step times are not used")
+
+
+def best_line(best: pd.DataFrame, shown: int = 4) -> Optional[str]:
+    """The best configurations in one header line, a tie said plainly ("no clear best: ... are
+    within the noise"); None when no margin was judged (no runner-up or no step times)."""
     judged = best.dropna(subset=["verdict"]) if "verdict" in best else best.iloc[:0]
     if judged.empty:
         return None
-    ties = judged[judged.verdict == TIE]
-    return (f"- best configuration: {len(ties)} of {_count(len(judged), 'margin')} over the runner-up "
-            f"inside the noise (a tie: add submit.repeats)" if len(ties) else
-            f"- best configuration: {_count(len(judged), 'margin')} over the runner-up beyond the noise")
+    parts = []
+    for r in judged.itertuples():
+        where = f"{r.model} on {_count(int(r.world_size), 'rank')}"
+        parts.append(f"no clear best for {where}: {r.configuration} and {r.runner_up} are within the noise"
+                     if r.verdict == TIE else
+                     f"{where}: {r.configuration}, {pct(r.margin)} ahead of {r.runner_up} beyond the noise")
+    more = f"; {len(parts) - shown} more in 'Best configuration'" if len(parts) > shown else ""
+    ties = (judged.verdict == TIE).any()
+    return ("- best configuration: " + "; ".join(parts[:shown]) + more
+            + (" (add submit.repeats to separate a tie)" if ties else ""))
 
 
 def model_section(model: pd.DataFrame) -> Section:
@@ -242,25 +315,40 @@ def model_section(model: pd.DataFrame) -> Section:
         "model": ("model", None), "strategy": ("strategy", None), "world_size": ("ranks", fmt(".0f")),
         "model_state_bytes_predicted": ("model states, ZeRO paper (MiB)", mib),
         "deepspeed_estimate_bytes": ("DeepSpeed estimate (MiB)", mib),
-        "peak_memory_bytes": ("measured peak (MiB)", mib), "memory_ratio": ("measured/model", fmt(".2f")),
+        "peak_memory_bytes": ("measured peak (MiB)", mib), "memory_ratio": ("measured/model states", fmt(".2f")),
         "memory_predicted_bytes": ("predicted peak, memory model (MiB)", mib),
         "peak_ratio": ("measured/predicted peak", fmt(".2f")),
-        "comm_bytes_per_step_predicted": ("comm/step, model (MiB)", mib),
-        "comm_bytes_per_step_counted": ("comm/step, comms logger (MiB)", mib),
-        "comm_ratio": ("logged/model", fmt(".2f")), "flag": ("flag", None)}, model, "strategy"))
+        "comm_bytes_per_step_predicted": ("comm/step on the wire, model (MiB)", mib),
+        "comm_message_bytes_logged": ("comm/step, comms logger's messages (MiB)", mib),
+        "comm_bytes_per_step_counted": ("comm/step on the wire, from the logger (MiB)", mib),
+        "comm_ratio": ("on the wire: logged/model", fmt(".2f")), "flag": ("flag", None)}, model, "strategy"))
+    # a figure no row has (on the CPU the measured ratios, without train.profile_comms the
+    # logger's) is left out
+    kept = ("model", "strategy", "ranks", "configuration")
+    table = table[[c for c in table.columns if c in kept or not table[c].map(_blank).all()]]
     return Section("Memory and communication: model vs measured", [
         "Model states per device (ZeRO paper): stage 0 (P+G+O)Ψ, 1 (P+G)Ψ+OΨ/N, 2 PΨ+(G+O)Ψ/N, "
         "3 (P+G+O)Ψ/N bytes, with P, G the parameter and gradient bytes, O the optimizer's "
         "(fp32 master copy included in mixed precision), N the ranks sharing the parameters "
         "(data parallel, times the sequence-parallel degree under Ulysses), Ψ the "
         "parameters per rank. DeepSpeed's estimator (stages 2-3) assumes mixed-precision Adam. "
-        "Communication per step and rank: 2Ψ(N-1)/N gradient bytes for stages 0-2, 3Ψ(N-1)/N for "
-        "stage 3, against the bytes DeepSpeed's comms logger counted (runs with "
-        "train.profile_comms=true; its latencies are not used). The predicted peak is the memory "
-        "model's (docs/memory.md: model states, activations, logits and loss, ZeRO/DDP/FSDP "
-        "buffers; without the allocator allowance), judged against torch.cuda.max_memory_allocated; "
-        "a peak above it by more than the allowance is flagged. On the CPU the measured peak is "
-        "the resident set of the whole process, so memory is not compared there."], [("", table)])
+        "The predicted peak is the memory model's (docs/memory.md: model states, activations, "
+        "logits and loss, ZeRO/DDP/FSDP buffers; without the allocator allowance), judged against "
+        "torch.cuda.max_memory_allocated: a peak above it by more than the allowance is flagged "
+        "(the model under-predicts), one below report.memory_ratio_bounds' lower bound too (it "
+        "over-predicts). Measured / model states is shown, not judged: a run's activations and "
+        "DeepSpeed's buffers are no model states. Communication per step and rank, as bytes on "
+        "the wire of a ring: 2Ψ(N-1)/N gradient bytes for stages 0-2, 3Ψ(N-1)/N for stage 3. "
+        "DeepSpeed's comms logger (runs with train.profile_comms=true; its latencies are not used) "
+        "counts each collective's message instead (an all-gather's is the rank's shard, an "
+        "all-reduce's and a reduce-scatter's the whole buffer): the table shows those message "
+        "bytes and, compared with the model, the bytes they put on the wire (all_reduce 2(N-1)/N "
+        "x the message, reduce-scatter, reduce and broadcast (N-1)/N, all-gather (N-1) x the "
+        "shard); outside 0.5-2 is flagged, in data-parallel layouts only (the model has no "
+        "tensor, pipeline or sequence-parallel traffic). On the CPU the measured peak is the "
+        "resident set of the whole process, so memory is not compared there. A column with no "
+        "value in any row (the ratios on the CPU, the logger's without train.profile_comms) is "
+        "left out."], [("", table)])
 
 
 def history_sections(regress: pd.DataFrame, trend: Dict[str, pd.DataFrame], changes: pd.DataFrame,
@@ -282,7 +370,8 @@ def history_sections(regress: pd.DataFrame, trend: Dict[str, pd.DataFrame], chan
         f"{options.window} nights, noise = 1.4826 x their median absolute deviation; a regression "
         "is a drop below baseline - max(min_drop x baseline, noise_sigmas x noise), the allowed "
         "drop capped at max_allowed_drop x baseline; an improvement likewise upwards. Otava "
-        "(Apache Otava's E-Divisive with t-tests over all of the configuration's nights, window "
+        "(Apache Otava's E-Divisive with t-tests over the configuration's last "
+        f"{options.otava_window + options.window} nights, the most the verdict reads, window "
         f"{options.otava_window}, p < {options.otava_max_pvalue:g}, change > "
         f"{options.otava_min_magnitude:.0%}): a regression when its latest change point is a drop "
         f"that started within the last {options.window} nights. The verdict is "
@@ -292,7 +381,8 @@ def history_sections(regress: pd.DataFrame, trend: Dict[str, pd.DataFrame], chan
     found = changes.dropna(subset=["change"]) if len(changes) else changes
     if len(found):
         sections.append(Section("Change points (Apache Otava)", [
-            "Every configuration of the history with a change point: the night its latest change "
+            "Every configuration of this sweep with a change point in its last "
+            f"{options.otava_window + options.window} nights: the night its latest change "
             "started, its size (mean after / mean before - 1) and the t-test's p-value."],
             [("", show(found, {"model": ("model", None), "strategy": ("strategy", None),
                                "optimizer": ("optimizer", None), "precision": ("precision", None),
@@ -302,7 +392,9 @@ def history_sections(regress: pd.DataFrame, trend: Dict[str, pd.DataFrame], chan
                                "nights_since": ("nights ago", fmt(".0f")), "change": ("size", pct),
                                "before": ("before", fmt(",.0f")), "after": ("after", fmt(",.0f")),
                                "pvalue": ("p-value", fmt(".1g"))}))]))
-    trends = Section("History trends", ["Median tokens/s per device per sweep, one line per configuration."])
+    trends = Section("History trends", ["Median tokens/s per device per sweep, one line per configuration, "
+                                        f"over the last {options.otava_window + options.window} nights "
+                                        "the history was read for."])
     for model, table in trend.items():
         # the configurations fastest in the latest sweep: a plot of hundreds of lines says nothing
         table = table[table.iloc[-1].sort_values(ascending=False).index[:PLOTTED]]
@@ -347,25 +439,33 @@ def ceilings_section(ceilings: pd.DataFrame) -> Optional[Section]:
     return section
 
 
-def stragglers_section(runs: pd.DataFrame, nodes: pd.DataFrame, options) -> Optional[Section]:
-    if runs.empty:
+def stragglers_section(runs: pd.DataFrame, nodes: pd.DataFrame, options,
+                       excluded: Optional[pd.DataFrame] = None) -> Optional[Section]:
+    excluded = excluded if excluded is not None else pd.DataFrame(columns=["run_id", "strategy", "reason"])
+    if runs.empty and excluded.empty:
         return None
     section = Section("Stragglers", [
         "Per training run of more than one rank: the rank whose forward pass is slowest (each "
-        "rank's median over the timed steps, device-synchronised) against the median of the "
-        "other ranks. A step's time is the same on every rank, since its collectives wait for "
+        "rank's fastest timed step: a straggler is slow at every step, a rank that another "
+        "process held back for a few steps is not) against the median of the other ranks. A step's time is the same on every rank, since its collectives wait for "
         "the slowest; the forward pass is where a rank's own speed shows (under ZeRO-3, tensor "
         "and sequence parallelism it holds collectives too, which spread a straggler's delay to "
-        "its peers; the pipeline engine's schedule is not split, so pipeline runs are not here). "
+        "its peers; the pipeline engine's schedule is not split: pipeline runs are listed as not judged). "
         f"Flagged: excess above max({options.straggler_min_excess:.0%}, "
-        f"{options.straggler_noise_sigmas:g} x the run's noise: the larger of its step-time CV "
-        "and its ranks' median forward-time CV across steps). Per node, over the runs that span "
+        f"{options.straggler_noise_sigmas:g} x the run's noise: the median over ranks of the "
+        "robust spread of their forward times, 1.4826 MAD / median). Per node, over the runs that span "
         "several nodes: the runs it took part in and those in which it held the flagged rank; a "
-        "node flagged in more than one run is called slow."])
+        "node flagged in more than one run is called slow. A rank is compared with ranks that do "
+        "the same work: in every layout judged here (data parallel, ZeRO 0-3, ZeRO-Offload, "
+        "tensor and sequence parallel) all ranks run the same forward pass on equal shares."])
+    for reason, group in excluded.groupby("reason", sort=False):
+        section.text.append(f"Not judged ({_count(len(group), 'run')}: {', '.join(group.run_id)}): {reason}.")
+    if runs.empty:
+        return section
     section.tables.append(("Runs", show(runs.sort_values(["flagged", "excess"], ascending=False), {
         "run_id": ("run", None), "strategy": ("strategy", None), "world_size": ("ranks", fmt(".0f")),
         "slowest_rank": ("slowest rank", fmt(".0f")), "slowest_host": ("its node", None),
-        "slowest_s": ("its forward (s)", fmt(".4f")), "others_median_s": ("others' median (s)", fmt(".4f")),
+        "slowest_s": ("its fastest forward (s)", fmt(".4f")), "others_median_s": ("others' median (s)", fmt(".4f")),
         "excess": ("excess", pct), "threshold": ("threshold", pct),
         "flagged": ("straggler", _flag)})))
     if nodes.empty:
@@ -479,14 +579,18 @@ def header_lines(sweep_name: str, frame: pd.DataFrame, configs: pd.DataFrame, pa
         lines.append(f"- against history ({options.history_dir}): {_count(n_reg, 'regression')}, "
                      f"{_count(n_imp, 'improvement')}, {_count(len(regress), 'configuration')} compared")
     if configs.noisy.any():
-        lines.append(f"- too noisy to compare (repeat CV > {options.max_cv:.0%}): "
-                     f"{int(configs.noisy.sum())} configurations")
+        reasons = configs.noisy_reason.fillna("") if "noisy_reason" in configs else pd.Series("", index=configs.index)
+        by_step = int(reasons.str.contains("step CV").sum())
+        by_repeats = int(reasons.str.contains("repeat CV").sum())
+        lines.append(f"- too noisy to compare (a CV above report.max_cv {options.max_cv:.0%}): "
+                     f"{int(configs.noisy.sum())} of {_count(len(configs), 'configuration')} "
+                     f"(step CV within a run: {by_step}; repeat CV across repeats: {by_repeats})")
     if not parity.empty:
         compared = parity[parity.matches.isin(["yes", "NO"])]
         mismatched = compared[compared.matches == "NO"]
         lines.append(f"- loss parity: {len(compared) - len(mismatched)} of {len(compared)} compared runs "
                      f"match plain data parallel" + (f"; NOT: {', '.join(mismatched.strategy)}" if len(mismatched) else "")
-                     + (f"; not compared (no ddp run or the run failed): {len(parity) - len(compared)}"
+                     + (f"; not compared (no comparable ddp run or the run failed): {len(parity) - len(compared)}"
                         if len(parity) > len(compared) else ""))
     configs = configs.assign(label=configuration_labels(configs)[1])
     errors = configs[configs.measurement_error.fillna("") != ""] if "measurement_error" in configs else configs.iloc[:0]

@@ -45,6 +45,8 @@ class Measurements:
     compiled_graphs: Optional[int] = None                     # train.compile: graphs Dynamo built
     graph_breaks: Optional[int] = None                        # ... and where it had to break
     telemetry: Optional[dict] = None                          # GPUs' energy, power, clocks (NVML)
+    moe: Optional[dict] = None                                # mixture of experts: routing figures
+                                                              # over the timed steps (_moe_metrics)
     per_rank: List[dict] = field(default_factory=list)        # rank order: see _own_summary
 
 
@@ -110,7 +112,8 @@ def _own_summary(times: List[float], forward_times: List[float], peak: int) -> d
               if len(forward_times) > 1 and statistics.mean(forward_times) > 0 else None)
     return {"host": socket.gethostname(), "step_time_s": statistics.median(times),
             "forward_time_s": statistics.median(forward_times) if forward_times else None,
-            "forward_time_cv": spread, "peak_memory_bytes": peak}
+            "forward_time_cv": spread, "forward_times_s": [float(t) for t in forward_times],
+            "peak_memory_bytes": peak}
 
 
 class ForwardTimer:
@@ -282,7 +285,21 @@ def _build(cfg: SuiteConfig, plan: RunPlan, poison: _Poison, sp_state):
     shard_group = None if sp_state is None else sp_state.get_sequence_data_parallel_group()
     with _build_context(plan, s, sp_state, shard_group):
         return family.build(m, cfg.train.seed, checkpoint=_checkpoint_function(cfg, plan),
-                            sequence_group=group)
+                            sequence_group=group, expert_parallel=s.expert_parallel)
+
+
+def optimizer_parameters(model: torch.nn.Module):
+    """What deepspeed.initialize's optimizer is built from: the trainable parameters, or for a
+    mixture of experts DeepSpeed's MoE parameter groups (one group of the dense parameters, one
+    per expert group marked `moe`: split_params_into_different_moe_groups_for_optimizer), which
+    ZeRO 1-2 need to reduce and partition the expert parameters over their expert-data-parallel
+    group instead of every rank (runtime/zero/stage_1_and_2.py _configure_moe_settings)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    from deepspeed.moe.utils import is_moe_param, split_params_into_different_moe_groups_for_optimizer
+
+    if not any(is_moe_param(p) for p in params):
+        return params
+    return split_params_into_different_moe_groups_for_optimizer({"params": params, "name": "dense"})
 
 
 def _build_context(plan: RunPlan, strategy, sp_state, shard_group):
@@ -327,8 +344,8 @@ def prepare(cfg: SuiteConfig, plan: RunPlan, timer: Optional[ForwardTimer] = Non
         sp_state = _sequence_parallel_state(plan)
         model = _build(cfg, plan, poison, sp_state)
         engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-            config=plan.ds_config, mpu=sp_state)
+            model=model, model_parameters=optimizer_parameters(model), config=plan.ds_config,
+            mpu=sp_state)
     if cfg.train.compile:
         engine.compile()  # inductor; the graph is built in the first (untimed) warm-up step
     m = cfg.model
@@ -401,6 +418,21 @@ def timed_loop(step_fn, warmup: int, timed: int, beat=lambda step: None, slowdow
     return times, losses
 
 
+def _moe_metrics(engine, plan: RunPlan, timed_forwards: int) -> Optional[dict]:
+    """A mixture of experts' routing figures over the timed steps' forward passes (the last
+    `timed_forwards` of each rank's log), every rank's counts summed
+    (suite.models.moe_layer.routing_summary: moe_dropped_fraction, moe_expert_load,
+    moe_expert_load_max, moe_aux_loss). None for a dense model. A collective: every rank calls it."""
+    log = getattr(getattr(engine, "module", None), "routing_log", None)
+    if not log:
+        return None
+    from suite.models.moe_layer import routing_summary
+
+    counts = torch.stack(log[-timed_forwards:]).double()
+    deepspeed.comm.all_reduce(counts, op=deepspeed.comm.ReduceOp.SUM)
+    return routing_summary(counts.cpu(), ranks=plan.world_size)
+
+
 def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None,
                  ready=lambda: None) -> Measurements:
     """Train and time; `ready()` is called once the engine is built and `beat(step)` as each
@@ -447,6 +479,7 @@ def run_training(cfg: SuiteConfig, plan: RunPlan, beat=lambda step: None,
     out.per_rank = [r["rank"] for r in every_rank]
     if cfg.train.profile_comms:
         out.comm_bytes_per_step = _comm_bytes_per_step(total)
+    out.moe = _moe_metrics(engine, plan, cfg.train.timed_steps * plan.grad_accum_steps)
     if cfg.train.compile:  # evidence that compilation happened, and how whole the graph is
         from torch._dynamo.utils import counters
 

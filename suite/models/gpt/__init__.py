@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from suite.models import check_heads
+from suite.models import check_heads, moe
 
 # AutoTP cannot find a policy for a custom model (docs/behaviour.md): this says which weights
 # split by output (column) and which by input (row). The fused QKV splits as three equal parts,
@@ -34,6 +34,11 @@ def check(m: Any) -> None:
                           "attention; leave it null, or use model.family=llama for grouped-query attention")
     if m.tie_embeddings:
         raise ConfigError("model.tie_embeddings=true: the gpt family has an untied output head")
+    if m.head_dim not in (None, m.d_model // m.n_heads) or m.qk_norm:
+        raise ConfigError(f"model.head_dim={m.head_dim} / model.qk_norm={m.qk_norm}: the gpt family's "
+                          "heads are d_model / n_heads wide, without query/key norms; leave them "
+                          "unset, or use model.family=llama")
+    moe.check(m)
 
 
 def check_layout(m: Any, tp: int, sp: int, pp: int) -> None:
@@ -41,29 +46,37 @@ def check_layout(m: Any, tp: int, sp: int, pp: int) -> None:
 
 
 def param_count(m: Any) -> Dict[str, int]:
-    """Untied output head, biases in every Linear and LayerNorm."""
+    """Untied output head, biases in every Linear and LayerNorm. A mixture of experts replaces
+    the GELU MLP by bias-free SwiGLU experts behind a router (suite/models/moe.py)."""
     d, f = m.d_model, ffn_dim(m)
-    per_block = (
+    attention = (
         2 * 2 * d            # two LayerNorms (weight, bias)
         + d * 3 * d + 3 * d  # fused QKV projection
         + d * d + d          # attention output projection
-        + d * f + f          # MLP up
-        + f * d + d          # MLP down
     )
+    if moe.is_moe(m):
+        mlp = moe.mlp_params(m, f)
+    else:
+        mlp = dict.fromkeys(("total", "active"), d * f + f + f * d + d)  # MLP up, MLP down
     embedding = m.vocab_size * d + m.seq_len * d  # token and position tables (lookups, no matmul)
     head = 2 * d + d * m.vocab_size               # final LayerNorm + output projection (no bias)
-    total = embedding + m.n_layers * per_block + head
-    return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
+    total = embedding + m.n_layers * (attention + mlp["total"]) + head
+    active = embedding + m.n_layers * (attention + mlp["active"]) + head
+    return {"total": total, "embedding": embedding, "non_embedding": total - embedding,
+            "active": active, "active_non_embedding": active - embedding}
 
 
 def largest_layer_params(m: Any) -> int:
-    return max(m.vocab_size * m.d_model, 3 * m.d_model ** 2, m.d_model * ffn_dim(m))
+    f = moe.expert_ffn_dim(m, ffn_dim(m)) if moe.is_moe(m) else ffn_dim(m)
+    shared = m.n_shared_experts * f if moe.is_moe(m) else 0
+    return max(m.vocab_size * m.d_model, 3 * m.d_model ** 2, m.d_model * f, m.d_model * shared)
 
 
-def build(m: Any, seed: int, checkpoint=None, sequence_group=None):
+def build(m: Any, seed: int, checkpoint=None, sequence_group=None, expert_parallel: int = 1):
     from suite.models.gpt.model import gpt
 
-    return gpt(m, seed, checkpoint=checkpoint, sequence_group=sequence_group)
+    return gpt(m, seed, checkpoint=checkpoint, sequence_group=sequence_group,
+               expert_parallel=expert_parallel)
 
 
 def pipeline_layers(m: Any, seed: int) -> List:
@@ -90,6 +103,8 @@ def activation_elements(m: Any, accelerator: str = "cuda") -> Dict[str, Any]:
     elements at f = 4 d, and SDPA keeps only its output and one logsumexp per head and
     token instead of the s x s scores (docs/memory.md)."""
     d, f, h = m.d_model, ffn_dim(m), m.n_heads
+    if moe.is_moe(m):  # approximate (not measured), as the llama family's
+        f = (m.experts_per_token + m.n_shared_experts) * moe.expert_ffn_dim(m, ffn_dim(m))
     activation = {
         "ln_1_input": d,        # the block input x, kept by ln_1 (native_layer_norm)
         "qkv_input": d,         # ln_1's output, kept by the qkv Linear

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from suite.models import moe
 from suite.models.gpt import ffn_dim
 from suite.models.layers import Attend, Decoder, init_parameters, sequence_rank
 
@@ -35,8 +36,9 @@ class Embedding(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, m: Any, seed: int, prefix: str, sequence_group=None) -> None:
-        """sequence_group: the Ulysses process group when the sequence is split across ranks."""
+    def __init__(self, m: Any, seed: int, prefix: str, sequence_group=None, expert_parallel: int = 1) -> None:
+        """sequence_group: the Ulysses process group when the sequence is split across ranks;
+        expert_parallel: DeepSpeed-MoE's ep_size (a mixture of experts: model.n_experts > 1)."""
         super().__init__()
         d = m.d_model
         self.head_dim = d // m.n_heads
@@ -45,8 +47,13 @@ class Block(nn.Module):
         self.qkv = nn.Linear(d, 3 * d)  # [Q; K; V] along the output dim
         self.proj = nn.Linear(d, d)
         self.ln_2 = nn.LayerNorm(d, eps=m.norm_eps)
-        self.mlp_up = nn.Linear(d, ffn_dim(m))
-        self.mlp_down = nn.Linear(ffn_dim(m), d)
+        if moe.is_moe(m):
+            from suite.models.moe_layer import MoEMLP
+
+            self.moe = MoEMLP(m, seed, f"{prefix}.moe", moe.expert_ffn_dim(m, ffn_dim(m)), expert_parallel)
+        else:
+            self.mlp_up = nn.Linear(d, ffn_dim(m))
+            self.mlp_down = nn.Linear(ffn_dim(m), d)
         init_parameters(self, seed, prefix, RESIDUAL_OUTPUTS, m.n_layers)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,6 +65,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.ln_1(x))
+        if hasattr(self, "moe"):
+            return x + self.moe(self.ln_2(x))
         return x + self.mlp_down(F.gelu(self.mlp_up(self.ln_2(x))))
 
 
@@ -74,10 +83,12 @@ class Head(nn.Module):
         return self.head(self.ln_f(x))
 
 
-def gpt(m: Any, seed: int = 0, checkpoint: Optional[Callable] = None, sequence_group=None) -> Decoder:
-    """sequence_group: the Ulysses group; the model then takes this rank's sequence slice."""
+def gpt(m: Any, seed: int = 0, checkpoint: Optional[Callable] = None, sequence_group=None,
+        expert_parallel: int = 1) -> Decoder:
+    """sequence_group: the Ulysses group; the model then takes this rank's sequence slice.
+    expert_parallel: DeepSpeed-MoE's ep_size, for a mixture of experts."""
     return Decoder(Embedding(m, seed, sequence_group=sequence_group),
-                   (Block(m, seed, f"blocks.{i}", sequence_group) for i in range(m.n_layers)),
+                   (Block(m, seed, f"blocks.{i}", sequence_group, expert_parallel) for i in range(m.n_layers)),
                    Head(m, seed), checkpoint)
 
 

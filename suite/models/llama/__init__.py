@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from suite.models import check_heads
+from suite.models import check_heads, head_dim, moe
 
 # AutoTP partition (docs/layouts.md): q/k/v and gate/up split by output (column), each rank
 # keeping whole query and key/value heads; o and down by input (row), followed by an
@@ -38,9 +38,11 @@ def check(m: Any) -> None:
     if m.n_heads % kv_heads(m):
         raise ConfigError(f"model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads="
                           f"{kv_heads(m)} (each key/value head serves a whole group of query heads)")
-    if (m.d_model // m.n_heads) % 2:
-        raise ConfigError(f"model.d_model / model.n_heads = {m.d_model // m.n_heads} must be even "
+    if head_dim(m) % 2:
+        what = "model.head_dim" if m.head_dim is not None else "model.d_model / model.n_heads"
+        raise ConfigError(f"{what} = {head_dim(m)} must be even "
                           "(rotary embeddings turn pairs of dimensions)")
+    moe.check(m)
 
 
 def check_layout(m: Any, tp: int, sp: int, pp: int) -> None:
@@ -54,31 +56,44 @@ def check_layout(m: Any, tp: int, sp: int, pp: int) -> None:
 
 
 def param_count(m: Any) -> Dict[str, int]:
-    """No biases; RMSNorm has a weight only; RoPE has no parameters."""
-    d, hd, f = m.d_model, m.d_model // m.n_heads, ffn_dim(m)
-    per_block = (
+    """No biases; RMSNorm has a weight only; RoPE has no parameters. With model.qk_norm one
+    RMSNorm of head_dim for the queries and one for the keys (shared by the heads, as Qwen3's).
+    A mixture of experts replaces the MLP by the router, the experts and the shared experts
+    (suite/models/moe.py); a token passes through the router, k experts and the shared ones."""
+    d, hd = m.d_model, head_dim(m)
+    attention = (
         2 * d                               # two RMSNorms
         + d * m.n_heads * hd                # q
         + 2 * d * kv_heads(m) * hd          # k, v
         + m.n_heads * hd * d                # o
-        + 3 * d * f                         # gate, up, down
+        + (2 * hd if m.qk_norm else 0)      # q_norm, k_norm
     )
+    if moe.is_moe(m):
+        mlp = moe.mlp_params(m, ffn_dim(m))
+    else:
+        mlp = dict.fromkeys(("total", "active"), 3 * d * ffn_dim(m))  # gate, up, down
     embedding = m.vocab_size * d            # token table (a lookup, no matmul)
     head = d + (0 if m.tie_embeddings else d * m.vocab_size)  # final RMSNorm + output projection
-    total = embedding + m.n_layers * per_block + head
+    total = embedding + m.n_layers * (attention + mlp["total"]) + head
+    active = embedding + m.n_layers * (attention + mlp["active"]) + head
     # the output projection is a matmul even when it shares the embedding's weights
-    non_embedding = total - embedding + (d * m.vocab_size if m.tie_embeddings else 0)
-    return {"total": total, "embedding": embedding, "non_embedding": non_embedding}
+    tied = d * m.vocab_size if m.tie_embeddings else 0
+    return {"total": total, "embedding": embedding, "non_embedding": total - embedding + tied,
+            "active": active, "active_non_embedding": active - embedding + tied}
 
 
 def largest_layer_params(m: Any) -> int:
-    return max(m.vocab_size * m.d_model, m.d_model ** 2, m.d_model * ffn_dim(m))
+    f = moe.expert_ffn_dim(m, ffn_dim(m)) if moe.is_moe(m) else ffn_dim(m)
+    shared = m.n_shared_experts * f if moe.is_moe(m) else 0
+    return max(m.vocab_size * m.d_model, m.d_model * m.n_heads * head_dim(m), m.d_model * f,
+               m.d_model * shared)
 
 
-def build(m: Any, seed: int, checkpoint=None, sequence_group=None):
+def build(m: Any, seed: int, checkpoint=None, sequence_group=None, expert_parallel: int = 1):
     from suite.models.llama.model import llama
 
-    return llama(m, seed, checkpoint=checkpoint, sequence_group=sequence_group)
+    return llama(m, seed, checkpoint=checkpoint, sequence_group=sequence_group,
+                 expert_parallel=expert_parallel)
 
 
 def pipeline_layers(m: Any, seed: int) -> List:
@@ -99,8 +114,12 @@ def activation_elements(m: Any, accelerator: str = "cuda") -> Dict[str, Any]:
     (activation dtype) and an fp32 rstd; on the CPU it runs the composite, which upcasts and
     keeps the fp32 input, the fp32 x * rstd (for the weight's gradient) and rstd (measured)."""
     d, f, h = m.d_model, ffn_dim(m), m.n_heads
-    hd = d // h
+    hd = head_dim(m)
     kv = kv_heads(m) * hd
+    if moe.is_moe(m):
+        # approximate (not measured): a token's k experts and the shared experts keep what one
+        # dense MLP of their summed hidden size keeps; the dispatch buffers are not counted
+        f = (m.experts_per_token + m.n_shared_experts) * moe.expert_ffn_dim(m, ffn_dim(m))
     activation = {
         "qkv_input": d,             # attention_norm's output: one storage, kept by q, k and v_proj
         "q_rotated": h * hd,        # rotate(q) (a new tensor), kept by SDPA

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from suite.models import head_dim, moe
 from suite.models.layers import Attend, Decoder, init_parameters, sequence_rank
 from suite.models.llama import ffn_dim, kv_heads
 
@@ -41,9 +42,10 @@ class Embedding(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, m: Any, seed: int, prefix: str, sequence_group=None) -> None:
+    def __init__(self, m: Any, seed: int, prefix: str, sequence_group=None, expert_parallel: int = 1) -> None:
+        """expert_parallel: DeepSpeed-MoE's ep_size (a mixture of experts: model.n_experts > 1)."""
         super().__init__()
-        d, self.head_dim, self.theta = m.d_model, m.d_model // m.n_heads, m.rope_theta
+        d, self.head_dim, self.theta = m.d_model, head_dim(m), m.rope_theta
         self.sequence_rank = sequence_rank(sequence_group)
         self.attend = Attend(sequence_group)
         self.attention_norm = nn.RMSNorm(d, eps=m.norm_eps)
@@ -51,10 +53,18 @@ class Block(nn.Module):
         self.k_proj = nn.Linear(d, kv_heads(m) * self.head_dim, bias=False)
         self.v_proj = nn.Linear(d, kv_heads(m) * self.head_dim, bias=False)
         self.o_proj = nn.Linear(m.n_heads * self.head_dim, d, bias=False)
+        if m.qk_norm:  # Qwen3: RMSNorm over each head's dimensions, before the rotation
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=m.norm_eps)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=m.norm_eps)
         self.mlp_norm = nn.RMSNorm(d, eps=m.norm_eps)
-        self.gate_proj = nn.Linear(d, ffn_dim(m), bias=False)
-        self.up_proj = nn.Linear(d, ffn_dim(m), bias=False)
-        self.down_proj = nn.Linear(ffn_dim(m), d, bias=False)
+        if moe.is_moe(m):
+            from suite.models.moe_layer import MoEMLP
+
+            self.moe = MoEMLP(m, seed, f"{prefix}.moe", moe.expert_ffn_dim(m, ffn_dim(m)), expert_parallel)
+        else:
+            self.gate_proj = nn.Linear(d, ffn_dim(m), bias=False)
+            self.up_proj = nn.Linear(d, ffn_dim(m), bias=False)
+            self.down_proj = nn.Linear(ffn_dim(m), d, bias=False)
         init_parameters(self, seed, prefix, RESIDUAL_OUTPUTS, m.n_layers)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,6 +73,8 @@ class Block(nn.Module):
         q = self.q_proj(x).view(batch, seq, -1, self.head_dim)
         k = self.k_proj(x).view(batch, seq, -1, self.head_dim)
         v = self.v_proj(x).view(batch, seq, -1, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         start = self.sequence_rank * seq  # this slice's place in the sequence (Ulysses)
         positions = torch.arange(start, start + seq, device=x.device)
         q, k = rotate(q, positions, self.theta), rotate(k, positions, self.theta)
@@ -71,6 +83,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x))
         h = self.mlp_norm(x)
+        if hasattr(self, "moe"):
+            return x + self.moe(h)
         return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
 
 
@@ -87,9 +101,12 @@ class Head(nn.Module):
         return self.output(self.norm(x))
 
 
-def llama(m: Any, seed: int = 0, checkpoint: Optional[Callable] = None, sequence_group=None) -> Decoder:
-    """sequence_group: the Ulysses group; the model then takes this rank's sequence slice."""
-    model = Decoder(Embedding(m, seed), (Block(m, seed, f"blocks.{i}", sequence_group) for i in range(m.n_layers)),
+def llama(m: Any, seed: int = 0, checkpoint: Optional[Callable] = None, sequence_group=None,
+          expert_parallel: int = 1) -> Decoder:
+    """sequence_group: the Ulysses group; the model then takes this rank's sequence slice.
+    expert_parallel: DeepSpeed-MoE's ep_size, for a mixture of experts."""
+    model = Decoder(Embedding(m, seed), (Block(m, seed, f"blocks.{i}", sequence_group, expert_parallel)
+                                         for i in range(m.n_layers)),
                     Head(m, seed), checkpoint)
     if m.tie_embeddings:  # one tensor, registered in both modules (ZeRO-3 gathers it for each)
         model.final.output.weight = model.embedding.tokens.weight
