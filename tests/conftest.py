@@ -29,6 +29,25 @@ def _fixed_seeds():
         sys.modules["torch"].manual_seed(0)
 
 
+# What a rank's set-up writes into os.environ (rank.distributed_env, _prepare_process). A test
+# that runs it in this process must not leave them behind: every later sweep's jobs inherit this
+# process's environment (sbatch exports it), and an inherited MASTER_PORT made two jobs on one
+# node listen on the same port (EADDRINUSE in the scaling test, CI 2026-12-08).
+RANK_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+                  "SUITE_MASTER_ADDR", "DS_ACCELERATOR", "OMP_NUM_THREADS", "TORCH_EXTENSIONS_DIR")
+
+
+@pytest.fixture(autouse=True)
+def _rank_variables_restored():
+    before = {name: os.environ.get(name) for name in RANK_VARIABLES}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def require(available: bool, what: str) -> None:
     """Skip a test whose outside part is missing on a developer's machine; in CI (`CI` set),
     which installs every part (the Slurm cluster, chromium), fail instead: a missing part must

@@ -3,6 +3,7 @@
 needed, the test checks what leads up to it (DeepSpeed's CUDA accelerator class by
 introspection, a stand-in accelerator that records calls) and says so; the rest runs for real
 in bench/gpu_check.sh on a GPU machine."""
+import os
 import ast
 import json
 import subprocess
@@ -21,6 +22,9 @@ from suite.workload import device
 from conftest import REPO
 
 SUITE = REPO / "suite"
+
+_MASTER_PORT_AT_IMPORT = os.environ.get("MASTER_PORT")
+_MASTER_ADDR_AT_IMPORT = os.environ.get("MASTER_ADDR")
 
 
 # ---- 1. every accelerator method the suite calls exists on DeepSpeed's CUDA accelerator ----
@@ -352,6 +356,16 @@ def test_without_a_schedulers_address_the_rendezvous_is_the_first_host(monkeypat
     monkeypatch.setattr(socket, "gethostname", lambda: "gpu-node-3")
     rank.distributed_env()
     assert os.environ["MASTER_ADDR"] == "gpu-node-3"
+
+
+def test_the_rendezvous_the_tests_above_exported_is_gone_after_them():
+    # they ran rank.distributed_env in this process, which exports MASTER_PORT; left behind, it
+    # reached every later sweep's Slurm jobs (sbatch exports the environment) and two jobs on one
+    # node listened on the same port (tests/conftest.py _rank_variables_restored)
+    import os
+
+    assert os.environ.get("MASTER_PORT") == _MASTER_PORT_AT_IMPORT
+    assert os.environ.get("MASTER_ADDR") == _MASTER_ADDR_AT_IMPORT
 
 
 def test_a_rank_on_other_hardware_than_planned_refuses():
