@@ -3,8 +3,8 @@
 needed, the test checks what leads up to it (DeepSpeed's CUDA accelerator class by
 introspection, a stand-in accelerator that records calls) and says so; the rest runs for real
 in bench/gpu_check.sh on a GPU machine."""
-import os
 import ast
+import os
 import json
 import subprocess
 import sys
