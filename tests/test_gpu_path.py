@@ -4,8 +4,8 @@ needed, the test checks what leads up to it (DeepSpeed's CUDA accelerator class 
 introspection, a stand-in accelerator that records calls) and says so; the rest runs for real
 in bench/gpu_check.sh on a GPU machine."""
 import ast
-import os
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
