@@ -272,3 +272,22 @@ def test_layouts_whose_ranks_differ_by_design_are_not_judged_and_the_report_says
                                                 ReportConfig(), excluded).text)
     assert "Not judged (1 run: pp): pipeline stages do different work by design" in text
     assert "Not judged (1 run: old): no forward time per rank" in text
+
+
+def test_a_nightly_of_hundreds_of_configurations_lists_only_what_changed():
+    from suite.config import ReportConfig
+    from suite.report.sections import LISTED_UNCHANGED, history_sections
+
+    n = LISTED_UNCHANGED + 5
+    regress = pd.DataFrame({"model": ["tiny"] * n, "strategy": [f"s{i}" for i in range(n)],
+                            "optimizer": "adamw", "precision": "fp32", "world_size": 2.0,
+                            "value": 100.0, "baseline": 100.0, "change": 0.0, "allowed_drop": 10.0,
+                            "nights": 5.0, "verdict": ["regression", "improvement"] + ["unchanged"] * (n - 2),
+                            "what_changed": ""})
+    [section] = [s for s in history_sections(regress, {}, pd.DataFrame(), ReportConfig())
+                 if s.title == "Regressions against history"]
+    [(_, table)] = section.tables
+    assert len(table) == 2  # the regression and the improvement
+    assert f"{n - 2} configurations unchanged, not listed here" in " ".join(section.text)
+    small = history_sections(regress.head(LISTED_UNCHANGED), {}, pd.DataFrame(), ReportConfig())
+    assert len(small[0].tables[0][1]) == LISTED_UNCHANGED  # a small sweep lists every configuration

@@ -77,6 +77,7 @@ def build_report(sweep_dir: Path, frame: pd.DataFrame, options: ReportConfig,
         regress = changepoints.decide(regress, changes, options.change_method,
                                       min_nights=options.otava_min_nights, recent_nights=options.window)
         trend = analysis.trends(ok)
+        regress.to_csv(out / "regressions.csv", index=False)  # every configuration's verdict
 
     straggling, slow_nodes = analysis.stragglers(frame, options.straggler_min_excess,
                                                  options.straggler_noise_sigmas)

@@ -12,6 +12,7 @@ from suite.report.analysis import TIE, configuration_labels
 from suite.report.render import MIB, Section, _blank, fmt, metric, mib, pct, png, share, show
 
 PLOTTED = 30  # most configurations in one throughput or trend plot
+LISTED_UNCHANGED = 20  # more configurations than this: the regressions table lists the changed ones
 
 
 LAYOUT = "dp x tp x pp x sp"
@@ -364,7 +365,10 @@ def history_sections(regress: pd.DataFrame, trend: Dict[str, pd.DataFrame], chan
         columns.update({"median_mad_verdict": ("median/MAD", None), "otava": ("Otava's latest change", None),
                         "method": ("decided by", None)})
     columns["what_changed"] = ("what changed", None)
-    table = show(regress, _with_configuration(columns, regress, "world_size"))
+    # a nightly sweep of hundreds of configurations: the table lists what changed; the unchanged
+    # rest are counted here and listed in report/regressions.csv (every row)
+    listed = regress if len(regress) <= LISTED_UNCHANGED else regress[regress.verdict != "unchanged"]
+    table = show(listed, _with_configuration(columns, listed, "world_size"))
     sections.append(Section("Regressions against history", [
         "Two rules, side by side. Median/MAD: baseline = median of the configuration's last "
         f"{options.window} nights, noise = 1.4826 x their median absolute deviation; a regression "
@@ -377,7 +381,10 @@ def history_sections(regress: pd.DataFrame, trend: Dict[str, pd.DataFrame], chan
         f"that started within the last {options.window} nights. The verdict is "
         f"report.change_method's ({options.change_method}); Otava judges configurations with at "
         f"least {options.otava_min_nights} nights, the median/MAD rule the others. Their error "
-        "rates on synthetic histories: bench/RESULTS.md, 'Change-point detection'."], [("", table)]))
+        "rates on synthetic histories: bench/RESULTS.md, 'Change-point detection'."]
+        + ([f"{_count(len(regress) - len(listed), 'configuration')} unchanged, not listed here "
+            "(report/regressions.csv has every configuration's row)."] if len(listed) < len(regress) else []),
+        [("", table)]))
     found = changes.dropna(subset=["change"]) if len(changes) else changes
     if len(found):
         sections.append(Section("Change points (Apache Otava)", [
