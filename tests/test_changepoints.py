@@ -265,3 +265,24 @@ def test_the_report_over_a_long_history_reads_only_the_nights_it_needs(tmp_path)
     assert verdicts.method.tolist() == ["otava", "otava"] and (verdicts.nights == 7).all()
     assert "from 2026-12-06 (2 nights ago" in verdicts.otava["ddp"]
     assert verdicts.otava["zero1"] == "no change point"  # 60 nights ago: before the nights Otava is given
+
+
+def test_a_series_that_never_moves_more_than_the_minimum_size_skips_otava(monkeypatch):
+    import otava.analysis
+
+    from suite.report.changepoints import otava_changes
+
+    def never(*args, **kwargs):
+        raise AssertionError("Otava was run on a series whose spread is below min_magnitude")
+
+    steady = [100.0, 103.0, 101.0, 99.5, 102.0] * 8  # 103 / 99.5 - 1 = 3.5% <= 4%: no point can pass
+    monkeypatch.setattr(otava.analysis, "compute_change_points", never)
+    assert otava_changes(steady, window=30, max_pvalue=0.0005, min_magnitude=0.04) == []
+    monkeypatch.undo()
+    # the screen changes no answer: Otava itself keeps no point there either, and a real 10% drop
+    # (spread above the minimum) still goes to Otava and is found
+    points, _ = otava.analysis.compute_change_points(steady, window_len=30, max_pvalue=0.0005, min_magnitude=0.04)
+    assert points == []
+    drop = [100.0] * 20 + [90.0] * 20
+    [change] = otava_changes(drop, window=30, max_pvalue=0.0005, min_magnitude=0.04)
+    assert change.index == 20 and change.change == pytest.approx(-0.1)

@@ -56,6 +56,12 @@ def otava_changes(values: Sequence[float], window: int = OTAVA_WINDOW, max_pvalu
         raise ValueError("otava_changes: every night needs a finite value")
     if len(series) < 2:
         return []
+    low, high = min(series), max(series)
+    if low > 0 and high / low - 1 <= min_magnitude:
+        # exact: every segment's mean lies in [low, high], so no two differ by more than
+        # high / low - 1, and Otava would drop every point for its size (a steady series costs
+        # neither Otava's E-divisive nor, where all are steady, its import)
+        return []
     # imported here: otava brings scipy.stats (~0.6 s), which a report without a history never needs
     from otava.analysis import compute_change_points
 
